@@ -1,0 +1,90 @@
+// Context: what a materializer gets for one attempt.
+//
+// - stop_token(): requested when the process stops or the lease on this matter
+//   was lost (a heartbeat failed); long work should check it and return or
+//   throw. A throw after a stop request releases the matter without counting
+//   an attempt.
+// - attempt(): 1 for the first attempt after a change of state or a success,
+//   then 2, 3, ... while failures repeat.
+// - log(): the bucket's logger; kind() and identity() name the matter so log
+//   lines can say which one they are about.
+// - notify(obj), matter<T>(id): the bucket's notify and get, for materializers
+//   that manage other matters.
+// - service<S>(): an object the application handed to Bucket::provide, such as
+//   a client for the real thing being materialized.
+#pragma once
+
+#include <optional>
+#include <spdlog/logger.h>
+#include <stop_token>
+#include <string>
+#include <string_view>
+
+#include "dmm/detail/core.hpp"
+#include "dmm/errors.hpp"
+
+namespace dmm {
+
+class Context {
+ public:
+  struct Init {
+    detail::BucketCore* core;
+    spdlog::logger* logger;
+    std::string kind;
+    std::string identity;
+    int attempt;
+    std::stop_token stop;
+  };
+  explicit Context(Init init) : init_(std::move(init)) {}
+
+  std::stop_token stop_token() const { return init_.stop; }
+  bool stop_requested() const { return init_.stop.stop_requested(); }
+  int attempt() const { return init_.attempt; }
+  spdlog::logger& log() const { return *init_.logger; }
+  const std::string& kind() const { return init_.kind; }
+  const std::string& identity() const { return init_.identity; }
+
+  // Notify another matter (of any registered kind) from inside a materializer.
+  template <class T>
+  void notify(const T& obj) {
+    const auto& kind = detail::kind_of(*init_.core, typeid(T), typeid(T).name());
+    std::vector<detail::JsonMatter> one;
+    one.push_back({std::string(obj.identity()), nlohmann::json(obj)});
+    detail::notify(*init_.core, kind, std::move(one));
+  }
+
+  // The stored state of another matter, or nullopt if there is none.
+  template <class T>
+  std::optional<T> matter(std::string_view identity) {
+    const auto& kind = detail::kind_of(*init_.core, typeid(T), typeid(T).name());
+    auto state = detail::get(*init_.core, kind, identity);
+    if (!state) return std::nullopt;
+    return state->template get<T>();
+  }
+
+  // The service of type S given to Bucket::provide; InvalidArgument if none.
+  template <class S>
+  S& service() {
+    return *static_cast<S*>(detail::service(*init_.core, typeid(S), typeid(S).name()));
+  }
+
+ private:
+  Init init_;
+};
+
+namespace detail {
+// The stored state as T; a state that does not decode cannot be fixed by
+// retrying, so it is a TerminalError naming the matter.
+template <class T>
+T decode(const nlohmann::json& state, const Context& ctx) {
+  try {
+    return state.get<T>();
+  } catch (const nlohmann::json::exception& e) {
+    throw TerminalError("kind '" + ctx.kind() + "' identity '" + ctx.identity().substr(0, 64) +
+                        "': stored state does not decode into " + typeid(T).name() + ": " + e.what() +
+                        "; notify a valid state to repair it (the stored state was left as it is)");
+  }
+}
+}  // namespace detail
+
+}  // namespace dmm

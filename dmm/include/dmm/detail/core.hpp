@@ -1,0 +1,60 @@
+// Type-erased entry points into a bucket's engine. The templates in the public
+// headers turn typed calls into these; below this line everything works on
+// JSON and row ids, not on user types. Not part of the public API.
+#pragma once
+
+#include <functional>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <typeindex>
+#include <vector>
+
+#include "dmm/options.hpp"
+#include "dmm/result.hpp"
+
+namespace pqxx {
+class transaction_base;
+}
+
+namespace dmm {
+class Context;
+class WorkStream;
+}  // namespace dmm
+
+namespace dmm::detail {
+
+class BucketCore;
+
+// What the engine needs to know about a registered Materializer type.
+struct KindHooks {
+  std::type_index type = typeid(void);
+  std::string type_name;  // for error messages
+  // Decode `state` into the user's type, materialize, and encode the cache the
+  // materializer left back into `state`. Throws on failure.
+  std::function<Result(nlohmann::json& state, Context&)> materialize;
+  // Empty when the type has no finalize(Context&).
+  std::function<void(nlohmann::json& state, Context&)> finalize;
+};
+
+struct JsonMatter {
+  std::string identity;
+  nlohmann::json state;
+};
+
+WorkStream& register_kind(BucketCore&, std::string name, KindOptions, KindHooks);
+// Name of the kind registered for `type`; InvalidArgument if there is none.
+const std::string& kind_of(const BucketCore&, std::type_index type, std::string_view type_name);
+void notify(BucketCore&, const std::string& kind, std::vector<JsonMatter>);
+void notify_in(BucketCore&, pqxx::transaction_base&, const std::string& kind, JsonMatter);
+std::optional<nlohmann::json> get(BucketCore&, const std::string& kind, std::string_view identity);
+bool update(BucketCore&, const std::string& kind, std::string_view identity,
+            const std::function<void(nlohmann::json&)>& change);
+bool remove(BucketCore&, const std::string& kind, std::string_view identity);
+bool retry(BucketCore&, const std::string& kind, std::string_view identity);
+void provide(BucketCore&, std::type_index type, std::shared_ptr<void> service);
+void* service(BucketCore&, std::type_index type, std::string_view type_name);
+
+}  // namespace dmm::detail

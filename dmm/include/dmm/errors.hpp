@@ -1,0 +1,45 @@
+// Errors dmm raises at its boundary. Every message names the object it is
+// about (bucket, kind, identity, URL with the password masked) and the way out.
+#pragma once
+
+#include <stdexcept>
+#include <string>
+
+namespace dmm {
+
+// Base of every error dmm throws on purpose.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A bad name, identity, state or option. Nothing was stored.
+class InvalidArgument : public Error {
+ public:
+  using Error::Error;
+};
+
+// PostgreSQL or NATS could not be reached or refused us (wrong credentials,
+// TLS mismatch). The URL in the message has its password masked.
+class ConnectionError : public Error {
+ public:
+  using Error::Error;
+};
+
+// The schema in PostgreSQL does not match the migrations this build embeds
+// (for example an applied migration was edited afterwards).
+class MigrationError : public Error {
+ public:
+  using Error::Error;
+};
+
+// Thrown by a materializer (or finalizer) to say "retrying will not help":
+// the matter is marked `failed` and left alone until its state changes through
+// a notify or update, or until it is retried explicitly (Bucket::retry).
+// Any other exception means "retry with backoff".
+class TerminalError : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace dmm

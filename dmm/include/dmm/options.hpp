@@ -1,0 +1,70 @@
+// Options for Bucket::open and Bucket::register_kind. Every field states its
+// default; construction applies defaults and then validates, and a bad value
+// is a dmm::InvalidArgument naming the field and the fix.
+#pragma once
+
+#include <chrono>
+#include <cstddef>
+#include <memory>
+#include <string>
+
+namespace spdlog {
+class logger;
+}
+
+namespace dmm {
+
+using std::chrono::milliseconds;
+
+// Capped exponential backoff with jitter: attempt n (1-based) waits
+// min(max, initial * multiplier^(n-1)), then scaled by a random factor in
+// [1 - jitter, 1 + jitter] (never above max).
+struct Backoff {
+  milliseconds initial{200};  // delay after the first failure
+  milliseconds max{60'000};   // cap for any single delay
+  double multiplier = 2.0;    // growth per failed attempt, >= 1
+  double jitter = 0.2;        // relative spread, in [0, 1]
+};
+
+struct BucketOptions {
+  // Bucket name: 1-64 characters from [A-Za-z0-9_-]. Required. It names the
+  // JetStream stream (DMM_<name>) and the subjects dmm.<name>.<kind>.<row id>.
+  std::string name{};
+  // PostgreSQL URL (postgresql://user:password@host:port/db?sslmode=...) or
+  // key=value connection string. Required.
+  std::string postgres{};
+  // NATS URL (nats://user:password@host:port, several separated by commas).
+  // Required.
+  std::string nats{};
+  // Names this process in leases and logs. Default: "<hostname>:<pid>:<random>".
+  std::string worker_id{};
+  // A notified matter gets a token at once; if no worker has acted within
+  // this grace the sweeper sends another (tokens are lossy). Default 5 s.
+  milliseconds token_grace{5'000};
+  // Largest state accepted by notify, in bytes of JSON. Default 1 MiB.
+  std::size_t max_state_bytes = 1 << 20;
+  // Apply the embedded migrations on open (under an advisory lock). Default
+  // true; with false, open checks the schema and fails if it is behind.
+  bool migrate = true;
+  // Logger for everything this bucket does. Default: spdlog's default logger.
+  std::shared_ptr<spdlog::logger> logger{};
+};
+
+struct KindOptions {
+  // Materializations of this kind running at once in this process. Default 4.
+  int concurrency = 4;
+  // Most tokens fetched and claimed in one round trip. Default 256.
+  int batch = 256;
+  // How long a claimed matter stays leased without a heartbeat. Heartbeats
+  // renew it every third of this while the process is alive; a process that
+  // dies (or is cut off from PostgreSQL) loses it after this long, and then
+  // another worker may take the matter over. Default 15 s.
+  milliseconds lease_ttl{15'000};
+  // Retry schedule after an exception. Default: 200 ms doubling to 60 s, ±20%.
+  Backoff backoff{};
+  // On stop, how long in-flight materializations may run before their leases
+  // are released (their stop token is requested at once). Default 10 s.
+  milliseconds stop_grace{10'000};
+};
+
+}  // namespace dmm

@@ -1,0 +1,310 @@
+// Bucket: opening, the type-erased API entry points, run/stop.
+#include "dmm/bucket.hpp"
+
+#include <fmt/format.h>
+#include <random>
+#include <spdlog/spdlog.h>
+#include <thread>
+#include <unistd.h>
+
+#include "bucket_core.hpp"
+#include "dmm/migrate.hpp"
+#include "dmm/url.hpp"
+#include "names.hpp"
+#include "store.hpp"
+#include "work_stream_engine.hpp"
+
+namespace dmm {
+namespace detail {
+namespace {
+
+std::string default_worker_id() {
+  char host[256] = {};
+  gethostname(host, sizeof host - 1);
+  std::random_device rd;
+  return fmt::format("{}:{}:{:04x}", host, getpid(), rd() & 0xffff);
+}
+
+BucketOptions validated(BucketOptions o) {
+  validate_name("bucket", o.name);
+  if (o.postgres.empty())
+    throw InvalidArgument(fmt::format("bucket '{}': BucketOptions::postgres is empty; give a PostgreSQL URL such as "
+                                      "postgresql://user@127.0.0.1:5432/db",
+                                      o.name));
+  if (o.nats.empty())
+    throw InvalidArgument(
+        fmt::format("bucket '{}': BucketOptions::nats is empty; give a NATS URL such as nats://127.0.0.1:4222", o.name));
+  if (o.token_grace.count() <= 0)
+    throw InvalidArgument(fmt::format("bucket '{}': token_grace must be positive (default 5s)", o.name));
+  if (o.max_state_bytes == 0)
+    throw InvalidArgument(fmt::format("bucket '{}': max_state_bytes must be positive (default 1 MiB)", o.name));
+  if (o.worker_id.empty()) o.worker_id = default_worker_id();
+  return o;
+}
+
+void check_state_size(const BucketCore& core, const std::string& kind, const JsonMatter& m) {
+  std::size_t size = 0;
+  try {
+    size = m.state.dump().size();
+  } catch (const nlohmann::json::exception& e) {
+    throw InvalidArgument(fmt::format("kind '{}' identity '{}': state cannot be stored as JSON ({}); strings in a "
+                                      "state must be valid UTF-8",
+                                      kind, m.identity.substr(0, 64), e.what()));
+  }
+  if (size > core.options.max_state_bytes)
+    throw InvalidArgument(fmt::format("kind '{}' identity '{}': state is {} bytes, over the bucket's limit of {} "
+                                      "(BucketOptions::max_state_bytes); keep large data elsewhere and store a "
+                                      "reference",
+                                      kind, m.identity.substr(0, 64), size, core.options.max_state_bytes));
+}
+
+void validate_matter(const BucketCore& core, const std::string& kind, const JsonMatter& m) {
+  validate_identity(kind, m.identity);
+  check_state_size(core, kind, m);
+}
+
+}  // namespace
+
+BucketCore::BucketCore(BucketOptions o)
+    : options(validated(std::move(o))),
+      logger(options.logger ? options.logger : spdlog::default_logger()),
+      worker_id(options.worker_id),
+      pool(options.postgres) {
+  if (options.migrate) {
+    int applied = migrate(options.postgres);
+    if (applied > 0) logger->info("bucket '{}': applied {} migration(s) to {}", options.name, applied,
+                                  mask_url(options.postgres));
+  } else {
+    for (const auto& m : migration_status(options.postgres))
+      if (!m.applied)
+        throw MigrationError(fmt::format("bucket '{}': migration {} is not applied to {} and migrate=false; run the "
+                                         "migrations (open once with migrate=true)",
+                                         options.name, m.name, mask_url(options.postgres)));
+  }
+  pool.acquire();  // fail now, not at the first notify, if the URL is unusable
+  nats = std::make_unique<Nats>(options.nats, options.name, "dmm " + worker_id, *logger);
+}
+
+Kind& BucketCore::kind(const std::string& name) {
+  std::lock_guard lock(mu);
+  auto it = kinds_by_name.find(name);
+  if (it == kinds_by_name.end())
+    throw InvalidArgument(fmt::format("bucket '{}': unknown kind '{}'; register it with register_kind first",
+                                      options.name, name));
+  return *it->second;
+}
+
+std::vector<Kind*> BucketCore::kinds() {
+  std::lock_guard lock(mu);
+  std::vector<Kind*> out;
+  for (auto& [name, kind] : kinds_by_name) out.push_back(kind.get());
+  return out;
+}
+
+WorkStream& register_kind(BucketCore& core, std::string name, KindOptions options, KindHooks hooks) {
+  validate_name("kind", name);
+  validate_kind_options(options, name);
+  {
+    std::lock_guard lock(core.mu);
+    if (core.kinds_by_name.count(name))
+      throw InvalidArgument(fmt::format("bucket '{}': kind '{}' is already registered", core.options.name, name));
+    if (auto it = core.kind_names.find(hooks.type); it != core.kind_names.end())
+      throw InvalidArgument(fmt::format("bucket '{}': type {} is already registered as kind '{}'", core.options.name,
+                                        hooks.type_name, it->second));
+  }
+  core.nats->ensure_consumer(name);
+  auto kind = std::make_unique<Kind>(Kind{name, options, std::move(hooks), nullptr});
+  kind->stream = std::make_unique<WorkStream>(std::make_unique<WorkStreamEngine>(core, *kind));
+  std::lock_guard lock(core.mu);
+  core.kind_names[kind->hooks.type] = name;
+  auto& stream = *kind->stream;
+  core.kinds_by_name[name] = std::move(kind);
+  return stream;
+}
+
+const std::string& kind_of(const BucketCore& core, std::type_index type, std::string_view type_name) {
+  std::lock_guard lock(const_cast<BucketCore&>(core).mu);
+  auto it = core.kind_names.find(type);
+  if (it == core.kind_names.end())
+    throw InvalidArgument(fmt::format("bucket '{}': type {} is not registered; call register_kind<T>(\"name\") "
+                                      "before using it",
+                                      core.options.name, type_name));
+  return it->second;
+}
+
+void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> matters) {
+  core.kind(kind);
+  // Last state wins within one call; ON CONFLICT cannot touch a row twice.
+  std::map<std::string, std::size_t> last;
+  for (std::size_t i = 0; i < matters.size(); ++i) {
+    validate_matter(core, kind, matters[i]);
+    last[matters[i].identity] = i;
+  }
+  std::vector<JsonMatter> unique;
+  unique.reserve(last.size());
+  for (std::size_t i = 0; i < matters.size(); ++i)
+    if (last[matters[i].identity] == i) unique.push_back(std::move(matters[i]));
+
+  constexpr std::size_t kChunk = 2000;
+  for (std::size_t begin = 0; begin < unique.size(); begin += kChunk) {
+    std::vector<JsonMatter> chunk(std::make_move_iterator(unique.begin() + begin),
+                                  std::make_move_iterator(unique.begin() + std::min(unique.size(), begin + kChunk)));
+    auto owed = core.pool.with_connection([&](pqxx::connection& conn) {
+      pqxx::work tx(conn);
+      auto ids = upsert_matters(tx, core.options.name, kind, chunk, core.options.token_grace);
+      tx.commit();
+      return ids;
+    });
+    core.publish(kind, owed);
+  }
+}
+
+void notify_in(BucketCore& core, pqxx::transaction_base& txn, const std::string& kind, JsonMatter matter) {
+  core.kind(kind);
+  validate_matter(core, kind, matter);
+  std::vector<JsonMatter> one;
+  one.push_back(std::move(matter));
+  // kick_at = now(): a sweeper woken by the NOTIFY at commit publishes it.
+  upsert_matters(txn, core.options.name, kind, one, std::chrono::milliseconds(0));
+  txn.exec_params("SELECT pg_notify($1, $2)", std::string(kWakeChannel), core.options.name);
+}
+
+std::optional<nlohmann::json> get(BucketCore& core, const std::string& kind, std::string_view identity) {
+  core.kind(kind);
+  validate_identity(kind, identity);
+  return core.pool.with_connection([&](pqxx::connection& conn) -> std::optional<nlohmann::json> {
+    pqxx::nontransaction tx(conn);
+    auto rows = tx.exec_params("SELECT state::text FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = $3",
+                               core.options.name, kind, std::string(identity));
+    if (rows.empty()) return std::nullopt;
+    return nlohmann::json::parse(rows[0][0].as<std::string>());
+  });
+}
+
+bool update(BucketCore& core, const std::string& kind, std::string_view identity,
+            const std::function<void(nlohmann::json&)>& change) {
+  core.kind(kind);
+  validate_identity(kind, identity);
+  std::optional<std::vector<std::int64_t>> owed = core.pool.with_connection(
+      [&](pqxx::connection& conn) -> std::optional<std::vector<std::int64_t>> {
+        pqxx::work tx(conn);
+        auto rows = tx.exec_params(
+            "SELECT state::text FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = $3 FOR UPDATE",
+            core.options.name, kind, std::string(identity));
+        if (rows.empty()) return std::nullopt;
+        JsonMatter m{std::string(identity), nlohmann::json::parse(rows[0][0].as<std::string>())};
+        change(m.state);
+        check_state_size(core, kind, m);
+        std::vector<JsonMatter> one;
+        one.push_back(std::move(m));
+        auto ids = upsert_matters(tx, core.options.name, kind, one, core.options.token_grace);
+        tx.commit();
+        return ids;
+      });
+  if (!owed) return false;
+  core.publish(kind, *owed);
+  return true;
+}
+
+bool remove(BucketCore& core, const std::string& kind, std::string_view identity) {
+  auto& k = core.kind(kind);
+  validate_identity(kind, identity);
+  const bool finalize = static_cast<bool>(k.hooks.finalize);
+  auto rows = core.pool.with_connection([&](pqxx::connection& conn) {
+    pqxx::nontransaction tx(conn);
+    if (!finalize)
+      return tx.exec_params(
+          "DELETE FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = $3 RETURNING id, false",
+          core.options.name, kind, std::string(identity));
+    // Like a notify of "gone": a new generation that owes a finalize.
+    return tx.exec_params(R"sql(
+UPDATE dmm.matter SET
+  deleted_at = coalesce(deleted_at, now()),
+  generation = generation + 1,
+  phase = CASE WHEN lease_until >= now() THEN phase ELSE 'deleting' END,
+  attempts = 0, last_error = NULL, due_at = now(),
+  kick_at = CASE WHEN lease_until >= now() THEN kick_at ELSE now() + $4 * interval '1 millisecond' END,
+  updated_at = now()
+WHERE bucket = $1 AND kind = $2 AND identity = $3
+RETURNING id, lease_until IS NULL OR lease_until < now())sql",
+                          core.options.name, kind, std::string(identity), core.options.token_grace.count());
+  });
+  if (rows.empty()) return false;
+  if (rows[0][1].as<bool>()) core.publish(kind, {rows[0][0].as<std::int64_t>()});
+  return true;
+}
+
+bool retry(BucketCore& core, const std::string& kind, std::string_view identity) {
+  core.kind(kind);
+  validate_identity(kind, identity);
+  auto rows = core.pool.with_connection([&](pqxx::connection& conn) {
+    pqxx::nontransaction tx(conn);
+    return tx.exec_params(R"sql(
+UPDATE dmm.matter SET phase = CASE WHEN deleted_at IS NOT NULL THEN 'deleting' ELSE 'pending' END,
+  attempts = 0, due_at = now(), kick_at = now() + $4 * interval '1 millisecond', updated_at = now()
+WHERE bucket = $1 AND kind = $2 AND identity = $3 AND phase IN ('failed', 'retrying')
+RETURNING id)sql",
+                          core.options.name, kind, std::string(identity), core.options.token_grace.count());
+  });
+  if (rows.empty()) return false;
+  core.publish(kind, {rows[0][0].as<std::int64_t>()});
+  return true;
+}
+
+void provide(BucketCore& core, std::type_index type, std::shared_ptr<void> service) {
+  std::lock_guard lock(core.mu);
+  core.services[type] = std::move(service);
+}
+
+void* service(BucketCore& core, std::type_index type, std::string_view type_name) {
+  std::lock_guard lock(core.mu);
+  auto it = core.services.find(type);
+  if (it == core.services.end())
+    throw InvalidArgument(fmt::format("bucket '{}': no service of type {}; call bucket.provide(...) before work()",
+                                      core.options.name, type_name));
+  return it->second.get();
+}
+
+}  // namespace detail
+
+Bucket::Bucket(std::shared_ptr<detail::BucketCore> core) : core_(std::move(core)) {}
+Bucket::Bucket(Bucket&&) noexcept = default;
+Bucket& Bucket::operator=(Bucket&&) noexcept = default;
+
+Bucket::~Bucket() {
+  if (!core_) return;
+  stop();
+}
+
+Bucket Bucket::open(BucketOptions options) { return Bucket(std::make_shared<detail::BucketCore>(std::move(options))); }
+
+void Bucket::run() {
+  auto kinds = core_->kinds();
+  if (kinds.empty())
+    throw InvalidArgument(fmt::format("bucket '{}': run() with no kinds registered; call register_kind first",
+                                      core_->options.name));
+  std::vector<std::jthread> threads;
+  std::exception_ptr failure;
+  std::mutex failure_mu;
+  for (auto* kind : kinds)
+    threads.emplace_back([&, kind] {
+      try {
+        kind->stream->work();
+      } catch (...) {
+        std::lock_guard lock(failure_mu);
+        if (!failure) failure = std::current_exception();
+        stop();
+      }
+    });
+  threads.clear();  // joins
+  if (failure) std::rethrow_exception(failure);
+}
+
+void Bucket::stop() {
+  for (auto* kind : core_->kinds()) kind->stream->stop();
+}
+
+const std::string& Bucket::name() const { return core_->options.name; }
+const std::string& Bucket::worker_id() const { return core_->worker_id; }
+
+}  // namespace dmm

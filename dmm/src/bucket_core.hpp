@@ -1,0 +1,55 @@
+// The engine behind a Bucket handle: connections, registered kinds and their
+// WorkStreams. Shared by the Bucket and every thread working for it.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <mutex>
+#include <spdlog/logger.h>
+#include <string>
+#include <typeindex>
+
+#include "dmm/detail/core.hpp"
+#include "dmm/options.hpp"
+#include "dmm/work_stream.hpp"
+#include "pg.hpp"
+#include "tokens.hpp"
+
+namespace dmm::detail {
+
+struct Kind {
+  std::string name;
+  KindOptions options;
+  KindHooks hooks;
+  std::unique_ptr<WorkStream> stream;
+};
+
+class BucketCore {
+ public:
+  explicit BucketCore(BucketOptions options);
+
+  // Constant after construction.
+  const BucketOptions options;
+  const std::shared_ptr<spdlog::logger> logger;
+  const std::string worker_id;
+
+  PgPool pool;                 // thread-safe
+  std::unique_ptr<Nats> nats;  // thread-safe; set once in the constructor
+
+  // The registered kind `name`; InvalidArgument if unknown.
+  Kind& kind(const std::string& name);
+  // Every registered kind, in name order.
+  std::vector<Kind*> kinds();
+
+  // Publishes tokens owed after a commit (failures only logged).
+  void publish(const std::string& kind, const std::vector<std::int64_t>& ids) {
+    for (auto id : ids) nats->publish(kind, id);
+  }
+
+  std::mutex mu;                                                // protects the members below
+  std::map<std::string, std::unique_ptr<Kind>> kinds_by_name;  // guarded by mu
+  std::map<std::type_index, std::string> kind_names;            // guarded by mu
+  std::map<std::type_index, std::shared_ptr<void>> services;    // guarded by mu
+};
+
+}  // namespace dmm::detail

@@ -1,0 +1,64 @@
+// PostgreSQL connections: opening them with clear errors, and a small pool for
+// API calls that may come from any thread. pqxx connections are not
+// thread-safe: each engine thread owns one, and pool leases are exclusive.
+#pragma once
+
+#include <memory>
+#include <mutex>
+#include <pqxx/pqxx>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace dmm::detail {
+
+// Opens a connection with every dmm statement prepared. ConnectionError that
+// names the URL (password masked) and `purpose` on failure.
+std::unique_ptr<pqxx::connection> connect_pg(const std::string& url, std::string_view purpose);
+
+// True for errors after which the connection should be dropped and reopened.
+bool is_connection_error(const std::exception& e);
+
+class PgPool {
+ public:
+  explicit PgPool(std::string url) : url_(std::move(url)) {}
+
+  class Lease {
+   public:
+    Lease(PgPool& pool, std::unique_ptr<pqxx::connection> conn) : pool_(pool), conn_(std::move(conn)) {}
+    Lease(Lease&&) = default;
+    ~Lease();
+    pqxx::connection& operator*() { return *conn_; }
+    pqxx::connection* operator->() { return conn_.get(); }
+    // The connection failed: do not return it to the pool.
+    void discard() { conn_.reset(); }
+
+   private:
+    PgPool& pool_;
+    std::unique_ptr<pqxx::connection> conn_;
+  };
+
+  Lease acquire();
+
+  // Runs fn(connection) once, and once more on a fresh connection if the
+  // pooled one had gone stale (for example after a PostgreSQL restart).
+  template <class Fn>
+  auto with_connection(Fn&& fn) {
+    for (int attempt = 1;; ++attempt) {
+      Lease lease = acquire();
+      try {
+        return fn(*lease);
+      } catch (const pqxx::broken_connection&) {
+        lease.discard();
+        if (attempt >= 2) throw;
+      }
+    }
+  }
+
+ private:
+  const std::string url_;
+  std::mutex mu_;
+  std::vector<std::unique_ptr<pqxx::connection>> idle_;  // protected by mu_
+};
+
+}  // namespace dmm::detail

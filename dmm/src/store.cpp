@@ -1,0 +1,213 @@
+#include "store.hpp"
+
+#include <nlohmann/json.hpp>
+
+#include "sql.hpp"
+
+namespace dmm::detail {
+namespace {
+
+// A different state bumps the generation and owes work now; the same state is
+// a no-op (unless the matter was being removed: a notify cancels that). A
+// leased matter keeps its phase and kick_at: the holder's write-back sees the
+// new generation and re-arms it.
+constexpr const char* kUpsert = R"sql(
+INSERT INTO dmm.matter AS m (bucket, kind, identity, state, due_at, kick_at)
+SELECT $1, $2, r.identity, r.state, now(), now() + $4 * interval '1 millisecond'
+  FROM jsonb_to_recordset($3::jsonb) AS r(identity text, state jsonb)
+ON CONFLICT (bucket, kind, identity) DO UPDATE SET
+  state = EXCLUDED.state,
+  generation = m.generation + 1,
+  phase = CASE WHEN m.lease_until >= now() THEN m.phase ELSE 'pending' END,
+  attempts = 0,
+  last_error = NULL,
+  due_at = now(),
+  kick_at = CASE WHEN m.lease_until >= now() THEN m.kick_at ELSE EXCLUDED.kick_at END,
+  deleted_at = NULL,
+  updated_at = now()
+WHERE m.state IS DISTINCT FROM EXCLUDED.state OR m.deleted_at IS NOT NULL
+RETURNING m.id, m.lease_until IS NULL OR m.lease_until < now()
+)sql";
+
+constexpr const char* kClaim = R"sql(
+UPDATE dmm.matter SET
+  lease_owner = $4,
+  lease_until = now() + $5 * interval '1 millisecond',
+  kick_at = now() + $5 * interval '1 millisecond',
+  lease_epoch = lease_epoch + 1,
+  phase = CASE WHEN deleted_at IS NOT NULL THEN 'deleting' ELSE 'reconciling' END,
+  updated_at = now()
+WHERE id = ANY($1::bigint[]) AND bucket = $2 AND kind = $3
+  AND due_at <= now() AND (lease_until IS NULL OR lease_until < now())
+RETURNING id, identity, state::text, generation, lease_epoch, attempts, deleted_at IS NOT NULL
+)sql";
+
+// The one place an attempt's outcome becomes the next stored state.
+// Rows whose generation moved on while leased keep their newer state and owe
+// work now, whatever the outcome; so do released ones.
+constexpr const char* kWriteBack = R"sql(
+WITH r AS (
+  SELECT * FROM jsonb_to_recordset($1::jsonb)
+    AS r(id bigint, epoch bigint, gen bigint, outcome text, state jsonb, delay_ms bigint, error text)
+), gone AS (
+  DELETE FROM dmm.matter m USING r
+   WHERE r.outcome = 'finalized' AND m.id = r.id AND m.lease_epoch = r.epoch AND m.generation = r.gen
+  RETURNING m.id
+), kept AS (
+  UPDATE dmm.matter m SET
+    state = CASE WHEN m.generation = r.gen AND r.outcome IN ('done', 'requeue') AND r.state IS NOT NULL
+                 THEN r.state ELSE m.state END,
+    materialized_generation = CASE WHEN m.generation = r.gen AND r.outcome IN ('done', 'requeue')
+                                   THEN r.gen ELSE m.materialized_generation END,
+    attempts = CASE WHEN m.generation <> r.gen THEN 0
+                    WHEN r.outcome IN ('retry', 'failed') THEN m.attempts + 1
+                    WHEN r.outcome = 'release' THEN m.attempts
+                    ELSE 0 END,
+    last_error = CASE WHEN m.generation <> r.gen THEN NULL
+                      WHEN r.outcome IN ('retry', 'failed') THEN r.error
+                      WHEN r.outcome = 'release' THEN m.last_error
+                      ELSE NULL END,
+    phase = CASE WHEN m.generation <> r.gen OR r.outcome = 'release'
+                   THEN CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'pending' END
+                 WHEN r.outcome IN ('done', 'requeue') THEN 'ready'
+                 WHEN r.outcome = 'retry' THEN CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'retrying' END
+                 ELSE 'failed' END,
+    due_at = CASE WHEN m.generation <> r.gen OR r.outcome = 'release' THEN now()
+                  WHEN r.outcome IN ('done', 'failed') THEN NULL
+                  ELSE now() + r.delay_ms * interval '1 millisecond' END,
+    kick_at = CASE WHEN m.generation <> r.gen OR r.outcome = 'release' THEN now() + $2 * interval '1 millisecond'
+                   WHEN r.outcome IN ('done', 'failed') THEN NULL
+                   ELSE now() + r.delay_ms * interval '1 millisecond' END,
+    lease_owner = NULL,
+    lease_until = NULL,
+    lease_epoch = m.lease_epoch + 1,
+    updated_at = now()
+  FROM r
+  WHERE m.id = r.id AND m.lease_epoch = r.epoch AND (r.outcome <> 'finalized' OR m.generation <> r.gen)
+  RETURNING m.id, m.due_at <= now() AS owed_now
+)
+SELECT id FROM kept WHERE owed_now
+)sql";
+
+constexpr const char* kHeartbeat = R"sql(
+WITH h AS (SELECT unnest($1::bigint[]) AS id, unnest($2::bigint[]) AS epoch),
+renewed AS (
+  UPDATE dmm.matter m SET
+    lease_until = now() + $3 * interval '1 millisecond',
+    kick_at = now() + $3 * interval '1 millisecond'
+  FROM h WHERE m.id = h.id AND m.lease_epoch = h.epoch
+  RETURNING m.id
+)
+SELECT h.id FROM h WHERE h.id NOT IN (SELECT id FROM renewed)
+)sql";
+
+constexpr const char* kSweep = R"sql(
+WITH owed AS (
+  SELECT id FROM dmm.matter
+   WHERE bucket = $1 AND kind = $2 AND kick_at <= now()
+   ORDER BY kick_at
+   LIMIT $3
+   FOR UPDATE SKIP LOCKED
+)
+UPDATE dmm.matter m SET kick_at = now() + $4 * interval '1 millisecond'
+  FROM owed WHERE m.id = owed.id
+RETURNING m.id
+)sql";
+
+constexpr const char* kNextKick = R"sql(
+SELECT (extract(epoch FROM (min(kick_at) - clock_timestamp())) * 1000)::bigint
+  FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND kick_at IS NOT NULL
+)sql";
+
+std::vector<std::int64_t> ids_of(const pqxx::result& rows) {
+  std::vector<std::int64_t> ids;
+  ids.reserve(rows.size());
+  for (const auto& row : rows) ids.push_back(row[0].as<std::int64_t>());
+  return ids;
+}
+
+}  // namespace
+
+void prepare_statements(pqxx::connection& conn) {
+  conn.prepare("dmm_upsert", kUpsert);
+  conn.prepare("dmm_claim", kClaim);
+  conn.prepare("dmm_write_back", kWriteBack);
+  conn.prepare("dmm_heartbeat", kHeartbeat);
+  conn.prepare("dmm_sweep", kSweep);
+  conn.prepare("dmm_next_kick", kNextKick);
+}
+
+const char* to_string(OutcomeKind kind) {
+  switch (kind) {
+    case OutcomeKind::done: return "done";
+    case OutcomeKind::requeue: return "requeue";
+    case OutcomeKind::retry: return "retry";
+    case OutcomeKind::failed: return "failed";
+    case OutcomeKind::finalized: return "finalized";
+    case OutcomeKind::release: return "release";
+  }
+  return "retry";
+}
+
+std::vector<std::int64_t> upsert_matters(pqxx::transaction_base& txn, const std::string& bucket,
+                                         const std::string& kind, const std::vector<JsonMatter>& matters,
+                                         std::chrono::milliseconds grace) {
+  auto rows = nlohmann::json::array();
+  for (const auto& m : matters) rows.push_back({{"identity", m.identity}, {"state", m.state}});
+  std::vector<std::int64_t> owed;
+  for (const auto& row : txn.exec_prepared("dmm_upsert", bucket, kind, rows.dump(), grace.count()))
+    if (row[1].as<bool>()) owed.push_back(row[0].as<std::int64_t>());
+  return owed;
+}
+
+std::vector<Claimed> claim(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
+                           const std::vector<std::int64_t>& ids, const std::string& owner,
+                           std::chrono::milliseconds ttl) {
+  pqxx::nontransaction tx(conn);
+  auto rows = tx.exec_prepared("dmm_claim", bigint_array(ids), bucket, kind, owner, ttl.count());
+  std::vector<Claimed> claimed;
+  claimed.reserve(rows.size());
+  for (const auto& row : rows) {
+    claimed.push_back(Claimed{row[0].as<std::int64_t>(), row[1].as<std::string>(), row[2].as<std::string>(),
+                              row[3].as<std::int64_t>(), row[4].as<std::int64_t>(), row[5].as<int>(),
+                              row[6].as<bool>()});
+  }
+  return claimed;
+}
+
+std::vector<std::int64_t> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
+                                     std::chrono::milliseconds grace) {
+  auto rows = nlohmann::json::array();
+  for (const auto& o : outcomes) {
+    nlohmann::json row = {{"id", o.id}, {"epoch", o.epoch}, {"gen", o.generation}, {"outcome", to_string(o.kind)}};
+    if (o.state) row["state"] = *o.state;
+    if (o.delay_ms) row["delay_ms"] = o.delay_ms;
+    if (!o.error.empty()) row["error"] = o.error;
+    rows.push_back(std::move(row));
+  }
+  pqxx::nontransaction tx(conn);
+  return ids_of(tx.exec_prepared("dmm_write_back", rows.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                                 grace.count()));
+}
+
+std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<std::int64_t>& ids,
+                                    const std::vector<std::int64_t>& epochs, std::chrono::milliseconds ttl) {
+  pqxx::nontransaction tx(conn);
+  return ids_of(tx.exec_prepared("dmm_heartbeat", bigint_array(ids), bigint_array(epochs), ttl.count()));
+}
+
+std::vector<std::int64_t> sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,
+                                std::chrono::milliseconds grace) {
+  pqxx::nontransaction tx(conn);
+  return ids_of(tx.exec_prepared("dmm_sweep", bucket, kind, limit, grace.count()));
+}
+
+std::optional<std::int64_t> next_kick_in_ms(pqxx::connection& conn, const std::string& bucket,
+                                            const std::string& kind) {
+  pqxx::nontransaction tx(conn);
+  auto rows = tx.exec_prepared("dmm_next_kick", bucket, kind);
+  if (rows.empty() || rows[0][0].is_null()) return std::nullopt;
+  return rows[0][0].as<std::int64_t>();
+}
+
+}  // namespace dmm::detail

@@ -1,0 +1,82 @@
+// The PostgreSQL side of the protocol: every statement dmm runs against
+// dmm.matter, each batched (one round trip for many matters). Functions take
+// the caller's connection; none of them keeps state.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <pqxx/pqxx>
+#include <string>
+#include <vector>
+
+#include "dmm/detail/core.hpp"
+
+namespace dmm::detail {
+
+void prepare_statements(pqxx::connection& conn);
+
+// A row to publish a token for after commit.
+struct TokenOwed {
+  std::int64_t id;
+  std::string kind;
+};
+
+// Upserts absolute states (identities unique within `matters`). Returns the
+// rows that changed and are not leased: their tokens are owed now. With
+// `grace` zero the sweeper publishes instead (kick_at = now()).
+std::vector<std::int64_t> upsert_matters(pqxx::transaction_base& txn, const std::string& bucket,
+                                         const std::string& kind, const std::vector<JsonMatter>& matters,
+                                         std::chrono::milliseconds grace);
+
+// A matter claimed by this worker: the lease is ours until `epoch` changes.
+struct Claimed {
+  std::int64_t id = 0;
+  std::string identity;
+  std::string state;  // JSON text
+  std::int64_t generation = 0;
+  std::int64_t epoch = 0;
+  int attempts = 0;  // failed attempts so far
+  bool deleting = false;
+};
+
+std::vector<Claimed> claim(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
+                           const std::vector<std::int64_t>& ids, const std::string& owner,
+                           std::chrono::milliseconds ttl);
+
+// How an attempt ended; the one place that maps it to the next stored state is
+// the write_back statement (store.cpp).
+enum class OutcomeKind { done, requeue, retry, failed, finalized, release };
+const char* to_string(OutcomeKind kind);
+
+struct Outcome {
+  std::int64_t id = 0;
+  std::int64_t epoch = 0;
+  std::int64_t generation = 0;
+  OutcomeKind kind = OutcomeKind::done;
+  std::optional<nlohmann::json> state;  // only when the materializer changed it
+  std::int64_t delay_ms = 0;         // requeue or retry
+  std::string error;                 // retry or failed
+};
+
+// Writes outcomes back, fenced by lease epoch. Returns rows whose token is
+// owed now (their state changed while they were leased, or they were released).
+std::vector<std::int64_t> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
+                                     std::chrono::milliseconds grace);
+
+// Extends leases we still hold; returns the ids whose lease was lost.
+std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<std::int64_t>& ids,
+                                    const std::vector<std::int64_t>& epochs, std::chrono::milliseconds ttl);
+
+// Picks up to `limit` rows of (bucket, kind) whose token is owed
+// (kick_at <= now()), re-arms kick_at = now() + grace, returns their ids.
+std::vector<std::int64_t> sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,
+                                std::chrono::milliseconds grace);
+
+// Milliseconds until the next kick_at of (bucket, kind); nullopt if none.
+std::optional<std::int64_t> next_kick_in_ms(pqxx::connection& conn, const std::string& bucket,
+                                            const std::string& kind);
+
+inline constexpr const char* kWakeChannel = "dmm_wake";
+
+}  // namespace dmm::detail

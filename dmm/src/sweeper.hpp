@@ -1,0 +1,27 @@
+// The sweeper of one kind: sends tokens for matters whose kick_at passed —
+// notifies whose token got lost, retries and requeues coming due, leases
+// that expired with their holder — so work owed is never forgotten while
+// PostgreSQL holds it. Several processes may sweep the same kind: rows are
+// taken with SKIP LOCKED and re-armed, so each token goes out about once.
+#pragma once
+
+#include <stop_token>
+#include <string>
+
+namespace dmm::detail {
+
+class BucketCore;
+
+class Sweeper {
+ public:
+  Sweeper(BucketCore& core, std::string kind) : core_(core), kind_(std::move(kind)) {}
+  // Sweeps until `stop`; sleeps until the next kick_at (at most 1 s) or until
+  // woken by a NOTIFY on the wake channel (transactional notifies).
+  void run(std::stop_token stop);
+
+ private:
+  BucketCore& core_;
+  const std::string kind_;
+};
+
+}  // namespace dmm::detail

@@ -1,0 +1,212 @@
+#include "tokens.hpp"
+
+#include <fmt/format.h>
+#include <spdlog/spdlog.h>
+
+#include "dmm/errors.hpp"
+#include "dmm/url.hpp"
+#include "names.hpp"
+
+namespace dmm::detail {
+namespace {
+
+std::string nats_error(natsStatus s, jsErrCode jerr = static_cast<jsErrCode>(0)) {
+  natsStatus last = NATS_OK;
+  const char* text = nats_GetLastError(&last);
+  std::string out = natsStatus_GetText(s);
+  if (text && *text && last == s) out = fmt::format("{} ({})", out, text);
+  if (jerr) out += fmt::format(" [JetStream error {}]", static_cast<int>(jerr));
+  return mask_url(out);
+}
+
+std::int64_t now_ms() {
+  using namespace std::chrono;
+  return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
+}
+
+}  // namespace
+
+Nats::Nats(const std::string& url, const std::string& bucket, const std::string& client_name, spdlog::logger& log)
+    : bucket_(bucket), url_(mask_url(url)), log_(log) {
+  natsOptions* opts = nullptr;
+  natsStatus s = natsOptions_Create(&opts);
+  if (s == NATS_OK) s = natsOptions_SetURL(opts, url.c_str());
+  if (s == NATS_OK) s = natsOptions_SetName(opts, client_name.c_str());
+  if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 5000);
+  // Keep trying forever once connected: tokens are an accelerator, and the
+  // sweeper catches up after the server is back.
+  if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
+  if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
+  if (s == NATS_OK) s = natsOptions_SetReconnectBufSize(opts, 8 * 1024 * 1024);
+  if (s == NATS_OK) s = natsConnection_Connect(&conn_, opts);
+  natsOptions_Destroy(opts);
+  if (s != NATS_OK)
+    throw ConnectionError(fmt::format("cannot connect to NATS at {} for bucket '{}': {}; check the URL, that "
+                                      "nats-server runs with -js, and the credentials",
+                                      url_, bucket_, nats_error(s)));
+  jsOptions jo;
+  jsOptions_Init(&jo);
+  jo.Wait = 5000;
+  jo.PublishAsync.MaxPending = 65536;
+  jo.PublishAsync.ErrHandler = &Nats::on_publish_error;
+  jo.PublishAsync.ErrHandlerClosure = this;
+  s = natsConnection_JetStream(&js_, conn_, &jo);
+  if (s != NATS_OK) {
+    natsConnection_Destroy(conn_);
+    throw ConnectionError(fmt::format("NATS at {}: cannot open JetStream: {}", url_, nats_error(s)));
+  }
+  try {
+    ensure_stream();
+  } catch (...) {
+    jsCtx_Destroy(js_);
+    natsConnection_Destroy(conn_);
+    throw;
+  }
+}
+
+Nats::~Nats() {
+  flush(std::chrono::milliseconds(2000));
+  jsCtx_Destroy(js_);
+  natsConnection_Destroy(conn_);
+}
+
+void Nats::ensure_stream() {
+  const auto name = stream_name(bucket_);
+  jsStreamInfo* si = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetStreamInfo(&si, js_, name.c_str(), nullptr, &jerr);
+  if (s == NATS_OK) {
+    const bool usable = si->Config->Retention == js_WorkQueuePolicy && si->Config->MaxMsgsPerSubject == 1;
+    jsStreamInfo_Destroy(si);
+    if (!usable)
+      throw Error(fmt::format("NATS stream {} exists but is not a WorkQueue stream with MaxMsgsPerSubject=1, which "
+                              "bucket '{}' needs; delete it (`nats stream rm {}`: it holds only tokens, nothing is "
+                              "lost) and open the bucket again",
+                              name, bucket_, name));
+    return;
+  }
+  if (s != NATS_NOT_FOUND && jerr != JSStreamNotFoundErr)
+    throw ConnectionError(fmt::format("NATS at {}: cannot read stream {}: {}; is JetStream enabled (nats-server -js)?",
+                                      url_, name, nats_error(s, jerr)));
+  const auto subjects = bucket_subjects(bucket_);
+  const char* subject_list[] = {subjects.c_str()};
+  jsStreamConfig cfg;
+  jsStreamConfig_Init(&cfg);
+  cfg.Name = name.c_str();
+  cfg.Subjects = subject_list;
+  cfg.SubjectsLen = 1;
+  cfg.Retention = js_WorkQueuePolicy;
+  cfg.MaxMsgsPerSubject = 1;  // many notifies of one matter coalesce into one pending token
+  cfg.Storage = js_FileStorage;
+  s = js_AddStream(&si, js_, &cfg, nullptr, &jerr);
+  if (s != NATS_OK) {
+    throw ConnectionError(fmt::format("NATS at {}: cannot create stream {}: {}", url_, name, nats_error(s, jerr)));
+  }
+  jsStreamInfo_Destroy(si);
+  log_.info("bucket '{}': created NATS stream {} ({})", bucket_, name, subjects);
+}
+
+void Nats::ensure_consumer(const std::string& kind) {
+  const auto stream = stream_name(bucket_);
+  jsConsumerInfo* ci = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = js_GetConsumerInfo(&ci, js_, stream.c_str(), kind.c_str(), nullptr, &jerr);
+  if (s == NATS_OK) {
+    jsConsumerInfo_Destroy(ci);
+    return;
+  }
+  if (s != NATS_NOT_FOUND && jerr != JSConsumerNotFoundErr)
+    throw ConnectionError(fmt::format("NATS at {}: cannot read consumer {} of stream {}: {}", url_, kind, stream,
+                                      nats_error(s, jerr)));
+  const auto filter = kind_subjects(bucket_, kind);
+  jsConsumerConfig cc;
+  jsConsumerConfig_Init(&cc);
+  cc.Durable = kind.c_str();
+  cc.FilterSubject = filter.c_str();
+  cc.AckPolicy = js_AckExplicit;
+  cc.DeliverPolicy = js_DeliverAll;
+  // Tokens are acked right after their matters are claimed; a worker that dies
+  // in between leaves them to be redelivered after this (or re-sent by a
+  // sweeper sooner).
+  cc.AckWait = static_cast<int64_t>(30) * 1000 * 1000 * 1000;
+  cc.MaxAckPending = 65536;
+  cc.MaxDeliver = -1;
+  s = js_AddConsumer(&ci, js_, stream.c_str(), &cc, nullptr, &jerr);
+  if (s != NATS_OK)
+    throw ConnectionError(fmt::format("NATS at {}: cannot create consumer {} on stream {}: {}", url_, kind, stream,
+                                      nats_error(s, jerr)));
+  jsConsumerInfo_Destroy(ci);
+  log_.info("bucket '{}': created NATS consumer {} ({})", bucket_, kind, filter);
+}
+
+void Nats::publish(const std::string& kind, std::int64_t row_id) noexcept {
+  const auto subject = token_subject(bucket_, kind, row_id);
+  natsStatus s = js_PublishAsync(js_, subject.c_str(), nullptr, 0, nullptr);
+  if (s == NATS_OK) return;
+  ++publish_errors_;
+  // Rate-limited: when NATS is down every publish fails, and the sweeper will
+  // resend them all anyway.
+  const auto now = now_ms();
+  auto last = last_error_log_ms_.load();
+  if (now - last > 5000 && last_error_log_ms_.compare_exchange_strong(last, now))
+    log_.warn("bucket '{}': cannot publish token {} to NATS at {}: {} (the sweeper will resend it)", bucket_, subject,
+              url_, nats_error(s));
+}
+
+void Nats::flush(std::chrono::milliseconds timeout) noexcept {
+  jsPubOptions po;
+  jsPubOptions_Init(&po);
+  po.MaxWait = timeout.count();
+  js_PublishAsyncComplete(js_, &po);
+}
+
+void Nats::on_publish_error(jsCtx*, jsPubAckErr* pae, void* closure) {
+  auto* self = static_cast<Nats*>(closure);
+  ++self->publish_errors_;
+  const auto now = now_ms();
+  auto last = self->last_error_log_ms_.load();
+  if (now - last > 5000 && self->last_error_log_ms_.compare_exchange_strong(last, now))
+    self->log_.warn("bucket '{}': NATS did not accept a token: {} (the sweeper will resend it)", self->bucket_,
+                    pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
+}
+
+TokenSource::TokenSource(Nats& nats, const std::string& kind) {
+  nats.ensure_consumer(kind);
+  const auto stream = stream_name(nats.bucket());
+  const auto filter = kind_subjects(nats.bucket(), kind);
+  jsSubOptions so;
+  jsSubOptions_Init(&so);
+  so.Stream = stream.c_str();
+  so.Consumer = kind.c_str();
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = js_PullSubscribe(&sub_, nats.js(), filter.c_str(), kind.c_str(), nullptr, &so, &jerr);
+  if (s != NATS_OK)
+    throw ConnectionError(fmt::format("bucket '{}': cannot subscribe to consumer {}: {}", nats.bucket(), kind,
+                                      nats_error(s, jerr)));
+}
+
+TokenSource::~TokenSource() {
+  // Unsubscribing would delete nothing (the consumer is durable); just free.
+  natsSubscription_Destroy(sub_);
+}
+
+std::vector<Token> TokenSource::fetch(int max, std::chrono::milliseconds timeout) {
+  natsMsgList list{};
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  natsStatus s = natsSubscription_Fetch(&list, sub_, max, timeout.count(), &jerr);
+  std::vector<Token> tokens;
+  if (s == NATS_OK) {
+    tokens.reserve(list.Count);
+    for (int i = 0; i < list.Count; ++i) {
+      tokens.emplace_back(list.Msgs[i]);
+      list.Msgs[i] = nullptr;  // owned by the Token now
+    }
+    natsMsgList_Destroy(&list);
+    return tokens;
+  }
+  natsMsgList_Destroy(&list);
+  if (s == NATS_TIMEOUT) return tokens;
+  throw Error(fmt::format("fetching tokens failed: {}", nats_error(s, jerr)));
+}
+
+}  // namespace dmm::detail

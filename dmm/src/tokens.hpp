@@ -1,0 +1,90 @@
+// The JetStream side: one connection per bucket, the bucket's stream, one
+// durable pull consumer per kind, and token publish/fetch/ack. Tokens only say
+// "look at row N"; they may be lost, duplicated or coalesced.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <nats/nats.h>
+#include <string>
+#include <vector>
+
+namespace spdlog {
+class logger;
+}
+
+namespace dmm::detail {
+
+class Nats {
+ public:
+  // Connects (ConnectionError naming the masked URL on failure) and creates
+  // or checks the bucket's stream.
+  Nats(const std::string& url, const std::string& bucket, const std::string& client_name, spdlog::logger& log);
+  ~Nats();
+  Nats(const Nats&) = delete;
+  Nats& operator=(const Nats&) = delete;
+
+  // Creates the stream if missing; dmm::Error if one of that name exists with
+  // a configuration dmm cannot work with.
+  void ensure_stream();
+  // Creates the kind's durable consumer if missing.
+  void ensure_consumer(const std::string& kind);
+
+  // Asynchronous publish of a token; failures are logged and counted, never
+  // thrown (the sweeper re-sends). Thread-safe.
+  void publish(const std::string& kind, std::int64_t row_id) noexcept;
+  // Waits up to `timeout` for outstanding publishes to be acknowledged.
+  void flush(std::chrono::milliseconds timeout) noexcept;
+  // Publish errors seen since the last call (the sweeper re-checks the
+  // stream when there were any).
+  std::uint64_t take_publish_errors() { return publish_errors_.exchange(0); }
+
+  const std::string& bucket() const { return bucket_; }
+  jsCtx* js() { return js_; }
+
+ private:
+  static void on_publish_error(jsCtx* js, jsPubAckErr* pae, void* closure);
+
+  const std::string bucket_;
+  const std::string url_;  // masked
+  spdlog::logger& log_;
+  natsConnection* conn_ = nullptr;  // thread-safe per nats.c
+  jsCtx* js_ = nullptr;
+  std::atomic<std::uint64_t> publish_errors_{0};
+  std::atomic<std::int64_t> last_error_log_ms_{0};
+};
+
+// A fetched token. Acking is asynchronous and idempotent.
+class Token {
+ public:
+  explicit Token(natsMsg* msg) : msg_(msg) {}
+  Token(Token&& o) noexcept : msg_(o.msg_) { o.msg_ = nullptr; }
+  Token& operator=(Token&&) = delete;
+  ~Token() { natsMsg_Destroy(msg_); }
+  std::string subject() const { return natsMsg_GetSubject(msg_); }
+  void ack() { natsMsg_Ack(msg_, nullptr); }
+
+ private:
+  natsMsg* msg_;
+};
+
+// The pull subscription of one kind's durable consumer.
+class TokenSource {
+ public:
+  TokenSource(Nats& nats, const std::string& kind);
+  ~TokenSource();
+  TokenSource(const TokenSource&) = delete;
+  TokenSource& operator=(const TokenSource&) = delete;
+
+  // Up to `max` tokens, waiting at most `timeout` for the first. An empty
+  // result is normal. dmm::Error when the subscription is broken (the caller
+  // re-creates the source).
+  std::vector<Token> fetch(int max, std::chrono::milliseconds timeout);
+
+ private:
+  natsSubscription* sub_ = nullptr;
+};
+
+}  // namespace dmm::detail

@@ -1,0 +1,378 @@
+// The worker loop of one kind: dispatch, execute, commit (sweeper.cpp sweeps).
+#include <fmt/format.h>
+#include <random>
+#include <spdlog/spdlog.h>
+#include <thread>
+
+#include "backoff.hpp"
+#include "bucket_core.hpp"
+#include "dmm/context.hpp"
+#include "dmm/errors.hpp"
+#include "dmm/work_stream.hpp"
+#include "names.hpp"
+#include "sweeper.hpp"
+#include "work_stream_engine.hpp"
+
+namespace dmm {
+
+WorkStream::WorkStream(std::unique_ptr<detail::WorkStreamEngine> engine) : engine_(std::move(engine)) {}
+WorkStream::~WorkStream() = default;
+void WorkStream::work() { engine_->work(); }
+void WorkStream::stop() { engine_->stop(); }
+const std::string& WorkStream::kind() const { return engine_->kind(); }
+
+namespace detail {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+double unit_random() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+}
+
+// Logs an error of a loop at most every few seconds: a server that is down
+// makes every iteration fail the same way.
+class ErrorLog {
+ public:
+  explicit ErrorLog(spdlog::logger& log) : log_(log) {}
+  template <class... Args>
+  void warn(fmt::format_string<Args...> f, Args&&... args) {
+    const auto now = Clock::now();
+    if (now - last_ < std::chrono::seconds(5)) return;
+    last_ = now;
+    log_.warn(f, std::forward<Args>(args)...);
+  }
+
+ private:
+  spdlog::logger& log_;
+  Clock::time_point last_{};
+};
+
+}  // namespace
+
+void validate_kind_options(const KindOptions& o, const std::string& kind) {
+  auto bad = [&](const std::string& what) { throw InvalidArgument("kind '" + kind + "': " + what); };
+  if (o.concurrency < 1 || o.concurrency > 4096) bad("concurrency must be in 1..4096 (default 4)");
+  if (o.batch < 1 || o.batch > 10000) bad("batch must be in 1..10000 (default 256)");
+  if (o.lease_ttl < std::chrono::milliseconds(300)) bad("lease_ttl must be at least 300ms (default 15s)");
+  if (o.stop_grace.count() < 0) bad("stop_grace must not be negative (default 10s)");
+  validate_backoff(o.backoff, kind);
+}
+
+bool sleep_for(std::stop_token stop, std::chrono::milliseconds d) {
+  std::mutex mu;
+  std::condition_variable_any cv;
+  std::unique_lock lock(mu);
+  return !cv.wait_for(lock, stop, d, [] { return false; }) && !stop.stop_requested();
+}
+
+WorkStreamEngine::WorkStreamEngine(BucketCore& core, const Kind& kind)
+    : core_(core), kind_(kind), capacity_(2 * kind.options.concurrency) {}
+
+WorkStreamEngine::~WorkStreamEngine() {
+  stop();
+  wait_idle();
+}
+
+const std::string& WorkStreamEngine::kind() const { return kind_.name; }
+
+void WorkStreamEngine::stop() {
+  stop_.request_stop();
+  room_cv_.notify_all();
+}
+
+void WorkStreamEngine::wait_idle() {
+  std::unique_lock lock(mu_);
+  idle_cv_.wait(lock, [&] { return !working_; });
+}
+
+void WorkStreamEngine::work() {
+  {
+    std::lock_guard lock(mu_);
+    if (working_) throw Error(fmt::format("kind '{}': work() is already running in this process", kind_.name));
+    working_ = true;
+    executors_exit_ = committer_exit_ = false;
+  }
+  auto& log = *core_.logger;
+  log.info("bucket '{}' kind '{}': working as {} (concurrency {}, lease {}ms)", core_.options.name, kind_.name,
+           core_.worker_id, kind_.options.concurrency, kind_.options.lease_ttl.count());
+  {
+    std::vector<std::jthread> executors;
+    for (int i = 0; i < kind_.options.concurrency; ++i) executors.emplace_back([this] { execute(); });
+    std::jthread committer([this] { commit(); });
+    Sweeper sweeper(core_, kind_.name);
+    std::jthread sweeping([&](std::stop_token st) { sweeper.run(st); });
+
+    dispatch(stop_.get_token());
+    shut_down();
+    executors.clear();  // joins: waits for materializations to return
+    {
+      std::lock_guard lock(mu_);
+      committer_exit_ = true;
+    }
+    done_cv_.notify_all();
+  }
+  core_.nats->flush(std::chrono::milliseconds(2000));
+  log.info("bucket '{}' kind '{}': stopped", core_.options.name, kind_.name);
+  std::lock_guard lock(mu_);
+  working_ = false;
+  idle_cv_.notify_all();
+}
+
+void WorkStreamEngine::dispatch(std::stop_token stop) {
+  ErrorLog errors(*core_.logger);
+  std::unique_ptr<pqxx::connection> conn;
+  std::unique_ptr<TokenSource> source;
+  auto delay = std::chrono::milliseconds(100);
+  while (!stop.stop_requested()) {
+    try {
+      if (!conn) conn = connect_pg(core_.options.postgres, "claiming matters of kind '" + kind_.name + "'");
+      if (!source) source = std::make_unique<TokenSource>(*core_.nats, kind_.name);
+      int room;
+      {
+        std::unique_lock lock(mu_);
+        room_cv_.wait_for(lock, std::chrono::milliseconds(250),
+                          [&] { return static_cast<int>(held_.size()) < capacity_ || stop.stop_requested(); });
+        room = capacity_ - static_cast<int>(held_.size());
+      }
+      if (stop.stop_requested()) break;
+      if (room <= 0) continue;
+      auto tokens = source->fetch(std::min(room, kind_.options.batch), std::chrono::milliseconds(250));
+      if (!tokens.empty()) claim_tokens(*conn, tokens);
+      delay = std::chrono::milliseconds(100);
+    } catch (const std::exception& e) {
+      errors.warn("bucket '{}' kind '{}': fetching and claiming work failed: {}; retrying", core_.options.name,
+                  kind_.name, e.what());
+      conn.reset();
+      source.reset();
+      sleep_for(stop, delay);
+      delay = std::min(delay * 2, std::chrono::milliseconds(5000));
+    }
+  }
+}
+
+void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Token>& tokens) {
+  std::vector<std::int64_t> ids;
+  ids.reserve(tokens.size());
+  for (auto& token : tokens) {
+    if (auto id = parse_token_subject(token.subject(), core_.options.name, kind_.name)) {
+      ids.push_back(*id);
+    } else {
+      core_.logger->warn("bucket '{}' kind '{}': dropping a message on '{}' that is not a dmm token",
+                         core_.options.name, kind_.name, token.subject());
+      token.ack();
+    }
+  }
+  auto claimed = claim(conn, core_.options.name, kind_.name, ids, core_.worker_id, kind_.options.lease_ttl);
+  // Claimed or not, the tokens have done their job: a matter not claimed is
+  // leased elsewhere (its holder sees any new generation at write-back), not
+  // due yet (the sweeper sends a token when it is), or gone.
+  for (auto& token : tokens) token.ack();
+  if (claimed.empty()) return;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& row : claimed) {
+      auto item = std::make_shared<Item>();
+      item->row = std::move(row);
+      held_[item->row.id] = item;
+      ready_.push_back(std::move(item));
+    }
+  }
+  ready_cv_.notify_all();
+}
+
+void WorkStreamEngine::execute() {
+  while (true) {
+    std::shared_ptr<Item> item;
+    {
+      std::unique_lock lock(mu_);
+      ready_cv_.wait(lock, [&] { return !ready_.empty() || executors_exit_; });
+      if (ready_.empty()) return;
+      item = std::move(ready_.front());
+      ready_.pop_front();
+      if (item->abandoned) continue;
+      item->running = true;
+      ++running_;
+    }
+    Outcome outcome = attempt(*item);
+    {
+      std::lock_guard lock(mu_);
+      item->running = false;
+      --running_;
+      if (!item->abandoned) done_.push_back(std::move(outcome));
+    }
+    done_cv_.notify_one();
+    idle_cv_.notify_all();
+  }
+}
+
+Outcome WorkStreamEngine::attempt(Item& item) {
+  const auto& row = item.row;
+  auto& log = *core_.logger;
+  Context ctx({&core_, &log, kind_.name, row.identity, row.attempts + 1, item.stop.get_token()});
+  Outcome out;
+  out.id = row.id, out.epoch = row.epoch, out.generation = row.generation;
+  try {
+    nlohmann::json original = nlohmann::json::parse(row.state);
+    nlohmann::json state = original;
+    if (row.deleting) {
+      if (kind_.hooks.finalize) kind_.hooks.finalize(state, ctx);
+      out.kind = OutcomeKind::finalized;
+      log.debug("kind '{}' identity '{}': finalized", kind_.name, row.identity);
+      return out;
+    }
+    Result result = kind_.hooks.materialize(state, ctx);
+    if (state != original) {
+      const auto size = state.dump().size();
+      if (size > core_.options.max_state_bytes)
+        throw TerminalError(fmt::format("materialize left a state of {} bytes, over max_state_bytes ({})", size,
+                                        core_.options.max_state_bytes));
+      out.state = std::move(state);
+    }
+    if (auto delay = result.requeue_after()) {
+      out.kind = OutcomeKind::requeue;
+      out.delay_ms = std::max<std::int64_t>(1, delay->count());
+    } else {
+      out.kind = OutcomeKind::done;
+    }
+    return out;
+  } catch (const TerminalError& e) {
+    out.kind = OutcomeKind::failed;
+    out.error = e.what();
+    log.warn("kind '{}' identity '{}': failed terminally on attempt {}: {}", kind_.name, row.identity,
+             row.attempts + 1, e.what());
+  } catch (const std::exception& e) {
+    out.error = e.what();
+  } catch (...) {
+    out.error = "unknown exception (not derived from std::exception)";
+  }
+  if (out.kind == OutcomeKind::failed) return out;
+  if (item.stop.stop_requested()) return release_of(item);
+  out.kind = OutcomeKind::retry;
+  const auto delay = backoff_delay(kind_.options.backoff, row.attempts + 1, unit_random());
+  out.delay_ms = std::max<std::int64_t>(1, delay.count());
+  log.info("kind '{}' identity '{}': attempt {} failed: {}; retrying in {}ms", kind_.name, row.identity,
+           row.attempts + 1, out.error, out.delay_ms);
+  return out;
+}
+
+Outcome WorkStreamEngine::release_of(const Item& item) const {
+  Outcome out;
+  out.id = item.row.id, out.epoch = item.row.epoch, out.generation = item.row.generation;
+  out.kind = OutcomeKind::release;
+  return out;
+}
+
+void WorkStreamEngine::commit() {
+  ErrorLog errors(*core_.logger);
+  std::unique_ptr<pqxx::connection> conn;
+  const auto renew_every = kind_.options.lease_ttl / 3;
+  auto next_renewal = Clock::now() + renew_every;
+  Clock::time_point failing_since{};  // epoch: not failing
+  while (true) {
+    std::vector<Outcome> batch;
+    bool exiting;
+    {
+      std::unique_lock lock(mu_);
+      done_cv_.wait_until(lock, next_renewal, [&] { return !done_.empty() || committer_exit_; });
+      batch.swap(done_);
+      exiting = committer_exit_;
+    }
+    if (exiting && batch.empty()) return;
+    try {
+      if (!conn) conn = connect_pg(core_.options.postgres, "writing back matters of kind '" + kind_.name + "'");
+      if (!batch.empty()) {
+        core_.publish(kind_.name, write_back(*conn, batch, core_.options.token_grace));
+        {
+          std::lock_guard lock(mu_);
+          for (const auto& o : batch)
+            if (auto it = held_.find(o.id); it != held_.end() && it->second->row.epoch == o.epoch) held_.erase(it);
+        }
+        room_cv_.notify_one();
+      }
+      if (Clock::now() >= next_renewal) {
+        renew_leases(*conn);
+        next_renewal = Clock::now() + renew_every;
+      }
+      failing_since = {};
+    } catch (const std::exception& e) {
+      errors.warn("bucket '{}' kind '{}': writing back {} outcome(s) failed: {}; retrying", core_.options.name,
+                  kind_.name, batch.size(), e.what());
+      conn.reset();
+      if (failing_since == Clock::time_point{}) failing_since = Clock::now();
+      if (exiting && Clock::now() - failing_since > kind_.options.stop_grace) {
+        core_.logger->error("bucket '{}' kind '{}': giving up on {} outcome(s) at stop; their leases expire in {}ms "
+                            "and other workers take them over",
+                            core_.options.name, kind_.name, batch.size(), kind_.options.lease_ttl.count());
+        return;
+      }
+      {
+        std::lock_guard lock(mu_);
+        done_.insert(done_.begin(), std::make_move_iterator(batch.begin()), std::make_move_iterator(batch.end()));
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    }
+  }
+}
+
+void WorkStreamEngine::renew_leases(pqxx::connection& conn) {
+  std::vector<std::int64_t> ids, epochs;
+  {
+    std::lock_guard lock(mu_);
+    for (const auto& [id, item] : held_) {
+      ids.push_back(id);
+      epochs.push_back(item->row.epoch);
+    }
+  }
+  if (ids.empty()) return;
+  auto lost = heartbeat(conn, ids, epochs, kind_.options.lease_ttl);
+  if (lost.empty()) return;
+  std::lock_guard lock(mu_);
+  for (auto id : lost) {
+    auto it = held_.find(id);
+    if (it == held_.end()) continue;
+    auto& item = *it->second;
+    core_.logger->warn("kind '{}' identity '{}': lease lost (expired or taken over); abandoning this attempt",
+                       kind_.name, item.row.identity);
+    item.abandoned = true;
+    item.stop.request_stop();
+    held_.erase(it);
+  }
+  room_cv_.notify_one();
+}
+
+void WorkStreamEngine::shut_down() {
+  std::unique_lock lock(mu_);
+  // Queued but not started: release at once.
+  for (auto& item : ready_) {
+    if (item->abandoned) continue;
+    item->abandoned = true;
+    done_.push_back(release_of(*item));
+  }
+  ready_.clear();
+  executors_exit_ = true;
+  // Running: ask them to stop, and give them stop_grace to finish.
+  for (auto& [id, item] : held_)
+    if (item->running) item->stop.request_stop();
+  ready_cv_.notify_all();
+  done_cv_.notify_one();
+  const std::size_t in_flight = running_;
+  if (in_flight)
+    core_.logger->info("bucket '{}' kind '{}': stopping; waiting up to {}ms for {} materialization(s)",
+                       core_.options.name, kind_.name, kind_.options.stop_grace.count(), in_flight);
+  if (idle_cv_.wait_for(lock, kind_.options.stop_grace, [&] { return running_ == 0; })) return;
+  // Still running: release their leases so nobody waits for them to expire;
+  // whatever they return later is dropped.
+  for (auto& [id, item] : held_) {
+    if (!item->running || item->abandoned) continue;
+    core_.logger->warn("kind '{}' identity '{}': still materializing after stop_grace; releasing its lease",
+                       kind_.name, item->row.identity);
+    item->abandoned = true;
+    done_.push_back(release_of(*item));
+  }
+  done_cv_.notify_one();
+}
+
+}  // namespace detail
+}  // namespace dmm

@@ -1,0 +1,84 @@
+// The worker loop of one kind (see dmm/work_stream.hpp for the contract).
+//
+// Threads while work() runs:
+// - dispatcher (the caller of work()): fetch tokens, claim their matters in one
+//   statement, ack the tokens, queue the claimed matters;
+// - executors (KindOptions::concurrency): run materialize/finalize;
+// - committer: write outcomes back in batches (fenced by lease epoch), publish
+//   tokens owed, and renew every held lease each third of the TTL;
+// - sweeper: re-send tokens whose kick_at passed (sweeper.cpp).
+#pragma once
+
+#include <atomic>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <stop_token>
+#include <string>
+#include <unordered_map>
+#include <vector>
+
+#include "dmm/options.hpp"
+#include "store.hpp"
+#include "tokens.hpp"
+
+namespace dmm::detail {
+
+class BucketCore;
+struct Kind;
+
+// InvalidArgument naming `kind` and the field for an unusable option.
+void validate_kind_options(const KindOptions& options, const std::string& kind);
+
+// Sleeps up to `d`, returning early (false) when `stop` is requested.
+bool sleep_for(std::stop_token stop, std::chrono::milliseconds d);
+
+class WorkStreamEngine {
+ public:
+  WorkStreamEngine(BucketCore& core, const Kind& kind);
+  ~WorkStreamEngine();
+
+  void work();
+  void stop();
+  // Blocks until no work() is running.
+  void wait_idle();
+  const std::string& kind() const;
+
+ private:
+  struct Item {
+    Claimed row;
+    std::stop_source stop;
+    bool running = false;    // guarded by mu_
+    bool abandoned = false;  // guarded by mu_: lease lost or released; drop the outcome
+  };
+
+  void dispatch(std::stop_token stop);
+  void claim_tokens(pqxx::connection& conn, std::vector<Token>& tokens);
+  void execute();
+  Outcome attempt(Item& item);
+  void commit();
+  void renew_leases(pqxx::connection& conn);
+  void shut_down();
+  Outcome release_of(const Item& item) const;
+
+  BucketCore& core_;       // outlives this engine
+  const Kind& kind_;       // constant after construction
+  const int capacity_;     // most matters held (claimed, running or not yet written back)
+  std::stop_source stop_;  // sticky: a stopped stream stays stopped
+
+  std::mutex mu_;
+  std::condition_variable ready_cv_;  // ready_ grew or executors_exit_
+  std::condition_variable done_cv_;   // done_ grew or committer_exit_
+  std::condition_variable room_cv_;   // held_ shrank
+  std::condition_variable idle_cv_;   // running_ dropped, or working_ ended
+  std::deque<std::shared_ptr<Item>> ready_;                        // guarded by mu_
+  std::vector<Outcome> done_;                                      // guarded by mu_
+  std::unordered_map<std::int64_t, std::shared_ptr<Item>> held_;  // guarded by mu_: every lease we hold
+  int running_ = 0;                                                // guarded by mu_
+  bool executors_exit_ = false;                                    // guarded by mu_
+  bool committer_exit_ = false;                                    // guarded by mu_
+  bool working_ = false;                                           // guarded by mu_
+};
+
+}  // namespace dmm::detail

@@ -1,0 +1,3 @@
+// The unit tests' main: no servers needed.
+#define CATCH_CONFIG_MAIN
+#include <catch2/catch.hpp>

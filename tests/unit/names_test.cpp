@@ -1,0 +1,128 @@
+// Bucket/kind names, identities, and how they map onto JetStream subjects.
+#include "names.hpp"
+
+#include <catch2/catch.hpp>
+#include <string>
+
+#include "dmm/errors.hpp"
+
+using namespace std::string_literals;
+using dmm::detail::validate_identity;
+using dmm::detail::validate_name;
+
+namespace {
+
+// The InvalidArgument message `fn` throws; FAILs if it throws nothing.
+template <class Fn>
+std::string rejection(Fn&& fn) {
+  try {
+    fn();
+  } catch (const dmm::InvalidArgument& e) {
+    return e.what();
+  }
+  FAIL("accepted");
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("bucket and kind names of 1-64 characters from [A-Za-z0-9_-] are valid", "[names]") {
+  for (const char* what : {"bucket", "kind"}) {
+    CHECK_NOTHROW(validate_name(what, "music"));
+    CHECK_NOTHROW(validate_name(what, "music-player"));
+    CHECK_NOTHROW(validate_name(what, "Music_Player-2"));
+    CHECK_NOTHROW(validate_name(what, "x"));
+    CHECK_NOTHROW(validate_name(what, std::string(64, 'a')));
+  }
+}
+
+TEST_CASE("other bucket and kind names are rejected naming the value", "[names]") {
+  const std::string bad[] = {"",      std::string(65, 'a'), "music.player", "music player", "music*",
+                             "music>", "küche",              "a/b",          "a\nb",         "a\0b"s};
+  for (const auto& name : bad) {
+    for (const char* what : {"bucket", "kind"}) {
+      INFO(what << " '" << name << "'");
+      std::string message = rejection([&] { validate_name(what, name); });
+      CHECK_THAT(message, Catch::Contains(what));
+      if (!name.empty() && name.find('\0') == std::string::npos && name.find('\n') == std::string::npos)
+        CHECK_THAT(message, Catch::Contains(name));
+    }
+  }
+}
+
+TEST_CASE("identities of 1-1024 bytes of UTF-8 are valid", "[names]") {
+  CHECK_NOTHROW(validate_identity("player", "kitchen"));
+  CHECK_NOTHROW(validate_identity("player", "x"));
+  CHECK_NOTHROW(validate_identity("player", std::string(1024, 'x')));
+  CHECK_NOTHROW(validate_identity("player", "küche 🎵 ß/\\ . * > spaces and dots"));
+  std::string multibyte;
+  while (multibyte.size() + 4 <= 1024) multibyte += "🎵";  // 4 bytes each: 1024 bytes
+  CHECK(multibyte.size() == 1024);
+  CHECK_NOTHROW(validate_identity("player", multibyte));
+}
+
+TEST_CASE("an empty identity is rejected naming the kind", "[names]") {
+  CHECK_THAT(rejection([] { validate_identity("music-player", ""); }), Catch::Contains("music-player"));
+}
+
+TEST_CASE("an identity longer than 1024 bytes is rejected naming the kind", "[names]") {
+  CHECK_THAT(rejection([] { validate_identity("music-player", std::string(1025, 'x')); }),
+             Catch::Contains("music-player"));
+  CHECK_THAT(rejection([] { validate_identity("music-player", std::string(1 << 20, 'x')); }),
+             Catch::Contains("music-player"));
+  std::string multibyte;
+  while (multibyte.size() <= 1024) multibyte += "ß";  // 1026 bytes, 513 characters
+  CHECK_THAT(rejection([&] { validate_identity("music-player", multibyte); }), Catch::Contains("music-player"));
+}
+
+TEST_CASE("an identity that is not valid UTF-8 or holds NUL is rejected naming the kind", "[names]") {
+  const std::string bad[] = {
+      "\xff",           "ab\xfe",         "\xc3",          // truncated sequence
+      "\xc3(",          "\x80",           "\xc0\x80",      // overlong NUL
+      "\xe0\x80\xaf",   "\xed\xa0\x80",   "\xf4\x90\x80\x80",  // overlong, surrogate, > U+10FFFF
+      "a\0b"s,          "\0"s,
+  };
+  for (const auto& identity : bad) {
+    INFO("identity bytes: " << Catch::Detail::stringify(identity));
+    CHECK_THAT(rejection([&] { validate_identity("music-player", identity); }), Catch::Contains("music-player"));
+  }
+}
+
+TEST_CASE("streams and subjects are named after the bucket and kind", "[names]") {
+  using namespace dmm::detail;
+  CHECK(stream_name("music") == "DMM_music");
+  CHECK(bucket_subjects("music") == "dmm.music.>");
+  CHECK(kind_subjects("music", "music-player") == "dmm.music.music-player.>");
+  CHECK(token_subject("music", "music-player", 42) == "dmm.music.music-player.42");
+  CHECK(token_subject("b", "k", 9'007'199'254'740'993) == "dmm.b.k.9007199254740993");
+}
+
+TEST_CASE("a token subject parses back into its row id", "[names]") {
+  using dmm::detail::parse_token_subject;
+  using dmm::detail::token_subject;
+  CHECK(parse_token_subject("dmm.music.music-player.42", "music", "music-player") == 42);
+  for (std::int64_t id : {std::int64_t{1}, std::int64_t{123456789}, std::int64_t{9'223'372'036'854'775'807}})
+    CHECK(parse_token_subject(token_subject("b_1", "k-2", id), "b_1", "k-2") == id);
+}
+
+TEST_CASE("foreign or malformed subjects do not parse", "[names]") {
+  using dmm::detail::parse_token_subject;
+  const char* foreign[] = {
+      "dmm.other.music-player.42",       // another bucket
+      "dmm.music.other.42",              // another kind
+      "dmm.music.music-player2.42",      // a kind that merely starts alike
+      "dmm.music.music.42",              // a prefix of the kind
+      "xyz.music.music-player.42",       // not ours at all
+      "dmm.music.music-player",          // no id
+      "dmm.music.music-player.",         // empty id
+      "dmm.music.music-player.4x2",      // not a number
+      "dmm.music.music-player.42.7",     // too many tokens
+      "dmm.music.music-player. 42",      // whitespace
+      "dmm.music.music-player.99999999999999999999",  // overflows int64
+      "",
+  };
+  for (const char* subject : foreign) {
+    INFO(subject);
+    CHECK_FALSE(parse_token_subject(subject, "music", "music-player").has_value());
+  }
+}
