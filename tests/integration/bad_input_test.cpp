@@ -80,7 +80,7 @@ TEST_CASE("an invalid bucket name is rejected at open, naming it", "[bad-input]"
   for (const std::string& name : {"music player"s, "music.player"s, ""s, std::string(65, 'b'), "münchen"s}) {
     INFO("bucket '" << name << "'");
     auto message = invalid_argument_message([&] { open_bucket(name); });
-    if (!name.empty()) CHECK_THAT(message, Catch::Contains(name));
+    if (!name.empty()) CHECK_THAT(message, Catch::Contains(name.substr(0, 20)));
     CHECK_THAT(message, Catch::Contains("bucket"));
   }
 }
@@ -90,7 +90,7 @@ TEST_CASE("an invalid kind name is rejected at register_kind, naming it", "[bad-
   for (const std::string& kind : {"music player"s, "a.b"s, ""s, std::string(65, 'k'), "kind>"s}) {
     INFO("kind '" << kind << "'");
     auto message = invalid_argument_message([&] { bucket.register_kind<Song>(kind); });
-    if (!kind.empty()) CHECK_THAT(message, Catch::Contains(kind));
+    if (!kind.empty()) CHECK_THAT(message, Catch::Contains(kind.substr(0, 20)));
   }
 }
 

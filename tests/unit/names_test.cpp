@@ -45,7 +45,7 @@ TEST_CASE("other bucket and kind names are rejected naming the value", "[names]"
       std::string message = rejection([&] { validate_name(what, name); });
       CHECK_THAT(message, Catch::Contains(what));
       if (!name.empty() && name.find('\0') == std::string::npos && name.find('\n') == std::string::npos)
-        CHECK_THAT(message, Catch::Contains(name));
+        CHECK_THAT(message, Catch::Contains(name.substr(0, 20)));  // long values may be shortened
     }
   }
 }
