@@ -1,5 +1,6 @@
 #include "store.hpp"
 
+#include <algorithm>
 #include <nlohmann/json.hpp>
 
 #include "sql.hpp"
@@ -176,7 +177,7 @@ std::vector<Claimed> claim(pqxx::connection& conn, const std::string& bucket, co
 }
 
 std::vector<std::int64_t> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
-                                     std::chrono::milliseconds grace) {
+                                     std::chrono::milliseconds grace, const std::string& wake_payload) {
   auto rows = nlohmann::json::array();
   for (const auto& o : outcomes) {
     nlohmann::json row = {{"id", o.id}, {"epoch", o.epoch}, {"gen", o.generation}, {"outcome", to_string(o.kind)}};
@@ -186,8 +187,16 @@ std::vector<std::int64_t> write_back(pqxx::connection& conn, const std::vector<O
     rows.push_back(std::move(row));
   }
   pqxx::nontransaction tx(conn);
-  return ids_of(tx.exec_prepared("dmm_write_back", rows.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
-                                 grace.count()));
+  auto owed = ids_of(tx.exec_prepared("dmm_write_back",
+                                      rows.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                                      grace.count()));
+  // A sweeper sleeping until the earliest kick_at it knew of must learn of the
+  // retries and requeues just scheduled, or a short backoff becomes a long one.
+  const bool scheduled = std::any_of(outcomes.begin(), outcomes.end(), [](const Outcome& o) {
+    return o.kind == OutcomeKind::retry || o.kind == OutcomeKind::requeue;
+  });
+  if (scheduled) tx.exec_params("SELECT pg_notify($1, $2)", std::string(kWakeChannel), wake_payload);
+  return owed;
 }
 
 std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<std::int64_t>& ids,

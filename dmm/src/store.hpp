@@ -61,8 +61,9 @@ struct Outcome {
 
 // Writes outcomes back, fenced by lease epoch. Returns rows whose token is
 // owed now (their state changed while they were leased, or they were released).
+// Wakes the sweepers (NOTIFY with `wake_payload`) when it scheduled a delay.
 std::vector<std::int64_t> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
-                                     std::chrono::milliseconds grace);
+                                     std::chrono::milliseconds grace, const std::string& wake_payload);
 
 // Extends leases we still hold; returns the ids whose lease was lost.
 std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<std::int64_t>& ids,
