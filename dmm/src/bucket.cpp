@@ -122,13 +122,13 @@ WorkStream& register_kind(BucketCore& core, std::string name, KindOptions option
   return stream;
 }
 
-const std::string& kind_of(const BucketCore& core, std::type_index type, std::string_view type_name) {
+const std::string& kind_of(const BucketCore& core, std::type_index type, std::string (*type_name)()) {
   std::lock_guard lock(const_cast<BucketCore&>(core).mu);
   auto it = core.kind_names.find(type);
   if (it == core.kind_names.end())
     throw InvalidArgument(fmt::format("bucket '{}': type {} is not registered; call register_kind<T>(\"name\") "
                                       "before using it",
-                                      core.options.name, type_name));
+                                      core.options.name, type_name()));
   return it->second;
 }
 
@@ -140,10 +140,10 @@ void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> m
     validate_matter(core, kind, matters[i]);
     last[matters[i].identity] = i;
   }
+  // In identity order, so concurrent bulk inserts take index locks in one order.
   std::vector<JsonMatter> unique;
   unique.reserve(last.size());
-  for (std::size_t i = 0; i < matters.size(); ++i)
-    if (last[matters[i].identity] == i) unique.push_back(std::move(matters[i]));
+  for (auto& [identity, index] : last) unique.push_back(std::move(matters[index]));
 
   constexpr std::size_t kChunk = 2000;
   for (std::size_t begin = 0; begin < unique.size(); begin += kChunk) {
@@ -165,7 +165,7 @@ void notify_in(BucketCore& core, pqxx::transaction_base& txn, const std::string&
   std::vector<JsonMatter> one;
   one.push_back(std::move(matter));
   // kick_at = now(): a sweeper woken by the NOTIFY at commit publishes it.
-  upsert_matters(txn, core.options.name, kind, one, std::chrono::milliseconds(0));
+  upsert_matters(txn, core.options.name, kind, one, std::chrono::milliseconds(0), false);
   txn.exec_params("SELECT pg_notify($1, $2)", std::string(kWakeChannel), core.options.name);
 }
 
@@ -256,12 +256,12 @@ void provide(BucketCore& core, std::type_index type, std::shared_ptr<void> servi
   core.services[type] = std::move(service);
 }
 
-void* service(BucketCore& core, std::type_index type, std::string_view type_name) {
+void* service(BucketCore& core, std::type_index type, std::string (*type_name)()) {
   std::lock_guard lock(core.mu);
   auto it = core.services.find(type);
   if (it == core.services.end())
     throw InvalidArgument(fmt::format("bucket '{}': no service of type {}; call bucket.provide(...) before work()",
-                                      core.options.name, type_name));
+                                      core.options.name, type_name()));
   return it->second.get();
 }
 

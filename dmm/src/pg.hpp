@@ -40,8 +40,9 @@ class PgPool {
 
   Lease acquire();
 
-  // Runs fn(connection) once, and once more on a fresh connection if the
-  // pooled one had gone stale (for example after a PostgreSQL restart).
+  // Runs fn(connection), again on a fresh connection if the pooled one had
+  // gone stale (for example after a PostgreSQL restart), and again after a
+  // deadlock or serialization failure (fn must be a whole transaction).
   template <class Fn>
   auto with_connection(Fn&& fn) {
     for (int attempt = 1;; ++attempt) {
@@ -51,6 +52,10 @@ class PgPool {
       } catch (const pqxx::broken_connection&) {
         lease.discard();
         if (attempt >= 2) throw;
+      } catch (const pqxx::deadlock_detected&) {
+        if (attempt >= 5) throw;
+      } catch (const pqxx::serialization_failure&) {
+        if (attempt >= 5) throw;
       }
     }
   }

@@ -8,14 +8,29 @@
 namespace dmm::detail {
 namespace {
 
+// Lock order: every statement that may wait for row locks takes them in id
+// order first (the `locked` CTEs, consumed whole by a scalar subquery before
+// any row changes), so concurrent batches cannot deadlock. Claim and sweep
+// never wait: they skip locked rows, whose holder always leaves a token
+// behind (a notify publishes, a write-back or release publishes, a
+// transactional notify wakes the sweeper).
+//
 // A different state bumps the generation and owes work now; the same state is
 // a no-op (unless the matter was being removed: a notify cancels that). A
 // leased matter keeps its phase and kick_at: the holder's write-back sees the
 // new generation and re-arms it.
 constexpr const char* kUpsert = R"sql(
+WITH r AS (
+  SELECT * FROM jsonb_to_recordset($3::jsonb) AS r(identity text, state jsonb)
+), locked AS (
+  SELECT id FROM dmm.matter
+   WHERE bucket = $1 AND kind = $2 AND identity IN (SELECT identity FROM r)
+   ORDER BY id FOR UPDATE
+)
 INSERT INTO dmm.matter AS m (bucket, kind, identity, state, due_at, kick_at)
 SELECT $1, $2, r.identity, r.state, now(), now() + $4 * interval '1 millisecond'
-  FROM jsonb_to_recordset($3::jsonb) AS r(identity text, state jsonb)
+  FROM r WHERE (SELECT count(*) FROM locked) >= 0
+ ORDER BY r.identity
 ON CONFLICT (bucket, kind, identity) DO UPDATE SET
   state = EXCLUDED.state,
   generation = m.generation + 1,
@@ -31,16 +46,21 @@ RETURNING m.id, m.lease_until IS NULL OR m.lease_until < now()
 )sql";
 
 constexpr const char* kClaim = R"sql(
-UPDATE dmm.matter SET
+WITH free AS (
+  SELECT id FROM dmm.matter
+   WHERE id = ANY($1::bigint[]) AND bucket = $2 AND kind = $3
+     AND due_at <= now() AND (lease_until IS NULL OR lease_until < now())
+   ORDER BY id FOR UPDATE SKIP LOCKED
+)
+UPDATE dmm.matter m SET
   lease_owner = $4,
   lease_until = now() + $5 * interval '1 millisecond',
   kick_at = now() + $5 * interval '1 millisecond',
-  lease_epoch = lease_epoch + 1,
-  phase = CASE WHEN deleted_at IS NOT NULL THEN 'deleting' ELSE 'reconciling' END,
+  lease_epoch = m.lease_epoch + 1,
+  phase = CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'reconciling' END,
   updated_at = now()
-WHERE id = ANY($1::bigint[]) AND bucket = $2 AND kind = $3
-  AND due_at <= now() AND (lease_until IS NULL OR lease_until < now())
-RETURNING id, identity, state::text, generation, lease_epoch, attempts, deleted_at IS NOT NULL
+FROM free WHERE m.id = free.id
+RETURNING m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attempts, m.deleted_at IS NOT NULL
 )sql";
 
 // The one place an attempt's outcome becomes the next stored state.
@@ -50,9 +70,12 @@ constexpr const char* kWriteBack = R"sql(
 WITH r AS (
   SELECT * FROM jsonb_to_recordset($1::jsonb)
     AS r(id bigint, epoch bigint, gen bigint, outcome text, state jsonb, delay_ms bigint, error text)
+), locked AS (
+  SELECT id FROM dmm.matter WHERE id IN (SELECT id FROM r) ORDER BY id FOR UPDATE
 ), gone AS (
   DELETE FROM dmm.matter m USING r
    WHERE r.outcome = 'finalized' AND m.id = r.id AND m.lease_epoch = r.epoch AND m.generation = r.gen
+     AND (SELECT count(*) FROM locked) >= 0
   RETURNING m.id
 ), kept AS (
   UPDATE dmm.matter m SET
@@ -85,6 +108,7 @@ WITH r AS (
     updated_at = now()
   FROM r
   WHERE m.id = r.id AND m.lease_epoch = r.epoch AND (r.outcome <> 'finalized' OR m.generation <> r.gen)
+    AND (SELECT count(*) FROM locked) >= 0
   RETURNING m.id, m.due_at <= now() AS owed_now
 )
 SELECT id FROM kept WHERE owed_now
@@ -92,11 +116,12 @@ SELECT id FROM kept WHERE owed_now
 
 constexpr const char* kHeartbeat = R"sql(
 WITH h AS (SELECT unnest($1::bigint[]) AS id, unnest($2::bigint[]) AS epoch),
+locked AS (SELECT id FROM dmm.matter WHERE id IN (SELECT id FROM h) ORDER BY id FOR UPDATE),
 renewed AS (
   UPDATE dmm.matter m SET
     lease_until = now() + $3 * interval '1 millisecond',
     kick_at = now() + $3 * interval '1 millisecond'
-  FROM h WHERE m.id = h.id AND m.lease_epoch = h.epoch
+  FROM h WHERE m.id = h.id AND m.lease_epoch = h.epoch AND (SELECT count(*) FROM locked) >= 0
   RETURNING m.id
 )
 SELECT h.id FROM h WHERE h.id NOT IN (SELECT id FROM renewed)
@@ -152,11 +177,15 @@ const char* to_string(OutcomeKind kind) {
 
 std::vector<std::int64_t> upsert_matters(pqxx::transaction_base& txn, const std::string& bucket,
                                          const std::string& kind, const std::vector<JsonMatter>& matters,
-                                         std::chrono::milliseconds grace) {
+                                         std::chrono::milliseconds grace, bool prepared) {
   auto rows = nlohmann::json::array();
   for (const auto& m : matters) rows.push_back({{"identity", m.identity}, {"state", m.state}});
   std::vector<std::int64_t> owed;
-  for (const auto& row : txn.exec_prepared("dmm_upsert", bucket, kind, rows.dump(), grace.count()))
+  // The caller's own transaction (notify(txn, obj)) runs on a connection dmm
+  // did not prepare.
+  auto result = prepared ? txn.exec_prepared("dmm_upsert", bucket, kind, rows.dump(), grace.count())
+                         : txn.exec_params(kUpsert, bucket, kind, rows.dump(), grace.count());
+  for (const auto& row : result)
     if (row[1].as<bool>()) owed.push_back(row[0].as<std::int64_t>());
   return owed;
 }

@@ -24,10 +24,11 @@ struct TokenOwed {
 
 // Upserts absolute states (identities unique within `matters`). Returns the
 // rows that changed and are not leased: their tokens are owed now. With
-// `grace` zero the sweeper publishes instead (kick_at = now()).
+// `grace` zero the sweeper publishes instead (kick_at = now()). `prepared`:
+// the connection is one of dmm's (connect_pg), with statements prepared.
 std::vector<std::int64_t> upsert_matters(pqxx::transaction_base& txn, const std::string& bucket,
                                          const std::string& kind, const std::vector<JsonMatter>& matters,
-                                         std::chrono::milliseconds grace);
+                                         std::chrono::milliseconds grace, bool prepared = true);
 
 // A matter claimed by this worker: the lease is ours until `epoch` changes.
 struct Claimed {

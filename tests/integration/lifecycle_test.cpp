@@ -166,15 +166,14 @@ TEST_CASE("retry delays grow exponentially", "[retry]") {
 
   auto runs = f.recorder->entries("amp");
   REQUIRE(runs.size() == 4);
+  // Lower bounds prove the growth (a flat 200 ms schedule fails the second);
+  // upper bounds are loose because a loaded machine delays wake-ups.
   const long expected[] = {200, 400, 800};
-  long previous_gap = 0;
   for (std::size_t i = 1; i < runs.size(); ++i) {
     const long gap = ms_between(runs[i - 1].finished, runs[i].started);
     INFO("gap before attempt " << i + 1 << ": " << gap << " ms, expected " << expected[i - 1] << " ms");
-    CHECK(gap >= expected[i - 1] - 20);     // never early
-    CHECK(gap <= expected[i - 1] + 1500);   // and not forgotten
-    CHECK(gap > previous_gap);
-    previous_gap = gap;
+    CHECK(gap >= expected[i - 1] - 20);    // never early
+    CHECK(gap <= expected[i - 1] + 1500);  // and not forgotten
   }
 }
 

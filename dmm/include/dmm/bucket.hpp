@@ -50,7 +50,7 @@ class Bucket {
   WorkStream& register_kind(std::string name, KindOptions options = {}) {
     detail::KindHooks hooks;
     hooks.type = typeid(T);
-    hooks.type_name = typeid(T).name();
+    hooks.type_name = detail::type_name<T>();
     hooks.materialize = [](nlohmann::json& state, Context& ctx) {
       T obj = detail::decode<T>(state, ctx);
       Result result = obj.materialize(ctx);
@@ -155,7 +155,7 @@ class Bucket {
   // The registered kind name of T; InvalidArgument if T was not registered.
   template <class T>
   const std::string& kind() const {
-    return detail::kind_of(*core_, typeid(T), typeid(T).name());
+    return detail::kind_of(*core_, typeid(T), &detail::type_name<T>);
   }
 
  private:

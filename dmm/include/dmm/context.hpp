@@ -47,7 +47,7 @@ class Context {
   // Notify another matter (of any registered kind) from inside a materializer.
   template <class T>
   void notify(const T& obj) {
-    const auto& kind = detail::kind_of(*init_.core, typeid(T), typeid(T).name());
+    const auto& kind = detail::kind_of(*init_.core, typeid(T), &detail::type_name<T>);
     std::vector<detail::JsonMatter> one;
     one.push_back({std::string(obj.identity()), nlohmann::json(obj)});
     detail::notify(*init_.core, kind, std::move(one));
@@ -56,7 +56,7 @@ class Context {
   // The stored state of another matter, or nullopt if there is none.
   template <class T>
   std::optional<T> matter(std::string_view identity) {
-    const auto& kind = detail::kind_of(*init_.core, typeid(T), typeid(T).name());
+    const auto& kind = detail::kind_of(*init_.core, typeid(T), &detail::type_name<T>);
     auto state = detail::get(*init_.core, kind, identity);
     if (!state) return std::nullopt;
     return state->template get<T>();
@@ -65,7 +65,7 @@ class Context {
   // The service of type S given to Bucket::provide; InvalidArgument if none.
   template <class S>
   S& service() {
-    return *static_cast<S*>(detail::service(*init_.core, typeid(S), typeid(S).name()));
+    return *static_cast<S*>(detail::service(*init_.core, typeid(S), &detail::type_name<S>));
   }
 
  private:
@@ -81,7 +81,7 @@ T decode(const nlohmann::json& state, const Context& ctx) {
     return state.get<T>();
   } catch (const nlohmann::json::exception& e) {
     throw TerminalError("kind '" + ctx.kind() + "' identity '" + ctx.identity().substr(0, 64) +
-                        "': stored state does not decode into " + typeid(T).name() + ": " + e.what() +
+                        "': stored state does not decode into " + detail::type_name<T>() + ": " + e.what() +
                         "; notify a valid state to repair it (the stored state was left as it is)");
   }
 }

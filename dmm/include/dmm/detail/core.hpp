@@ -3,6 +3,8 @@
 // JSON and row ids, not on user types. Not part of the public API.
 #pragma once
 
+#include <cstdlib>
+#include <cxxabi.h>
 #include <functional>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -28,6 +30,16 @@ namespace dmm::detail {
 
 class BucketCore;
 
+// Readable name of T for error messages ("example::MusicPlayer").
+template <class T>
+std::string type_name() {
+  int status = 0;
+  char* demangled = abi::__cxa_demangle(typeid(T).name(), nullptr, nullptr, &status);
+  std::string name = demangled ? demangled : typeid(T).name();
+  std::free(demangled);
+  return name;
+}
+
 // What the engine needs to know about a registered Materializer type.
 struct KindHooks {
   std::type_index type = typeid(void);
@@ -46,7 +58,8 @@ struct JsonMatter {
 
 WorkStream& register_kind(BucketCore&, std::string name, KindOptions, KindHooks);
 // Name of the kind registered for `type`; InvalidArgument if there is none.
-const std::string& kind_of(const BucketCore&, std::type_index type, std::string_view type_name);
+// `type_name` is called only to build the error message.
+const std::string& kind_of(const BucketCore&, std::type_index type, std::string (*type_name)());
 void notify(BucketCore&, const std::string& kind, std::vector<JsonMatter>);
 void notify_in(BucketCore&, pqxx::transaction_base&, const std::string& kind, JsonMatter);
 std::optional<nlohmann::json> get(BucketCore&, const std::string& kind, std::string_view identity);
@@ -55,6 +68,6 @@ bool update(BucketCore&, const std::string& kind, std::string_view identity,
 bool remove(BucketCore&, const std::string& kind, std::string_view identity);
 bool retry(BucketCore&, const std::string& kind, std::string_view identity);
 void provide(BucketCore&, std::type_index type, std::shared_ptr<void> service);
-void* service(BucketCore&, std::type_index type, std::string_view type_name);
+void* service(BucketCore&, std::type_index type, std::string (*type_name)());
 
 }  // namespace dmm::detail
