@@ -12,7 +12,6 @@
 #include <signal.h>
 #include <pthread.h>
 
-#include <cstdio>
 #include <cstdlib>
 #include <iostream>
 #include <map>
