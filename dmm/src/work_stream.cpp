@@ -269,6 +269,7 @@ void WorkStreamEngine::commit() {
   std::unique_ptr<pqxx::connection> conn;
   const auto renew_every = kind_.options.lease_ttl / 3;
   auto next_renewal = Clock::now() + renew_every;
+  auto last_renewal = Clock::now();
   Clock::time_point failing_since{};  // epoch: not failing
   while (true) {
     std::vector<Outcome> batch;
@@ -294,6 +295,7 @@ void WorkStreamEngine::commit() {
       if (Clock::now() >= next_renewal) {
         renew_leases(*conn);
         next_renewal = Clock::now() + renew_every;
+        last_renewal = Clock::now();
       }
       failing_since = {};
     } catch (const std::exception& e) {
@@ -301,6 +303,9 @@ void WorkStreamEngine::commit() {
                   kind_.name, batch.size(), e.what());
       conn.reset();
       if (failing_since == Clock::time_point{}) failing_since = Clock::now();
+      // Leases not renewed for two thirds of their TTL may soon be taken over:
+      // ask running attempts to stop rather than overlap with a new holder.
+      if (Clock::now() - last_renewal > 2 * renew_every) abort_attempts("leases could not be renewed");
       if (exiting && Clock::now() - failing_since > kind_.options.stop_grace) {
         core_.logger->error("bucket '{}' kind '{}': giving up on {} outcome(s) at stop; their leases expire in {}ms "
                             "and other workers take them over",
@@ -340,6 +345,16 @@ void WorkStreamEngine::renew_leases(pqxx::connection& conn) {
     held_.erase(it);
   }
   room_cv_.notify_one();
+}
+
+void WorkStreamEngine::abort_attempts(const char* why) {
+  std::lock_guard lock(mu_);
+  for (auto& [id, item] : held_) {
+    if (!item->running || item->stop.stop_requested()) continue;
+    core_.logger->warn("kind '{}' identity '{}': {}; requesting the attempt to stop", kind_.name,
+                       item->row.identity, why);
+    item->stop.request_stop();
+  }
 }
 
 void WorkStreamEngine::shut_down() {

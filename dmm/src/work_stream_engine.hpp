@@ -59,6 +59,8 @@ class WorkStreamEngine {
   Outcome attempt(Item& item);
   void commit();
   void renew_leases(pqxx::connection& conn);
+  // Requests the stop token of every running attempt.
+  void abort_attempts(const char* why);
   void shut_down();
   Outcome release_of(const Item& item) const;
 

@@ -1,0 +1,71 @@
+// fault_worker: one worker process of the fault suite. Works kind "checked"
+// of one bucket until SIGTERM/SIGINT (clean stop) or SIGKILL.
+//   fault_worker --postgres URL --nats URL --bucket B --worker-id W
+//                [--concurrency N] [--lease-ms N] [--work-ms N] [--fail-rate F]
+//                [--hang-rate F] [--hang-ms N] [--terminal-every N]
+#include <csignal>
+#include <iostream>
+#include <map>
+#include <spdlog/spdlog.h>
+#include <thread>
+
+#include "checked.hpp"
+
+int main(int argc, char** argv) {
+  std::map<std::string, std::string> flags = {{"concurrency", "8"}, {"lease-ms", "3000"}, {"work-ms", "2"},
+                                              {"fail-rate", "0"},   {"hang-rate", "0"},   {"hang-ms", "0"},
+                                              {"terminal-every", "0"}};
+  for (int i = 1; i + 1 < argc; i += 2) {
+    std::string key = argv[i];
+    if (key.rfind("--", 0) != 0) {
+      std::cerr << "unexpected argument " << key << "\n";
+      return 2;
+    }
+    flags[key.substr(2)] = argv[i + 1];
+  }
+  for (const char* required : {"postgres", "nats", "bucket", "worker-id"})
+    if (!flags.count(required)) {
+      std::cerr << "missing --" << required << "\n";
+      return 2;
+    }
+  sigset_t set;
+  sigemptyset(&set);
+  sigaddset(&set, SIGINT);
+  sigaddset(&set, SIGTERM);
+  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  spdlog::set_pattern("[%H:%M:%S.%e] [" + flags["worker-id"] + "] [%l] %v");
+  try {
+    auto behavior = std::make_shared<dmm_faults::Behavior>();
+    behavior->postgres = flags["postgres"];
+    behavior->bucket = flags["bucket"];
+    behavior->worker = flags["worker-id"];
+    behavior->work = std::chrono::milliseconds(std::stol(flags["work-ms"]));
+    behavior->fail_rate = std::stod(flags["fail-rate"]);
+    behavior->hang_rate = std::stod(flags["hang-rate"]);
+    behavior->hang = std::chrono::milliseconds(std::stol(flags["hang-ms"]));
+    behavior->terminal_every = std::stol(flags["terminal-every"]);
+    auto bucket = dmm::Bucket::open({.name = flags["bucket"],
+                                     .postgres = flags["postgres"],
+                                     .nats = flags["nats"],
+                                     .worker_id = flags["worker-id"],
+                                     .token_grace = std::chrono::milliseconds(1000)});
+    bucket.register_kind<dmm_faults::Checked>(
+        dmm_faults::kKind, {.concurrency = std::stoi(flags["concurrency"]),
+                            .lease_ttl = std::chrono::milliseconds(std::stol(flags["lease-ms"])),
+                            .backoff = {.initial = std::chrono::milliseconds(50), .max = std::chrono::milliseconds(1000)},
+                            .stop_grace = std::chrono::milliseconds(5000)});
+    bucket.provide(behavior);
+    std::jthread signals([&] {
+      int sig = 0;
+      sigwait(&set, &sig);
+      bucket.stop();
+    });
+    std::cout << "ready" << std::endl;
+    bucket.run();
+    signals.detach();
+    return 0;
+  } catch (const std::exception& e) {
+    spdlog::error("fault_worker: {}", e.what());
+    return 1;
+  }
+}

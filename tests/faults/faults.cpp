@@ -1,0 +1,453 @@
+// The fault suite's driver: runs scenarios of real worker processes
+// (fault_worker) against real servers while a notifier changes thousands of
+// matters and faults are injected, then proves the contract in SQL:
+//   lost        identities whose last notified state was not stored, or not
+//               materialized by a run that completed;
+//   overlaps    pairs of runs of one identity that overlapped in time;
+//   unconverged matters not ready at the last generation within the deadline
+//               (plus leases left behind by a graceful stop).
+// Ends with: faults: <scenarios> scenarios, <matters> matters, <kills> kills,
+//            lost=<n> overlaps=<n> unconverged=<n>
+// and exits non-zero unless all three are 0.
+#include <nats/nats.h>
+#include <signal.h>
+#include <spdlog/spdlog.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <random>
+#include <thread>
+
+#include "checked.hpp"
+
+namespace {
+
+using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
+using dmm_faults::Checked;
+
+struct Settings {
+  std::string profile = "short";
+  std::string postgres, nats, dev_env, env_dir, worker, only, report;
+};
+
+double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+// A child process (fault_worker), killed on destruction.
+class Child {
+ public:
+  Child(const std::vector<std::string>& argv, const std::string& log) {
+    pid_ = fork();
+    if (pid_ < 0) throw std::runtime_error("fork failed");
+    if (pid_ == 0) {
+      FILE* out = std::fopen(log.c_str(), "a");
+      if (out) {
+        dup2(fileno(out), 1);
+        dup2(fileno(out), 2);
+      }
+      std::vector<char*> args;
+      for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
+      args.push_back(nullptr);
+      execv(args[0], args.data());
+      _exit(127);
+    }
+  }
+  ~Child() {
+    if (alive()) {
+      ::kill(pid_, SIGKILL);
+      wait_exit(5s);
+    }
+  }
+  Child(const Child&) = delete;
+  Child& operator=(const Child&) = delete;
+
+  void signal(int sig) { ::kill(pid_, sig); }
+  bool alive() { return !status_ && !poll(); }
+  // Exit status, or nullopt if still running after `timeout`.
+  std::optional<int> wait_exit(std::chrono::milliseconds timeout) {
+    const auto deadline = Clock::now() + timeout;
+    while (!poll() && Clock::now() < deadline) std::this_thread::sleep_for(10ms);
+    return status_;
+  }
+
+ private:
+  bool poll() {
+    if (status_) return true;
+    int st = 0;
+    if (waitpid(pid_, &st, WNOHANG) != pid_) return false;
+    status_ = WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+    return true;
+  }
+  pid_t pid_ = -1;
+  std::optional<int> status_;
+};
+
+void run_command(const std::string& cmd) {
+  if (std::system((cmd + " >/dev/null 2>&1").c_str()) != 0) throw std::runtime_error("command failed: " + cmd);
+}
+
+// JetStream stream operations the scenarios inject (purge, delete).
+void stream_fault(const std::string& url, const std::string& stream, bool remove) {
+  natsConnection* nc = nullptr;
+  jsCtx* js = nullptr;
+  if (natsConnection_ConnectTo(&nc, url.c_str()) != NATS_OK) throw std::runtime_error("cannot connect to NATS");
+  natsConnection_JetStream(&js, nc, nullptr);
+  jsErrCode jerr{};
+  natsStatus s = remove ? js_DeleteStream(js, stream.c_str(), nullptr, &jerr)
+                        : js_PurgeStream(js, stream.c_str(), nullptr, &jerr);
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
+  if (s != NATS_OK) throw std::runtime_error(std::string("stream operation failed: ") + natsStatus_GetText(s));
+}
+
+struct Scenario {
+  std::string name{};
+  std::string what{};  // one line for the report
+  int matters = 1000;
+  int workers = 3;
+  std::chrono::seconds duration{15};
+  std::vector<std::string> worker_flags{};  // extra fault_worker flags
+  int hot = 0;                            // identities notified in a storm
+  // Called every `chaos_every` while the notifier runs.
+  std::chrono::milliseconds chaos_every{0};
+  std::function<void(class Run&)> chaos{};
+  long terminal_every = 0;
+};
+
+struct Totals {
+  int scenarios = 0, kills = 0, restarts = 0;
+  long matters = 0, lost = 0, overlaps = 0, unconverged = 0;
+};
+
+class Run {
+ public:
+  Run(const Settings& settings, const Scenario& scenario, std::mt19937& rng)
+      : s_(settings), sc_(scenario), rng_(rng), bucket_name_(scenario.name + "_" + std::to_string(rng() % 1000000)) {}
+
+  int kills = 0, restarts = 0, graceful_stops = 0;
+  long leases_left = 0;
+
+  void start_worker(int slot) {
+    const auto id = bucket_name_ + "-w" + std::to_string(next_worker_++);
+    std::vector<std::string> argv = {s_.worker,    "--postgres", s_.postgres, "--nats",      s_.nats,
+                                     "--bucket",   bucket_name_, "--worker-id", id,          "--lease-ms",
+                                     "2000",       "--concurrency", "8"};
+    for (const auto& f : sc_.worker_flags) argv.push_back(f);
+    workers_[slot] = {id, std::make_unique<Child>(argv, log_path())};
+  }
+
+  std::string log_path() const { return (std::filesystem::temp_directory_path() / (bucket_name_ + ".log")).string(); }
+
+  void kill_random_worker() {
+    const int slot = static_cast<int>(rng_() % workers_.size());
+    auto& [id, child] = workers_[slot];
+    child->signal(SIGKILL);
+    child->wait_exit(10s);
+    // Runs the dead process left unfinished ended no later than now.
+    pqxx::connection c(s_.postgres);
+    pqxx::nontransaction tx(c);
+    tx.exec_params("UPDATE dmm_faults.runs SET finished = clock_timestamp(), outcome = 'killed' "
+                   "WHERE bucket = $1 AND worker = $2 AND finished IS NULL",
+                   bucket_name_, id);
+    ++kills;
+    start_worker(slot);
+  }
+
+  void stop_random_worker_gracefully() {
+    const int slot = static_cast<int>(rng_() % workers_.size());
+    auto& [id, child] = workers_[slot];
+    child->signal(SIGTERM);
+    auto status = child->wait_exit(20s);
+    if (!status || *status != 0)
+      std::cerr << "  worker " << id << " did not stop cleanly (status " << (status ? *status : -1) << ")\n";
+    pqxx::connection c(s_.postgres);
+    pqxx::nontransaction tx(c);
+    const auto left = tx.exec_params1(
+        "SELECT count(*) FROM dmm.matter WHERE bucket = $1 AND lease_owner = $2 AND lease_until > now()",
+        bucket_name_, id)[0].as<long>();
+    if (left) std::cerr << "  worker " << id << " left " << left << " lease(s) behind after a clean stop\n";
+    leases_left += left;
+    ++graceful_stops;
+    start_worker(slot);
+  }
+
+  void dev_env(const std::string& args) {
+    run_command(s_.dev_env + " " + args + " --dir " + s_.env_dir);
+    ++restarts;
+  }
+  void stream(bool remove) {
+    stream_fault(s_.nats, "DMM_" + bucket_name_, remove);
+    ++restarts;
+  }
+
+  // Runs the scenario; adds its findings to `totals`.
+  void execute(Totals& totals);
+
+ private:
+  void notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running);
+  std::map<std::string, long> expected_;  // identity -> last notified seq; guarded by expected_mu_
+  std::mutex expected_mu_;
+  long notify_retries_ = 0;
+
+  const Settings& s_;
+  const Scenario& sc_;
+  std::mt19937& rng_;
+  const std::string bucket_name_;
+  int next_worker_ = 0;
+  std::map<int, std::pair<std::string, std::unique_ptr<Child>>> workers_;
+};
+
+void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
+  std::mt19937 rng(rng_());
+  std::map<std::string, long> seq;
+  auto notify = [&](const std::vector<Checked>& batch) {
+    while (true) {
+      try {
+        bucket.notify_many(batch);
+        return;
+      } catch (const std::exception&) {
+        ++notify_retries_;  // PostgreSQL down: the same absolute states again
+        std::this_thread::sleep_for(100ms);
+      }
+    }
+  };
+  auto next = [&](const std::string& id) { return Checked{id, ++seq[id]}; };
+  auto name = [](int i) { return "m" + std::to_string(i); };
+  // Every matter exists from the start.
+  std::vector<Checked> all;
+  for (int i = 0; i < sc_.matters; ++i) all.push_back(next(name(i)));
+  notify(all);
+  while (running) {
+    std::vector<Checked> batch;
+    for (int i = 0; i < 50; ++i) batch.push_back(next(name(static_cast<int>(rng() % sc_.matters))));
+    for (int i = 0; i < sc_.hot * 10; ++i) batch.push_back(next(name(i % sc_.hot)));
+    notify(batch);
+    std::this_thread::sleep_for(sc_.hot ? 2ms : 20ms);
+  }
+  // The last state of each identity must be materializable: never a terminal seq.
+  std::vector<Checked> last;
+  for (auto& [id, n] : seq)
+    if (sc_.terminal_every && n % sc_.terminal_every == 0) last.push_back(next(id));
+  if (!last.empty()) notify(last);
+  std::lock_guard lock(expected_mu_);
+  expected_ = seq;
+}
+
+void Run::execute(Totals& totals) {
+  const auto t0 = Clock::now();
+  std::cout << "scenario " << sc_.name << ": " << sc_.what << " (" << sc_.matters << " matters, " << sc_.workers
+            << " workers, " << sc_.duration.count() << "s)" << std::endl;
+  {
+    pqxx::connection c(s_.postgres);
+    dmm_faults::ensure_schema(c);
+  }
+  auto bucket = dmm::Bucket::open({.name = bucket_name_, .postgres = s_.postgres, .nats = s_.nats});
+  bucket.register_kind<Checked>(dmm_faults::kKind);
+  for (int i = 0; i < sc_.workers; ++i) start_worker(i);
+
+  std::atomic<bool> running{true};
+  std::thread notifier([&] { notify_loop(bucket, running); });
+  const auto end = Clock::now() + sc_.duration;
+  auto next_chaos = Clock::now() + sc_.chaos_every;
+  while (Clock::now() < end) {
+    std::this_thread::sleep_for(50ms);
+    if (sc_.chaos && Clock::now() >= next_chaos) {
+      try {
+        sc_.chaos(*this);
+      } catch (const std::exception& e) {
+        std::cerr << "  fault injection failed: " << e.what() << "\n";
+      }
+      next_chaos = Clock::now() + sc_.chaos_every;
+    }
+  }
+  running = false;
+  notifier.join();
+  for (auto& [slot, w] : workers_)
+    if (!w.second->alive()) start_worker(slot);
+
+  // Converge.
+  const auto quiet = Clock::now();
+  pqxx::connection c(s_.postgres);
+  long unconverged = 0;
+  const auto deadline = Clock::now() + 120s;
+  while (true) {
+    pqxx::nontransaction tx(c);
+    unconverged = tx.exec_params1(
+        "SELECT count(*) FROM dmm.matter WHERE bucket = $1 AND NOT (phase = 'ready' AND generation = "
+        "materialized_generation)",
+        bucket_name_)[0].as<long>();
+    if (unconverged == 0 || Clock::now() > deadline) break;
+    std::this_thread::sleep_for(100ms);
+  }
+  const double converge_s = seconds_since(quiet);
+
+  // Stop every worker cleanly: nothing may be left leased.
+  for (auto& [slot, w] : workers_) w.second->signal(SIGTERM);
+  for (auto& [slot, w] : workers_) w.second->wait_exit(20s);
+  pqxx::nontransaction tx(c);
+  leases_left += tx.exec_params1("SELECT count(*) FROM dmm.matter WHERE bucket = $1 AND lease_until > now()",
+                                 bucket_name_)[0].as<long>();
+
+  // Lost: the last notified seq must be stored and completed by a run.
+  std::map<std::string, std::pair<long, long>> seen;  // identity -> (stored seq, max completed run seq)
+  for (const auto& r : tx.exec_params("SELECT identity, (state->>'seq')::bigint FROM dmm.matter WHERE bucket = $1",
+                                      bucket_name_))
+    seen[r[0].as<std::string>()].first = r[1].as<long>();
+  for (const auto& r : tx.exec_params("SELECT identity, max(seq) FROM dmm_faults.runs WHERE bucket = $1 AND "
+                                      "outcome = 'done' GROUP BY identity",
+                                      bucket_name_))
+    seen[r[0].as<std::string>()].second = r[1].as<long>();
+  long lost = 0;
+  for (const auto& [id, expected] : expected_) {
+    const auto& [stored, materialized] = seen[id];
+    if (stored != expected || materialized != expected) {
+      if (lost < 5)
+        std::cerr << "  lost: " << id << " notified seq " << expected << ", stored " << stored
+                  << ", materialized " << materialized << "\n";
+      ++lost;
+    }
+  }
+  const long overlaps = tx.exec_params1(R"sql(
+SELECT count(*) FROM dmm_faults.runs a JOIN dmm_faults.runs b
+  ON a.bucket = b.bucket AND a.identity = b.identity AND a.run_id < b.run_id
+ WHERE a.bucket = $1 AND a.finished IS NOT NULL AND b.finished IS NOT NULL
+   AND a.started < b.finished AND b.started < a.finished)sql",
+                                        bucket_name_)[0].as<long>();
+  const auto runs = tx.exec_params1("SELECT count(*) FROM dmm_faults.runs WHERE bucket = $1", bucket_name_)[0].as<long>();
+  unconverged += leases_left;
+
+  std::printf("  %s: %ld runs, %d kills, %d graceful stops, %d server faults, %ld notify retries, converged %.1fs "
+              "after the last fault; lost=%ld overlaps=%ld unconverged=%ld (leases left %ld) [%.0fs]\n",
+              sc_.name.c_str(), runs, kills, graceful_stops, restarts, notify_retries_, converge_s, lost, overlaps,
+              unconverged, leases_left, seconds_since(t0));
+  if (!s_.report.empty()) {
+    std::ofstream out(s_.report, std::ios::app);
+    out << "| " << sc_.name << " | " << sc_.what << " | " << expected_.size() << " | " << runs << " | " << kills
+        << " | " << restarts + graceful_stops << " | " << std::fixed << std::setprecision(1) << converge_s << " s | "
+        << lost << " | " << overlaps << " | " << unconverged << " |\n";
+  }
+  ++totals.scenarios;
+  totals.matters += static_cast<long>(expected_.size());
+  totals.kills += kills;
+  totals.restarts += restarts;
+  totals.lost += lost;
+  totals.overlaps += overlaps;
+  totals.unconverged += unconverged;
+}
+
+std::vector<Scenario> scenarios(bool long_profile) {
+  const int matters = long_profile ? 5000 : 1000;
+  const auto duration = long_profile ? std::chrono::seconds(60) : std::chrono::seconds(12);
+  std::vector<Scenario> all;
+  all.push_back({.name = "kill9",
+                 .what = "worker processes SIGKILLed at random moments and replaced",
+                 .matters = matters,
+                 .workers = 3,
+                 .duration = duration,
+                 .chaos_every = long_profile ? 2500ms : 2000ms,
+                 .chaos = [](Run& r) { r.kill_random_worker(); }});
+  all.push_back({.name = "nats",
+                 .what = "nats-server restarted (file storage kept), stream purged, stream deleted",
+                 .matters = matters,
+                 .duration = duration,
+                 .chaos_every = duration / 4,
+                 .chaos = [n = 0](Run& r) mutable {
+                   switch (n++ % 3) {
+                     case 0: r.dev_env("restart-nats"); break;
+                     case 1: r.stream(false); break;
+                     default: r.stream(true); break;
+                   }
+                 }});
+  all.push_back({.name = "postgres",
+                 .what = "PostgreSQL restarted mid-run, fast and immediate shutdown",
+                 .matters = matters,
+                 .duration = duration,
+                 .chaos_every = duration / 3,
+                 .chaos = [n = 0](Run& r) mutable { r.dev_env(n++ % 2 ? "restart-pg immediate" : "restart-pg fast"); }});
+  all.push_back({.name = "misbehave",
+                 .what = "materializers fail randomly, hang past their lease, throw terminal errors; a hanging "
+                         "worker is killed",
+                 .matters = matters,
+                 .duration = duration,
+                 .worker_flags = {"--fail-rate", "0.2", "--hang-rate", "0.002", "--hang-ms", "5000",
+                                  "--terminal-every", "13"},
+                 .chaos_every = duration / 3,
+                 .chaos = [](Run& r) { r.kill_random_worker(); },
+                 .terminal_every = 13});
+  all.push_back({.name = "storm",
+                 .what = "notify storm on 5 hot identities while they are materialized",
+                 .matters = matters,
+                 .duration = duration,
+                 .worker_flags = {"--work-ms", "20"},
+                 .hot = 5});
+  all.push_back({.name = "sigterm",
+                 .what = "workers stopped gracefully (SIGTERM) under load and replaced",
+                 .matters = matters,
+                 .duration = duration,
+                 .worker_flags = {"--work-ms", "50"},
+                 .chaos_every = long_profile ? 3000ms : 2500ms,
+                 .chaos = [](Run& r) { r.stop_random_worker_gracefully(); }});
+  return all;
+}
+
+std::string env_or(const char* name, const std::string& fallback) {
+  const char* v = std::getenv(name);
+  return v && *v ? v : fallback;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Settings s;
+  s.postgres = env_or("DMM_TEST_POSTGRES_URL", env_or("DMM_POSTGRES_URL", ""));
+  s.nats = env_or("DMM_TEST_NATS_URL", env_or("DMM_NATS_URL", ""));
+  s.dev_env = env_or("DMM_TEST_DEV_ENV", "");
+  s.env_dir = env_or("DMM_TEST_ENV_DIR", "");
+  s.worker = (std::filesystem::path(argv[0]).parent_path() / "fault_worker").string();
+  for (int i = 1; i < argc; ++i) {
+    std::string a = argv[i];
+    auto value = [&]() -> std::string {
+      if (i + 1 >= argc) throw std::invalid_argument("missing value for " + a);
+      return argv[++i];
+    };
+    if (a == "--long") s.profile = "long";
+    else if (a == "--short") s.profile = "short";
+    else if (a == "--only") s.only = value();
+    else if (a == "--report") s.report = value();
+    else {
+      std::cerr << "usage: faults [--short|--long] [--only SCENARIO] [--report FILE]\n"
+                   "servers from DMM_TEST_POSTGRES_URL, DMM_TEST_NATS_URL; restarts through DMM_TEST_DEV_ENV "
+                   "--dir DMM_TEST_ENV_DIR (scripts/faults sets them all)\n";
+      return 2;
+    }
+  }
+  if (s.postgres.empty() || s.nats.empty() || s.dev_env.empty() || s.env_dir.empty()) {
+    std::cerr << "faults: no servers: run scripts/faults (it starts private ones), or set DMM_TEST_POSTGRES_URL, "
+                 "DMM_TEST_NATS_URL, DMM_TEST_DEV_ENV and DMM_TEST_ENV_DIR\n";
+    return 2;
+  }
+  spdlog::set_level(spdlog::level::err);
+  std::mt19937 rng{std::random_device{}()};
+  Totals totals;
+  for (const auto& sc : scenarios(s.profile == "long")) {
+    if (!s.only.empty() && sc.name != s.only) continue;
+    Run run(s, sc, rng);
+    try {
+      run.execute(totals);
+    } catch (const std::exception& e) {
+      std::cerr << "scenario " << sc.name << " could not run: " << e.what() << "\n";
+      ++totals.scenarios;
+      ++totals.unconverged;
+    }
+  }
+  std::printf("faults: %d scenarios, %ld matters, %d kills, lost=%ld overlaps=%ld unconverged=%ld\n",
+              totals.scenarios, totals.matters, totals.kills, totals.lost, totals.overlaps, totals.unconverged);
+  return totals.lost == 0 && totals.overlaps == 0 && totals.unconverged == 0 ? 0 : 1;
+}
