@@ -82,7 +82,9 @@ BucketCore::BucketCore(BucketOptions o)
                                          options.name, m.name, mask_url(options.postgres)));
   }
   pool.acquire();  // fail now, not at the first notify, if the URL is unusable
-  nats = std::make_unique<Nats>(options.nats, options.name, "dmm " + worker_id, *logger);
+  nats = std::make_unique<Nats>(options.nats,
+                                Nats::Tls{options.nats_ca_file, options.nats_cert_file, options.nats_key_file},
+                                options.name, "dmm " + worker_id, *logger);
 }
 
 Kind& BucketCore::kind(const std::string& name) {

@@ -26,11 +26,29 @@ std::int64_t now_ms() {
 
 }  // namespace
 
-Nats::Nats(const std::string& url, const std::string& bucket, const std::string& client_name, spdlog::logger& log)
+Nats::Nats(const std::string& url, const Tls& tls, const std::string& bucket, const std::string& client_name,
+           spdlog::logger& log)
     : bucket_(bucket), url_(mask_url(url)), log_(log) {
   natsOptions* opts = nullptr;
   natsStatus s = natsOptions_Create(&opts);
   if (s == NATS_OK) s = natsOptions_SetURL(opts, url.c_str());
+  if (s == NATS_OK && !tls.ca_file.empty()) {
+    s = natsOptions_SetSecure(opts, true);
+    if (s == NATS_OK) s = natsOptions_LoadCATrustedCertificates(opts, tls.ca_file.c_str());
+    if (s != NATS_OK) {
+      natsOptions_Destroy(opts);
+      throw ConnectionError(fmt::format("bucket '{}': cannot load the NATS CA file '{}': {}", bucket_, tls.ca_file,
+                                        nats_error(s)));
+    }
+  }
+  if (s == NATS_OK && !tls.cert_file.empty()) {
+    s = natsOptions_LoadCertificatesChain(opts, tls.cert_file.c_str(), tls.key_file.c_str());
+    if (s != NATS_OK) {
+      natsOptions_Destroy(opts);
+      throw ConnectionError(fmt::format("bucket '{}': cannot load the NATS client certificate '{}' / key '{}': {}",
+                                        bucket_, tls.cert_file, tls.key_file, nats_error(s)));
+    }
+  }
   if (s == NATS_OK) s = natsOptions_SetName(opts, client_name.c_str());
   if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 5000);
   // Keep trying forever once connected: tokens are an accelerator, and the
@@ -42,7 +60,7 @@ Nats::Nats(const std::string& url, const std::string& bucket, const std::string&
   natsOptions_Destroy(opts);
   if (s != NATS_OK)
     throw ConnectionError(fmt::format("cannot connect to NATS at {} for bucket '{}': {}; check the URL, that "
-                                      "nats-server runs with -js, and the credentials",
+                                      "nats-server runs with -js, the credentials, and TLS settings (tls:// URL, nats_ca_file)",
                                       url_, bucket_, nats_error(s)));
   jsOptions jo;
   jsOptions_Init(&jo);

@@ -21,7 +21,11 @@ class Nats {
  public:
   // Connects (ConnectionError naming the masked URL on failure) and creates
   // or checks the bucket's stream.
-  Nats(const std::string& url, const std::string& bucket, const std::string& client_name, spdlog::logger& log);
+  struct Tls {
+    std::string ca_file, cert_file, key_file;
+  };
+  Nats(const std::string& url, const Tls& tls, const std::string& bucket, const std::string& client_name,
+       spdlog::logger& log);
   ~Nats();
   Nats(const Nats&) = delete;
   Nats& operator=(const Nats&) = delete;

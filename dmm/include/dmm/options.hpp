@@ -33,9 +33,16 @@ struct BucketOptions {
   // PostgreSQL URL (postgresql://user:password@host:port/db?sslmode=...) or
   // key=value connection string. Required.
   std::string postgres{};
-  // NATS URL (nats://user:password@host:port, several separated by commas).
-  // Required.
+  // NATS URL (nats://user:password@host:port, several separated by commas;
+  // tls://host:port for TLS). Required.
   std::string nats{};
+  // PEM file of the CA that signed the NATS servers' certificates. Setting it
+  // (or a tls:// URL) requires TLS. Default: none (system trust for tls://).
+  std::string nats_ca_file{};
+  // PEM files of a client certificate and key, for NATS servers that verify
+  // clients (mutual TLS). Default: none.
+  std::string nats_cert_file{};
+  std::string nats_key_file{};
   // Names this process in leases and logs. Default: "<hostname>:<pid>:<random>".
   std::string worker_id{};
   // A notified matter gets a token at once; if no worker has acted within

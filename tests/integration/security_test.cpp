@@ -1,0 +1,219 @@
+// Credentials and TLS: PostgreSQL passwords and sslmode, NATS user/password
+// and TLS, through the usual URL forms (certificates made here and by
+// scripts/dev-env). No password may appear in any log line or error.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <spdlog/sinks/ostream_sink.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <filesystem>
+#include <sstream>
+
+#include "harness.hpp"
+
+using namespace dmm_test;
+
+namespace {
+
+struct Lock {
+  std::string id;
+  bool locked = false;
+  bool done = false;
+  std::string identity() const { return id; }
+  dmm::Result materialize(dmm::Context&) {
+    done = true;
+    return dmm::Result::done();
+  }
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Lock, id, locked, done)
+
+constexpr const char* kPgPassword = "pg-Secret-71q";
+constexpr const char* kNatsPassword = "nats-Secret-93z";
+
+// Everything the library logs during a test, to grep for passwords.
+struct CapturedLog {
+  std::ostringstream out;
+  std::shared_ptr<spdlog::logger> logger;
+  CapturedLog() {
+    auto sink = std::make_shared<spdlog::sinks::ostream_sink_mt>(out);
+    logger = std::make_shared<spdlog::logger>("security", sink);
+    logger->set_level(spdlog::level::trace);
+  }
+  std::string text() {
+    logger->flush();
+    return out.str();
+  }
+};
+
+int pg_port() {
+  const char* port = std::getenv("DMM_PG_PORT");
+  if (!port) FAIL("DMM_PG_PORT is not set: run the tests through scripts/test (scripts/dev-env writes it)");
+  return std::atoi(port);
+}
+
+std::string pg_ca() {
+  const char* ca = std::getenv("DMM_PG_CA");
+  if (!ca || !std::filesystem::exists(ca))
+    FAIL("DMM_PG_CA is not set or missing: run the tests through scripts/test (scripts/dev-env makes it)");
+  return ca;
+}
+
+// The role the dev-env's pg_hba.conf makes log in with a password.
+void ensure_password_role() {
+  pqxx::nontransaction tx(pg());
+  tx.exec("DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'dmm_pw') THEN "
+          "CREATE ROLE dmm_pw LOGIN SUPERUSER; END IF; END $$");
+  tx.exec(std::string("ALTER ROLE dmm_pw PASSWORD '") + kPgPassword + "'");
+}
+
+bool port_answers(int port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_port = htons(static_cast<uint16_t>(port));
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
+
+// A private nats-server with JetStream and extra flags (auth, TLS).
+struct PrivateNats {
+  std::filesystem::path dir;
+  int port = closed_port();
+  std::unique_ptr<Process> server;
+  explicit PrivateNats(std::vector<std::string> extra) {
+    dir = std::filesystem::temp_directory_path() / unique_name("nats");
+    std::filesystem::create_directories(dir);
+    std::vector<std::string> args = {"-js", "-a", "127.0.0.1", "-p", std::to_string(port), "-sd", (dir / "js").string(),
+                                     "-l", (dir / "nats.log").string()};
+    args.insert(args.end(), extra.begin(), extra.end());
+    server = std::make_unique<Process>("/usr/sbin/nats-server", args);
+    wait_until([&] { return port_answers(port); }, 10s, "private nats-server to listen");
+  }
+  ~PrivateNats() {
+    server.reset();
+    std::error_code ec;
+    std::filesystem::remove_all(dir, ec);
+  }
+};
+
+// A self-signed certificate for 127.0.0.1 in `dir` (cert.pem, key.pem).
+void make_certificate(const std::filesystem::path& dir) {
+  const auto cmd = "openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=127.0.0.1 "
+                   "-addext subjectAltName=IP:127.0.0.1 -keyout " +
+                   (dir / "key.pem").string() + " -out " + (dir / "cert.pem").string() + " >/dev/null 2>&1";
+  REQUIRE(std::system(cmd.c_str()) == 0);
+}
+
+// Opens a bucket, notifies one matter and waits until a worker made it ready.
+void converge_one(dmm::BucketOptions options) {
+  auto bucket = dmm::Bucket::open(options);
+  bucket.register_kind<Lock>("lock", fast_kind());
+  Runner runner(bucket);
+  bucket.notify(Lock{.id = "front-door", .locked = true});
+  wait_until([&] { return query_phase(options.name, "lock", "front-door") == "ready"; }, 20s,
+             "the matter to be ready");
+}
+
+std::string nats_binary_check() {
+  if (!std::filesystem::exists("/usr/sbin/nats-server")) FAIL("nats-server is not installed: run scripts/setup");
+  return "/usr/sbin/nats-server";
+}
+
+}  // namespace
+
+TEST_CASE("PostgreSQL with a password and sslmode=verify-full works, and the password is never shown",
+          "[security]") {
+  ensure_password_role();
+  CapturedLog log;
+  const auto name = unique_name("pgtls");
+  const auto url = "postgresql://dmm_pw:" + std::string(kPgPassword) + "@127.0.0.1:" + std::to_string(pg_port()) +
+                   "/dmm?sslmode=verify-full&sslrootcert=" + pg_ca();
+  dmm::BucketOptions o{.name = name, .postgres = url, .nats = servers().nats, .logger = log.logger};
+  converge_one(o);
+  pqxx::connection check(url);
+  pqxx::nontransaction tx(check);
+  CHECK(tx.exec1("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")[0].as<bool>());
+  CHECK(log.text().find(kPgPassword) == std::string::npos);
+}
+
+TEST_CASE("a wrong PostgreSQL password is a ConnectionError that masks the password", "[security]") {
+  ensure_password_role();
+  CapturedLog log;
+  const std::string wrong = "Wrong-Pass-55";
+  const auto url = "postgresql://dmm_pw:" + wrong + "@127.0.0.1:" + std::to_string(pg_port()) + "/dmm";
+  try {
+    dmm::Bucket::open({.name = unique_name("pgwrong"), .postgres = url, .nats = servers().nats, .logger = log.logger});
+    FAIL("open succeeded with a wrong password");
+  } catch (const dmm::ConnectionError& e) {
+    const std::string what = e.what();
+    CHECK(what.find(wrong) == std::string::npos);
+    CHECK(what.find("dmm_pw:****@") != std::string::npos);
+    CHECK(what.find("password authentication failed") != std::string::npos);
+  }
+  CHECK(log.text().find(wrong) == std::string::npos);
+}
+
+TEST_CASE("sslmode=verify-full with a CA that did not sign the server's certificate is refused", "[security]") {
+  const auto dir = std::filesystem::temp_directory_path() / unique_name("otherca");
+  std::filesystem::create_directories(dir);
+  make_certificate(dir);
+  const auto url = "postgresql://postgres@127.0.0.1:" + std::to_string(pg_port()) +
+                   "/dmm?sslmode=verify-full&sslrootcert=" + (dir / "cert.pem").string();
+  CHECK_THROWS_AS(dmm::Bucket::open({.name = unique_name("pgca"), .postgres = url, .nats = servers().nats}),
+                  dmm::ConnectionError);
+  std::filesystem::remove_all(dir);
+}
+
+TEST_CASE("NATS with user and password works, and a wrong password is masked", "[security]") {
+  nats_binary_check();
+  PrivateNats nats({"--user", "dmm", "--pass", kNatsPassword});
+  CapturedLog log;
+  const auto good = "nats://dmm:" + std::string(kNatsPassword) + "@127.0.0.1:" + std::to_string(nats.port);
+  converge_one({.name = unique_name("natsauth"), .postgres = servers().postgres, .nats = good, .logger = log.logger});
+
+  const std::string wrong = "not-the-Pass-12";
+  try {
+    dmm::Bucket::open({.name = unique_name("natswrong"),
+                       .postgres = servers().postgres,
+                       .nats = "nats://dmm:" + wrong + "@127.0.0.1:" + std::to_string(nats.port),
+                       .logger = log.logger});
+    FAIL("open succeeded with a wrong NATS password");
+  } catch (const dmm::ConnectionError& e) {
+    const std::string what = e.what();
+    CHECK(what.find(wrong) == std::string::npos);
+    CHECK(what.find("dmm:****@") != std::string::npos);
+  }
+  const auto text = log.text();
+  CHECK(text.find(kNatsPassword) == std::string::npos);
+  CHECK(text.find(wrong) == std::string::npos);
+}
+
+TEST_CASE("NATS over TLS works with the CA, and is refused without it or over plain nats://", "[security]") {
+  nats_binary_check();
+  const auto certs = std::filesystem::temp_directory_path() / unique_name("natscert");
+  std::filesystem::create_directories(certs);
+  make_certificate(certs);
+  PrivateNats nats({"--tls", "--tlscert", (certs / "cert.pem").string(), "--tlskey", (certs / "key.pem").string()});
+  const auto port = std::to_string(nats.port);
+
+  converge_one({.name = unique_name("natstls"),
+                .postgres = servers().postgres,
+                .nats = "tls://127.0.0.1:" + port,
+                .nats_ca_file = (certs / "cert.pem").string()});
+  // Without the CA the self-signed certificate is not trusted.
+  CHECK_THROWS_AS(dmm::Bucket::open({.name = unique_name("natsnoca"),
+                                     .postgres = servers().postgres,
+                                     .nats = "tls://127.0.0.1:" + port}),
+                  dmm::ConnectionError);
+  // A plain client is refused by a server that requires TLS.
+  CHECK_THROWS_AS(dmm::Bucket::open({.name = unique_name("natsplain"),
+                                     .postgres = servers().postgres,
+                                     .nats = "nats://127.0.0.1:" + port}),
+                  dmm::ConnectionError);
+  std::filesystem::remove_all(certs);
+}
