@@ -1,0 +1,155 @@
+// More bad input: tokens that point nowhere, foreign messages on dmm's
+// subjects, states that cannot be JSON, garbage URLs, a stream of the wrong
+// shape, and the rule that an identical state does not revive a failed matter.
+#include <nats/nats.h>
+
+#include <catch2/catch.hpp>
+
+#include "harness.hpp"
+
+using namespace dmm_test;
+
+namespace {
+
+struct Light {
+  std::string id;
+  int level = 0;
+  bool broken = false;
+  std::string note{};
+  std::string identity() const { return id; }
+  dmm::Result materialize(dmm::Context&) {
+    if (broken) throw dmm::TerminalError("light " + id + " is broken");
+    return dmm::Result::done();
+  }
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Light, id, level, broken, note)
+
+// Publishes raw messages to JetStream subjects, as a foreign client would.
+void publish_raw(const std::vector<std::string>& subjects) {
+  natsConnection* nc = nullptr;
+  jsCtx* js = nullptr;
+  REQUIRE(natsConnection_ConnectTo(&nc, servers().nats.c_str()) == NATS_OK);
+  REQUIRE(natsConnection_JetStream(&js, nc, nullptr) == NATS_OK);
+  for (const auto& subject : subjects) {
+    jsErrCode jerr{};
+    CHECK(js_Publish(nullptr, js, subject.c_str(), "x", 1, nullptr, &jerr) == NATS_OK);
+  }
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
+}
+
+std::string snapshot(const std::string& bucket) {
+  pqxx::nontransaction tx(pg());
+  std::string out;
+  for (const auto& r : tx.exec_params("SELECT identity, state::text, generation, phase FROM dmm.matter WHERE bucket "
+                                      "= $1 ORDER BY identity",
+                                      bucket))
+    out += r[0].as<std::string>() + " " + r[1].as<std::string>() + " " + r[2].as<std::string>() + " " +
+           r[3].as<std::string>() + "\n";
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("tokens for deleted rows and foreign messages on dmm's subjects are dropped, nothing changes",
+          "[bad-input]") {
+  const auto name = unique_name("tokens");
+  auto bucket = open_bucket(name);
+  bucket.register_kind<Light>("light", fast_kind());
+  bucket.notify(Light{.id = "hall", .level = 3});
+  Runner runner(bucket);
+  wait_until([&] { return query_phase(name, "light", "hall") == "ready"; }, 20s, "hall to be ready");
+  const auto before = snapshot(name);
+
+  publish_raw({"dmm." + name + ".light.987654321",   // a row that does not exist (deleted)
+               "dmm." + name + ".light.not-a-row",   // not a row id at all
+               "dmm." + name + ".light.-5",          // not a valid row id
+               "dmm." + name + ".light.1.extra"});   // too many tokens
+  Nats nats(servers().nats);
+  wait_until([&] { return nats.stream_messages("DMM_" + name) == 0; }, 20s, "the worker to drop the messages");
+  CHECK(snapshot(name) == before);
+
+  // The worker is still healthy.
+  bucket.notify(Light{.id = "hall", .level = 4});
+  wait_until([&] { return query_matter(name, "light", "hall")->state["level"] == 4 &&
+                          query_phase(name, "light", "hall") == "ready"; },
+             20s, "hall to converge after the foreign messages");
+}
+
+TEST_CASE("a state with strings that are not UTF-8 is rejected, naming the matter", "[bad-input]") {
+  const auto name = unique_name("utf8");
+  auto bucket = open_bucket(name);
+  bucket.register_kind<Light>("light", fast_kind());
+  bucket.notify(Light{.id = "porch", .level = 1});
+  const auto before = snapshot(name);
+  try {
+    bucket.notify(Light{.id = "porch", .level = 2, .note = "caf\xe9 in latin-1"});
+    FAIL("a state with a non-UTF-8 string was accepted");
+  } catch (const dmm::InvalidArgument& e) {
+    const std::string what = e.what();
+    CHECK(what.find("'light'") != std::string::npos);
+    CHECK(what.find("'porch'") != std::string::npos);
+    CHECK(what.find("UTF-8") != std::string::npos);
+  }
+  CHECK(snapshot(name) == before);
+}
+
+TEST_CASE("garbage URLs are ConnectionErrors, not crashes", "[bad-input]") {
+  CHECK_THROWS_AS(dmm::Bucket::open({.name = unique_name("url"), .postgres = "not a url at all", .nats = servers().nats}),
+                  dmm::ConnectionError);
+  CHECK_THROWS_AS(dmm::Bucket::open({.name = unique_name("url"), .postgres = servers().postgres, .nats = "::::"}),
+                  dmm::ConnectionError);
+}
+
+TEST_CASE("a stream of that name with the wrong shape is refused with the way out", "[bad-input]") {
+  const auto name = unique_name("shape");
+  natsConnection* nc = nullptr;
+  jsCtx* js = nullptr;
+  REQUIRE(natsConnection_ConnectTo(&nc, servers().nats.c_str()) == NATS_OK);
+  REQUIRE(natsConnection_JetStream(&js, nc, nullptr) == NATS_OK);
+  const auto stream = "DMM_" + name;
+  const auto subject = "dmm." + name + ".>";
+  const char* subjects[] = {subject.c_str()};
+  jsStreamConfig cfg;
+  jsStreamConfig_Init(&cfg);
+  cfg.Name = stream.c_str();
+  cfg.Subjects = subjects;
+  cfg.SubjectsLen = 1;  // limits retention: not a work queue
+  jsStreamInfo* si = nullptr;
+  REQUIRE(js_AddStream(&si, js, &cfg, nullptr, nullptr) == NATS_OK);
+  jsStreamInfo_Destroy(si);
+  try {
+    open_bucket(name);
+    FAIL("open accepted a stream that is not a work queue");
+  } catch (const dmm::Error& e) {
+    const std::string what = e.what();
+    CHECK(what.find(stream) != std::string::npos);
+    CHECK(what.find("nats stream rm") != std::string::npos);
+  }
+  js_DeleteStream(js, stream.c_str(), nullptr, nullptr);
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(nc);
+}
+
+TEST_CASE("a failed matter is not revived by its identical state, but by a different one or retry",
+          "[bad-input]") {
+  const auto name = unique_name("revive");
+  auto bucket = open_bucket(name);
+  bucket.register_kind<Light>("light", fast_kind());
+  Runner runner(bucket);
+  bucket.notify(Light{.id = "attic", .level = 1, .broken = true});
+  wait_until([&] { return query_phase(name, "light", "attic") == "failed"; }, 20s, "attic to fail terminally");
+  const auto generation = query_matter(name, "light", "attic")->generation;
+
+  bucket.notify(Light{.id = "attic", .level = 1, .broken = true});
+  CHECK(query_matter(name, "light", "attic")->generation == generation);
+  CHECK(query_phase(name, "light", "attic") == "failed");
+
+  CHECK(bucket.retry<Light>("attic"));
+  wait_until([&] { return query_matter(name, "light", "attic")->attempts == 1 &&
+                          query_phase(name, "light", "attic") == "failed"; },
+             20s, "the explicit retry to run (and fail again)");
+
+  bucket.notify(Light{.id = "attic", .level = 1, .broken = false});
+  wait_until([&] { return query_phase(name, "light", "attic") == "ready"; }, 20s, "a different state to revive it");
+}
