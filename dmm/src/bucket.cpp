@@ -36,6 +36,8 @@ BucketOptions validated(BucketOptions o) {
         fmt::format("bucket '{}': BucketOptions::nats is empty; give a NATS URL such as nats://127.0.0.1:4222", o.name));
   if (o.token_grace.count() <= 0)
     throw InvalidArgument(fmt::format("bucket '{}': token_grace must be positive (default 5s)", o.name));
+  if (o.stream_replicas < 1 || o.stream_replicas > 5)
+    throw InvalidArgument(fmt::format("bucket '{}': stream_replicas must be 1..5 (default 1; 3 on a cluster)", o.name));
   if (o.max_state_bytes == 0)
     throw InvalidArgument(fmt::format("bucket '{}': max_state_bytes must be positive (default 1 MiB)", o.name));
   if (o.worker_id.empty()) o.worker_id = default_worker_id();
@@ -84,7 +86,7 @@ BucketCore::BucketCore(BucketOptions o)
   pool.acquire();  // fail now, not at the first notify, if the URL is unusable
   nats = std::make_unique<Nats>(options.nats,
                                 Nats::Tls{options.nats_ca_file, options.nats_cert_file, options.nats_key_file},
-                                options.name, "dmm " + worker_id, *logger);
+                                options.stream_replicas, options.name, "dmm " + worker_id, *logger);
 }
 
 Kind& BucketCore::kind(const std::string& name) {

@@ -1,5 +1,6 @@
 #include "tokens.hpp"
 
+#include <algorithm>
 #include <fmt/format.h>
 #include <spdlog/spdlog.h>
 
@@ -26,12 +27,27 @@ std::int64_t now_ms() {
 
 }  // namespace
 
-Nats::Nats(const std::string& url, const Tls& tls, const std::string& bucket, const std::string& client_name,
-           spdlog::logger& log)
-    : bucket_(bucket), url_(mask_url(url)), log_(log) {
+Nats::Nats(const std::string& url, const Tls& tls, int replicas, const std::string& bucket,
+           const std::string& client_name, spdlog::logger& log)
+    : bucket_(bucket), url_(mask_url(url)), replicas_(replicas), log_(log) {
   natsOptions* opts = nullptr;
   natsStatus s = natsOptions_Create(&opts);
-  if (s == NATS_OK) s = natsOptions_SetURL(opts, url.c_str());
+  // natsOptions_SetURL takes one URL; a cluster is a comma-separated list.
+  std::vector<std::string> urls;
+  for (std::size_t begin = 0; begin <= url.size();) {
+    auto end = std::min(url.find(',', begin), url.size());
+    auto one = url.substr(begin, end - begin);
+    one.erase(0, one.find_first_not_of(' '));
+    one.erase(one.find_last_not_of(' ') + 1);
+    if (!one.empty()) urls.push_back(one);
+    begin = end + 1;
+  }
+  std::vector<const char*> servers;
+  for (const auto& u : urls) servers.push_back(u.c_str());
+  if (s == NATS_OK && servers.empty()) s = NATS_INVALID_ARG;
+  if (s == NATS_OK)
+    s = servers.size() == 1 ? natsOptions_SetURL(opts, servers[0])
+                            : natsOptions_SetServers(opts, servers.data(), static_cast<int>(servers.size()));
   if (s == NATS_OK && !tls.ca_file.empty()) {
     s = natsOptions_SetSecure(opts, true);
     if (s == NATS_OK) s = natsOptions_LoadCATrustedCertificates(opts, tls.ca_file.c_str());
@@ -116,12 +132,13 @@ void Nats::ensure_stream() {
   cfg.Retention = js_WorkQueuePolicy;
   cfg.MaxMsgsPerSubject = 1;  // many notifies of one matter coalesce into one pending token
   cfg.Storage = js_FileStorage;
+  cfg.Replicas = replicas_;
   s = js_AddStream(&si, js_, &cfg, nullptr, &jerr);
   if (s != NATS_OK) {
     throw ConnectionError(fmt::format("NATS at {}: cannot create stream {}: {}", url_, name, nats_error(s, jerr)));
   }
   jsStreamInfo_Destroy(si);
-  log_.info("bucket '{}': created NATS stream {} ({})", bucket_, name, subjects);
+  log_.info("bucket '{}': created NATS stream {} ({}, {} replica(s))", bucket_, name, subjects, replicas_);
 }
 
 void Nats::ensure_consumer(const std::string& kind) {

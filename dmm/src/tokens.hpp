@@ -24,8 +24,9 @@ class Nats {
   struct Tls {
     std::string ca_file, cert_file, key_file;
   };
-  Nats(const std::string& url, const Tls& tls, const std::string& bucket, const std::string& client_name,
-       spdlog::logger& log);
+  // `replicas`: of the stream, when it is created.
+  Nats(const std::string& url, const Tls& tls, int replicas, const std::string& bucket,
+       const std::string& client_name, spdlog::logger& log);
   ~Nats();
   Nats(const Nats&) = delete;
   Nats& operator=(const Nats&) = delete;
@@ -53,6 +54,7 @@ class Nats {
 
   const std::string bucket_;
   const std::string url_;  // masked
+  const int replicas_;
   spdlog::logger& log_;
   natsConnection* conn_ = nullptr;  // thread-safe per nats.c
   jsCtx* js_ = nullptr;

@@ -14,7 +14,7 @@
 int main(int argc, char** argv) {
   std::map<std::string, std::string> flags = {{"concurrency", "8"}, {"lease-ms", "3000"}, {"work-ms", "2"},
                                               {"fail-rate", "0"},   {"hang-rate", "0"},   {"hang-ms", "0"},
-                                              {"terminal-every", "0"}};
+                                              {"terminal-every", "0"}, {"replicas", "1"}};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string key = argv[i];
     if (key.rfind("--", 0) != 0) {
@@ -48,6 +48,7 @@ int main(int argc, char** argv) {
                                      .postgres = flags["postgres"],
                                      .nats = flags["nats"],
                                      .worker_id = flags["worker-id"],
+                                     .stream_replicas = std::stoi(flags["replicas"]),
                                      .token_grace = std::chrono::milliseconds(1000)});
     bucket.register_kind<dmm_faults::Checked>(
         dmm_faults::kKind, {.concurrency = std::stoi(flags["concurrency"]),

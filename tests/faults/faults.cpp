@@ -9,7 +9,10 @@
 // Ends with: faults: <scenarios> scenarios, <matters> matters, <kills> kills,
 //            lost=<n> overlaps=<n> unconverged=<n>
 // and exits non-zero unless all three are 0.
+#include <arpa/inet.h>
 #include <nats/nats.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
 #include <sys/wait.h>
@@ -119,6 +122,7 @@ struct Scenario {
   std::chrono::milliseconds chaos_every{0};
   std::function<void(class Run&)> chaos{};
   long terminal_every = 0;
+  bool cluster = false;  // a three-node JetStream cluster of its own, R3 stream
 };
 
 struct Totals {
@@ -129,16 +133,22 @@ struct Totals {
 class Run {
  public:
   Run(const Settings& settings, const Scenario& scenario, std::mt19937& rng)
-      : s_(settings), sc_(scenario), rng_(rng), bucket_name_(scenario.name + "_" + std::to_string(rng() % 1000000)) {}
+      : s_(settings), sc_(scenario), rng_(rng), bucket_name_(scenario.name + "_" + std::to_string(rng() % 1000000)) {
+    nats_url_ = s_.nats;
+  }
+  ~Run() {
+    nodes_.clear();
+    if (!cluster_dir_.empty()) std::filesystem::remove_all(cluster_dir_);
+  }
 
   int kills = 0, restarts = 0, graceful_stops = 0;
   long leases_left = 0;
 
   void start_worker(int slot) {
     const auto id = bucket_name_ + "-w" + std::to_string(next_worker_++);
-    std::vector<std::string> argv = {s_.worker,    "--postgres", s_.postgres, "--nats",      s_.nats,
-                                     "--bucket",   bucket_name_, "--worker-id", id,          "--lease-ms",
-                                     "2000",       "--concurrency", "8"};
+    std::vector<std::string> argv = {s_.worker,  "--postgres", s_.postgres, "--nats",      nats_url_,
+                                     "--bucket", bucket_name_, "--worker-id", id,          "--lease-ms",
+                                     "2000",     "--concurrency", "8",      "--replicas", sc_.cluster ? "3" : "1"};
     for (const auto& f : sc_.worker_flags) argv.push_back(f);
     workers_[slot] = {id, std::make_unique<Child>(argv, log_path())};
   }
@@ -183,8 +193,22 @@ class Run {
     ++restarts;
   }
   void stream(bool remove) {
-    stream_fault(s_.nats, "DMM_" + bucket_name_, remove);
+    stream_fault(nats_url_, "DMM_" + bucket_name_, remove);
     ++restarts;
+  }
+
+  // Cluster scenario: kills one node, and brings it back at the next call.
+  void toggle_cluster_node() {
+    if (down_node_ < 0) {
+      down_node_ = static_cast<int>(rng_() % nodes_.size());
+      nodes_[down_node_]->signal(SIGKILL);
+      nodes_[down_node_]->wait_exit(10s);
+      ++kills;
+    } else {
+      start_node(down_node_);
+      down_node_ = -1;
+      ++restarts;
+    }
   }
 
   // Runs the scenario; adds its findings to `totals`.
@@ -192,6 +216,13 @@ class Run {
 
  private:
   void notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running);
+  void start_cluster();
+  void start_node(int i);
+  std::string nats_url_;
+  std::filesystem::path cluster_dir_;
+  std::vector<int> client_ports_, route_ports_;
+  std::vector<std::unique_ptr<Child>> nodes_;
+  int down_node_ = -1;
   std::map<std::string, long> expected_;  // identity -> last notified seq; guarded by expected_mu_
   std::mutex expected_mu_;
   long notify_retries_ = 0;
@@ -203,6 +234,46 @@ class Run {
   int next_worker_ = 0;
   std::map<int, std::pair<std::string, std::unique_ptr<Child>>> workers_;
 };
+
+int free_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr);
+  socklen_t len = sizeof addr;
+  ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len);
+  ::close(fd);
+  return ntohs(addr.sin_port);
+}
+
+void Run::start_node(int i) {
+  std::string routes;
+  for (int j = 0; j < 3; ++j)
+    if (j != i) routes += (routes.empty() ? "" : ",") + std::string("nats://127.0.0.1:") + std::to_string(route_ports_[j]);
+  const auto node = "n" + std::to_string(i);
+  nodes_[i] = std::make_unique<Child>(
+      std::vector<std::string>{"/usr/sbin/nats-server", "-js", "-a", "127.0.0.1", "-p",
+                               std::to_string(client_ports_[i]), "-n", node, "--cluster_name", bucket_name_,
+                               "--cluster", "nats://127.0.0.1:" + std::to_string(route_ports_[i]), "--routes", routes,
+                               "-sd", (cluster_dir_ / node).string()},
+      (cluster_dir_ / (node + ".log")).string());
+}
+
+// Three JetStream nodes on loopback ports: how users run dmm past one machine.
+void Run::start_cluster() {
+  cluster_dir_ = std::filesystem::temp_directory_path() / (bucket_name_ + "-cluster");
+  std::filesystem::create_directories(cluster_dir_);
+  nodes_.resize(3);
+  for (int i = 0; i < 3; ++i) {
+    client_ports_.push_back(free_port());
+    route_ports_.push_back(free_port());
+  }
+  for (int i = 0; i < 3; ++i) start_node(i);
+  nats_url_.clear();
+  for (int i = 0; i < 3; ++i)
+    nats_url_ += (i ? "," : "") + std::string("nats://127.0.0.1:") + std::to_string(client_ports_[i]);
+}
 
 void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
   std::mt19937 rng(rng_());
@@ -248,7 +319,23 @@ void Run::execute(Totals& totals) {
     pqxx::connection c(s_.postgres);
     dmm_faults::ensure_schema(c);
   }
-  auto bucket = dmm::Bucket::open({.name = bucket_name_, .postgres = s_.postgres, .nats = s_.nats});
+  if (sc_.cluster) start_cluster();
+  // A new cluster needs a moment to elect its JetStream leader.
+  const auto open_deadline = Clock::now() + 60s;
+  auto open = [&] {
+    while (true) {
+      try {
+        return dmm::Bucket::open({.name = bucket_name_,
+                                  .postgres = s_.postgres,
+                                  .nats = nats_url_,
+                                  .stream_replicas = sc_.cluster ? 3 : 1});
+      } catch (const dmm::Error&) {
+        if (Clock::now() > open_deadline) throw;
+        std::this_thread::sleep_for(500ms);
+      }
+    }
+  };
+  auto bucket = open();
   bucket.register_kind<Checked>(dmm_faults::kKind);
   for (int i = 0; i < sc_.workers; ++i) start_worker(i);
 
@@ -271,6 +358,7 @@ void Run::execute(Totals& totals) {
   notifier.join();
   for (auto& [slot, w] : workers_)
     if (!w.second->alive()) start_worker(slot);
+  if (down_node_ >= 0) toggle_cluster_node();
 
   // Converge.
   const auto quiet = Clock::now();
@@ -381,6 +469,13 @@ std::vector<Scenario> scenarios(bool long_profile) {
                  .chaos_every = duration / 3,
                  .chaos = [](Run& r) { r.kill_random_worker(); },
                  .terminal_every = 13});
+  all.push_back({.name = "cluster",
+                 .what = "three-node JetStream cluster (R3 stream), one node SIGKILLed and brought back",
+                 .matters = matters,
+                 .duration = duration,
+                 .chaos_every = duration / 5,
+                 .chaos = [](Run& r) { r.toggle_cluster_node(); },
+                 .cluster = true});
   all.push_back({.name = "storm",
                  .what = "notify storm on 5 hot identities while they are materialized",
                  .matters = matters,

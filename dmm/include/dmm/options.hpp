@@ -45,6 +45,9 @@ struct BucketOptions {
   std::string nats_key_file{};
   // Names this process in leases and logs. Default: "<hostname>:<pid>:<random>".
   std::string worker_id{};
+  // Replicas of the bucket's stream when dmm creates it: 3 on a three-node
+  // JetStream cluster so tokens survive a node. Default 1.
+  int stream_replicas = 1;
   // A notified matter gets a token at once; if no worker has acted within
   // this grace the sweeper sends another (tokens are lossy). Default 5 s.
   milliseconds token_grace{5'000};
