@@ -153,3 +153,17 @@ TEST_CASE("a failed matter is not revived by its identical state, but by a diffe
   bucket.notify(Light{.id = "attic", .level = 1, .broken = false});
   wait_until([&] { return query_phase(name, "light", "attic") == "ready"; }, 20s, "a different state to revive it");
 }
+
+TEST_CASE("malformed JSON cannot reach a matter's row: the jsonb column refuses it and the state is kept",
+          "[bad-input]") {
+  const auto name = unique_name("json");
+  auto bucket = open_bucket(name);
+  bucket.register_kind<Light>("light", fast_kind());
+  bucket.notify(Light{.id = "cellar", .level = 7});
+  const auto before = snapshot(name);
+  pqxx::nontransaction tx(pg());
+  CHECK_THROWS_AS(tx.exec_params("UPDATE dmm.matter SET state = $2::jsonb WHERE bucket = $1", name,
+                                 std::string("{\"id\": \"cellar\", \"level\": ")),
+                  pqxx::data_exception);
+  CHECK(snapshot(name) == before);
+}
