@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <filesystem>
 #include <fstream>
@@ -168,6 +169,7 @@ class Run {
                    bucket_name_, id);
     ++kills;
     start_worker(slot);
+    mark_fault();
   }
 
   void stop_random_worker_gracefully() {
@@ -186,15 +188,18 @@ class Run {
     leases_left += left;
     ++graceful_stops;
     start_worker(slot);
+    mark_fault();
   }
 
   void dev_env(const std::string& args) {
     run_command(s_.dev_env + " " + args + " --dir " + s_.env_dir);
     ++restarts;
+    mark_fault();
   }
   void stream(bool remove) {
     stream_fault(nats_url_, "DMM_" + bucket_name_, remove);
     ++restarts;
+    mark_fault();
   }
 
   // Cluster scenario: kills one node, and brings it back at the next call.
@@ -209,6 +214,36 @@ class Run {
       down_node_ = -1;
       ++restarts;
     }
+    mark_fault();
+  }
+
+  // Remembers when a fault was injected (database clock), to measure how long
+  // until materializations complete again.
+  void mark_fault() {
+    for (int attempt = 0; attempt < 50; ++attempt) {
+      try {
+        pqxx::connection c(s_.postgres);
+        pqxx::nontransaction tx(c);
+        fault_times_.push_back(tx.exec1("SELECT clock_timestamp()::text")[0].as<std::string>());
+        return;
+      } catch (const std::exception&) {
+        std::this_thread::sleep_for(100ms);
+      }
+    }
+  }
+
+  // Seconds from each fault to the first materialization that started after
+  // it and completed.
+  std::vector<double> recovery_times(pqxx::transaction_base& tx) {
+    std::vector<double> out;
+    for (const auto& t : fault_times_) {
+      auto r = tx.exec_params1("SELECT extract(epoch FROM min(finished) - $2::timestamptz) FROM dmm_faults.runs "
+                               "WHERE bucket = $1 AND outcome = 'done' AND started >= $2::timestamptz",
+                               bucket_name_, t);
+      if (!r[0].is_null()) out.push_back(r[0].as<double>());
+    }
+    std::sort(out.begin(), out.end());
+    return out;
   }
 
   // Runs the scenario; adds its findings to `totals`.
@@ -219,6 +254,7 @@ class Run {
   void start_cluster();
   void start_node(int i);
   std::string nats_url_;
+  std::vector<std::string> fault_times_;
   std::filesystem::path cluster_dir_;
   std::vector<int> client_ports_, route_ports_;
   std::vector<std::unique_ptr<Child>> nodes_;
@@ -338,6 +374,7 @@ void Run::execute(Totals& totals) {
   auto bucket = open();
   bucket.register_kind<Checked>(dmm_faults::kKind);
   for (int i = 0; i < sc_.workers; ++i) start_worker(i);
+  const double setup_s = seconds_since(t0);
 
   std::atomic<bool> running{true};
   std::thread notifier([&] { notify_loop(bucket, running); });
@@ -376,6 +413,7 @@ void Run::execute(Totals& totals) {
   }
   const double converge_s = seconds_since(quiet);
 
+  const auto checks_start = Clock::now();
   // Stop every worker cleanly: nothing may be left leased.
   for (auto& [slot, w] : workers_) w.second->signal(SIGTERM);
   for (auto& [slot, w] : workers_) w.second->wait_exit(20s);
@@ -402,23 +440,36 @@ void Run::execute(Totals& totals) {
       ++lost;
     }
   }
+  // A run overlaps if it started before an earlier-started run of its identity ended.
   const long overlaps = tx.exec_params1(R"sql(
-SELECT count(*) FROM dmm_faults.runs a JOIN dmm_faults.runs b
-  ON a.bucket = b.bucket AND a.identity = b.identity AND a.run_id < b.run_id
- WHERE a.bucket = $1 AND a.finished IS NOT NULL AND b.finished IS NOT NULL
-   AND a.started < b.finished AND b.started < a.finished)sql",
+SELECT count(*) FROM (
+  SELECT started, max(finished) OVER (PARTITION BY identity ORDER BY started, run_id
+                                      ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
+    FROM dmm_faults.runs WHERE bucket = $1 AND finished IS NOT NULL) r
+ WHERE started < earlier_end)sql",
                                         bucket_name_)[0].as<long>();
   const auto runs = tx.exec_params1("SELECT count(*) FROM dmm_faults.runs WHERE bucket = $1", bucket_name_)[0].as<long>();
   unconverged += leases_left;
+  const auto recovery = recovery_times(tx);
+  std::string recovery_text = "-";
+  if (!recovery.empty()) {
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "median %.2fs, max %.2fs over %zu faults", recovery[recovery.size() / 2],
+                  recovery.back(), recovery.size());
+    recovery_text = buf;
+  }
 
-  std::printf("  %s: %ld runs, %d kills, %d graceful stops, %d server faults, %ld notify retries, converged %.1fs "
-              "after the last fault; lost=%ld overlaps=%ld unconverged=%ld (leases left %ld) [%.0fs]\n",
-              sc_.name.c_str(), runs, kills, graceful_stops, restarts, notify_retries_, converge_s, lost, overlaps,
-              unconverged, leases_left, seconds_since(t0));
+  std::printf("  %s: %ld runs, %d kills, %d graceful stops, %d server faults, %ld notify retries; work resumed after "
+              "each fault: %s; converged %.1fs after the last fault; lost=%ld overlaps=%ld unconverged=%ld (leases "
+              "left %ld) [setup %.0fs, stop and checks %.0fs, all %.0fs]\n",
+              sc_.name.c_str(), runs, kills, graceful_stops, restarts, notify_retries_, recovery_text.c_str(),
+              converge_s, lost, overlaps, unconverged, leases_left, setup_s, seconds_since(checks_start),
+              seconds_since(t0));
   if (!s_.report.empty()) {
     std::ofstream out(s_.report, std::ios::app);
     out << "| " << sc_.name << " | " << sc_.what << " | " << expected_.size() << " | " << runs << " | " << kills
-        << " | " << restarts + graceful_stops << " | " << std::fixed << std::setprecision(1) << converge_s << " s | "
+        << " | " << restarts + graceful_stops << " | " << recovery_text << " | " << std::fixed << std::setprecision(1)
+        << converge_s << " s | "
         << lost << " | " << overlaps << " | " << unconverged << " |\n";
   }
   ++totals.scenarios;
