@@ -161,9 +161,12 @@ TEST_CASE("malformed JSON cannot reach a matter's row: the jsonb column refuses 
   bucket.register_kind<Light>("light", fast_kind());
   bucket.notify(Light{.id = "cellar", .level = 7});
   const auto before = snapshot(name);
-  pqxx::nontransaction tx(pg());
-  CHECK_THROWS_AS(tx.exec_params("UPDATE dmm.matter SET state = $2::jsonb WHERE bucket = $1", name,
-                                 std::string("{\"id\": \"cellar\", \"level\": ")),
-                  pqxx::data_exception);
+  {
+    // Closed before snapshot() opens its own on the same connection.
+    pqxx::nontransaction tx(pg());
+    CHECK_THROWS_AS(tx.exec_params("UPDATE dmm.matter SET state = $2::jsonb WHERE bucket = $1", name,
+                                   std::string("{\"id\": \"cellar\", \"level\": ")),
+                    pqxx::data_exception);
+  }
   CHECK(snapshot(name) == before);
 }
