@@ -1,9 +1,12 @@
 // example: the music-player scenario of the dmm README.
 //
 //   example worker            run workers + a simulated fleet + its observer until Ctrl-C
+//                             (--http :PORT for /metrics, /readyz and the web view;
+//                             --log-format json for machine-readable logs)
 //   example create --count N  create players (--flaky: some fail a few times first)
 //   example wait              wait until every player is ready, showing progress
 //   example debug [identity]  show every matter (or one) and why it is (not) ready
+//                             (one matter: the same text as `dmmctl describe`)
 //
 // Connection settings: --postgres/--nats, else DMM_POSTGRES_URL/DMM_NATS_URL,
 // else the .dmm/env that `scripts/dev-env up` wrote.
@@ -94,6 +97,11 @@ int main(int argc, char** argv) {
   worker->add_option("--drift-rate", drift_rate, "chance per observation that a player switches song on its own")
       ->capture_default_str();
   worker->add_option("--observe-ms", observe_ms, "observer period")->capture_default_str();
+  std::string http, log_format = "text";
+  worker->add_option("--http", http, "serve /metrics, /healthz, /readyz and the web view on [host]:PORT (off by default)");
+  worker->add_option("--log-format", log_format, "text or json")
+      ->check(CLI::IsMember({"text", "json"}))
+      ->capture_default_str();
 
   auto* create = app.add_subcommand("create", "create players with a desired song");
   int count = 20;
@@ -115,6 +123,7 @@ int main(int argc, char** argv) {
   spdlog::set_level(spdlog::level::from_str(s.log_level));
   try {
     if (worker->parsed()) {
+      spdlog::set_formatter(dmm::make_log_formatter(dmm::parse_log_format(log_format)));
       // Signals are blocked before any thread starts, so only the watcher gets them.
       dmm::Bucket* running = nullptr;
       std::mutex mu;
@@ -126,6 +135,7 @@ int main(int argc, char** argv) {
       });
       auto bucket = open_bucket(s);
       bucket.register_kind<MusicPlayer>(kKind, {.concurrency = concurrency});
+      if (!http.empty()) bucket.serve_http(http);
       auto fleet = std::make_shared<example::Fleet>(failure_rate, drift_rate);
       bucket.provide(fleet);
       std::jthread observer([&](std::stop_token st) {
@@ -183,11 +193,20 @@ int main(int argc, char** argv) {
       }
     }
     if (debug->parsed()) {
-      if (!identity.empty()) q.identity = identity;
+      if (!identity.empty()) {
+        // The same implementation as `dmmctl describe` (and `why`, its last line).
+        auto detail = dmm::describe(s.postgres, s.bucket, kKind, identity);
+        if (!detail) {
+          std::cout << "no player '" << identity << "'\n";
+          return 1;
+        }
+        std::cout << dmm::format_detail(*detail);
+        return 0;
+      }
       auto matters = dmm::inspect(q);
       if (matters.empty()) {
-        std::cout << (identity.empty() ? "no players stored" : "no player '" + identity + "'") << "\n";
-        return identity.empty() ? 0 : 1;
+        std::cout << "no players stored\n";
+        return 0;
       }
       std::printf("%-14s %-11s %-9s %-8s %-24s %-22s %s\n", "IDENTITY", "PHASE", "GEN/MAT", "ATTEMPTS", "NEXT DUE",
                   "LEASE", "LAST ERROR");
@@ -196,7 +215,6 @@ int main(int argc, char** argv) {
         std::printf("%-14s %-11s %-9s %-8d %-24s %-22s %s\n", m.identity.c_str(), m.phase.c_str(), gen.c_str(),
                     m.attempts, m.due_at.empty() ? "-" : m.due_at.c_str(),
                     m.lease_owner.empty() ? "-" : m.lease_owner.c_str(), m.last_error.c_str());
-        if (!identity.empty()) std::printf("  state: %s\n  why:   %s\n", m.state.c_str(), dmm::explain(m).c_str());
       }
       return 0;
     }

@@ -10,6 +10,7 @@
 #include "bucket_core.hpp"
 #include "dmm/migrate.hpp"
 #include "dmm/url.hpp"
+#include "http.hpp"
 #include "names.hpp"
 #include "store.hpp"
 #include "work_stream_engine.hpp"
@@ -40,6 +41,8 @@ BucketOptions validated(BucketOptions o) {
     throw InvalidArgument(fmt::format("bucket '{}': stream_replicas must be 1..5 (default 1; 3 on a cluster)", o.name));
   if (o.max_state_bytes == 0)
     throw InvalidArgument(fmt::format("bucket '{}': max_state_bytes must be positive (default 1 MiB)", o.name));
+  if (o.history_retention.count() <= 0)
+    throw InvalidArgument(fmt::format("bucket '{}': history_retention must be positive (default 7 days)", o.name));
   if (o.worker_id.empty()) o.worker_id = default_worker_id();
   return o;
 }
@@ -87,6 +90,7 @@ BucketCore::BucketCore(BucketOptions o)
   nats = std::make_unique<Nats>(options.nats,
                                 Nats::Tls{options.nats_ca_file, options.nats_cert_file, options.nats_key_file},
                                 options.stream_replicas, options.name, "dmm " + worker_id, *logger);
+  nats->count_errors_in(&metrics);
 }
 
 Kind& BucketCore::kind(const std::string& name) {
@@ -302,6 +306,15 @@ void Bucket::run() {
     });
   threads.clear();  // joins
   if (failure) std::rethrow_exception(failure);
+}
+
+int Bucket::serve_http(const std::string& address) {
+  std::lock_guard lock(core_->mu);
+  if (core_->http)
+    throw InvalidArgument(fmt::format("bucket '{}': serve_http was already called (port {})", core_->options.name,
+                                      core_->http->port()));
+  core_->http = std::make_shared<detail::HttpServer>(*core_, address);
+  return core_->http->port();
 }
 
 void Bucket::stop() {

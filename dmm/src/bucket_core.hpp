@@ -12,6 +12,7 @@
 #include "dmm/detail/core.hpp"
 #include "dmm/options.hpp"
 #include "dmm/work_stream.hpp"
+#include "metrics.hpp"
 #include "pg.hpp"
 #include "tokens.hpp"
 
@@ -24,6 +25,8 @@ struct Kind {
   std::unique_ptr<WorkStream> stream;
 };
 
+class HttpServer;
+
 class BucketCore {
  public:
   explicit BucketCore(BucketOptions options);
@@ -33,6 +36,7 @@ class BucketCore {
   const std::shared_ptr<spdlog::logger> logger;
   const std::string worker_id;
 
+  Metrics metrics;             // thread-safe
   PgPool pool;                 // thread-safe
   std::unique_ptr<Nats> nats;  // thread-safe; set once in the constructor
 
@@ -50,6 +54,8 @@ class BucketCore {
   std::map<std::string, std::unique_ptr<Kind>> kinds_by_name;  // guarded by mu
   std::map<std::type_index, std::string> kind_names;            // guarded by mu
   std::map<std::type_index, std::shared_ptr<void>> services;    // guarded by mu
+  // Declared last: stops serving before anything it reads is destroyed.
+  std::shared_ptr<HttpServer> http;  // guarded by mu; set once by serve_http
 };
 
 }  // namespace dmm::detail

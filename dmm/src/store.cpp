@@ -57,6 +57,7 @@ UPDATE dmm.matter m SET
   lease_until = now() + $5 * interval '1 millisecond',
   kick_at = now() + $5 * interval '1 millisecond',
   lease_epoch = m.lease_epoch + 1,
+  leased_at = now(),
   phase = CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'reconciling' END,
   updated_at = now()
 FROM free WHERE m.id = free.id
@@ -66,10 +67,14 @@ RETURNING m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attemp
 // The one place an attempt's outcome becomes the next stored state.
 // Rows whose generation moved on while leased keep their newer state and owe
 // work now, whatever the outcome; so do released ones.
+// The same statement records each attempt that ran (started_ms set) in the
+// matter's history ring (dmm.attempt, slot = seq % $3; $3 = 0 keeps none), so
+// history costs no extra round trip and no delete on the hot path.
 constexpr const char* kWriteBack = R"sql(
 WITH r AS (
   SELECT * FROM jsonb_to_recordset($1::jsonb)
-    AS r(id bigint, epoch bigint, gen bigint, outcome text, state jsonb, delay_ms bigint, error text)
+    AS r(id bigint, epoch bigint, gen bigint, outcome text, state jsonb, delay_ms bigint, error text,
+         attempt integer, started_ms bigint, duration_ms bigint)
 ), locked AS (
   SELECT id FROM dmm.matter WHERE id IN (SELECT id FROM r) ORDER BY id FOR UPDATE
 ), gone AS (
@@ -105,13 +110,37 @@ WITH r AS (
     lease_owner = NULL,
     lease_until = NULL,
     lease_epoch = m.lease_epoch + 1,
+    attempt_seq = m.attempt_seq + CASE WHEN r.started_ms IS NULL THEN 0 ELSE 1 END,
     updated_at = now()
   FROM r
   WHERE m.id = r.id AND m.lease_epoch = r.epoch AND (r.outcome <> 'finalized' OR m.generation <> r.gen)
     AND (SELECT count(*) FROM locked) >= 0
-  RETURNING m.id, m.due_at <= now() AS owed_now
+  RETURNING m.id, m.due_at <= now() AS owed_now, m.attempt_seq, r.gen, r.attempt, r.started_ms, r.duration_ms,
+            r.outcome, r.error
+), history AS (
+  INSERT INTO dmm.attempt AS a
+    (matter_id, slot, seq, bucket, generation, attempt, started_at, duration_ms, outcome, error, worker)
+  SELECT k.id, (k.attempt_seq % $3)::integer, k.attempt_seq, $4, k.gen, coalesce(k.attempt, 0),
+         to_timestamp(k.started_ms / 1000.0), coalesce(k.duration_ms, 0), k.outcome, k.error, $5
+    FROM kept k WHERE $3 > 0 AND k.started_ms IS NOT NULL
+   ORDER BY k.id
+  ON CONFLICT (matter_id, slot) DO UPDATE SET
+    seq = EXCLUDED.seq, bucket = EXCLUDED.bucket, generation = EXCLUDED.generation, attempt = EXCLUDED.attempt,
+    started_at = EXCLUDED.started_at, duration_ms = EXCLUDED.duration_ms, outcome = EXCLUDED.outcome,
+    error = EXCLUDED.error, worker = EXCLUDED.worker
 )
 SELECT id FROM kept WHERE owed_now
+)sql";
+
+// Prunes history older than the retention, a batch at a time (sweepers call
+// it now and then; the table is bounded per matter, so this is a cheap scan).
+constexpr const char* kPruneHistory = R"sql(
+WITH old AS (
+  SELECT matter_id, slot FROM dmm.attempt
+   WHERE bucket = $1 AND started_at < now() - $2 * interval '1 millisecond'
+   LIMIT $3 FOR UPDATE SKIP LOCKED
+)
+DELETE FROM dmm.attempt a USING old WHERE a.matter_id = old.matter_id AND a.slot = old.slot
 )sql";
 
 constexpr const char* kHeartbeat = R"sql(
@@ -161,6 +190,7 @@ void prepare_statements(pqxx::connection& conn) {
   conn.prepare("dmm_heartbeat", kHeartbeat);
   conn.prepare("dmm_sweep", kSweep);
   conn.prepare("dmm_next_kick", kNextKick);
+  conn.prepare("dmm_prune_history", kPruneHistory);
 }
 
 const char* to_string(OutcomeKind kind) {
@@ -206,19 +236,25 @@ std::vector<Claimed> claim(pqxx::connection& conn, const std::string& bucket, co
 }
 
 std::vector<std::int64_t> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
-                                     std::chrono::milliseconds grace, const std::string& wake_payload) {
+                                     std::chrono::milliseconds grace, const std::string& wake_payload,
+                                     const HistoryWrite& history) {
   auto rows = nlohmann::json::array();
   for (const auto& o : outcomes) {
     nlohmann::json row = {{"id", o.id}, {"epoch", o.epoch}, {"gen", o.generation}, {"outcome", to_string(o.kind)}};
     if (o.state) row["state"] = *o.state;
     if (o.delay_ms) row["delay_ms"] = o.delay_ms;
     if (!o.error.empty()) row["error"] = o.error;
+    if (o.started_ms) {
+      row["started_ms"] = o.started_ms;
+      row["duration_ms"] = o.duration_ms;
+      row["attempt"] = o.attempt;
+    }
     rows.push_back(std::move(row));
   }
   pqxx::nontransaction tx(conn);
   auto owed = ids_of(tx.exec_prepared("dmm_write_back",
                                       rows.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
-                                      grace.count()));
+                                      grace.count(), history.limit, history.bucket, history.worker));
   // A sweeper sleeping until the earliest kick_at it knew of must learn of the
   // retries and requeues just scheduled, or a short backoff becomes a long one.
   const bool scheduled = std::any_of(outcomes.begin(), outcomes.end(), [](const Outcome& o) {
@@ -238,6 +274,13 @@ std::vector<std::int64_t> sweep(pqxx::connection& conn, const std::string& bucke
                                 std::chrono::milliseconds grace) {
   pqxx::nontransaction tx(conn);
   return ids_of(tx.exec_prepared("dmm_sweep", bucket, kind, limit, grace.count()));
+}
+
+std::int64_t prune_history(pqxx::connection& conn, const std::string& bucket, std::chrono::milliseconds retention,
+                           int limit) {
+  pqxx::nontransaction tx(conn);
+  return static_cast<std::int64_t>(
+      tx.exec_prepared("dmm_prune_history", bucket, retention.count(), limit).affected_rows());
 }
 
 std::optional<std::int64_t> next_kick_in_ms(pqxx::connection& conn, const std::string& bucket,

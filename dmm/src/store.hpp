@@ -58,13 +58,26 @@ struct Outcome {
   std::optional<nlohmann::json> state;  // only when the materializer changed it
   std::int64_t delay_ms = 0;         // requeue or retry
   std::string error;                 // retry or failed
+  // For the attempt history; started_ms 0: the attempt never ran (a release
+  // of a queued matter) and is not recorded.
+  std::int64_t started_ms = 0;   // system clock, ms since the Unix epoch
+  std::int64_t duration_ms = 0;
+  int attempt = 0;  // Context::attempt() of this attempt
+};
+
+// Where write_back records attempts: `limit` slots per matter (0: none).
+struct HistoryWrite {
+  std::string bucket;
+  std::string worker;
+  int limit = 0;
 };
 
 // Writes outcomes back, fenced by lease epoch. Returns rows whose token is
 // owed now (their state changed while they were leased, or they were released).
 // Wakes the sweepers (NOTIFY with `wake_payload`) when it scheduled a delay.
 std::vector<std::int64_t> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
-                                     std::chrono::milliseconds grace, const std::string& wake_payload);
+                                     std::chrono::milliseconds grace, const std::string& wake_payload,
+                                     const HistoryWrite& history = {});
 
 // Extends leases we still hold; returns the ids whose lease was lost.
 std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<std::int64_t>& ids,
@@ -74,6 +87,11 @@ std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<st
 // (kick_at <= now()), re-arms kick_at = now() + grace, returns their ids.
 std::vector<std::int64_t> sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,
                                 std::chrono::milliseconds grace);
+
+// Deletes up to `limit` history rows of the bucket older than `retention`;
+// returns how many.
+std::int64_t prune_history(pqxx::connection& conn, const std::string& bucket, std::chrono::milliseconds retention,
+                           int limit);
 
 // Milliseconds until the next kick_at of (bucket, kind); nullopt if none.
 std::optional<std::int64_t> next_kick_in_ms(pqxx::connection& conn, const std::string& bucket,

@@ -11,6 +11,8 @@ namespace dmm::detail {
 namespace {
 
 constexpr int kSweepBatch = 1000;
+constexpr int kPruneBatch = 5000;
+constexpr auto kPruneEvery = std::chrono::seconds(60);
 constexpr std::int64_t kMaxIdleMs = 1000;
 
 // LISTEN on the wake channel; receiving is all we need, the sweep follows.
@@ -27,6 +29,8 @@ void Sweeper::run(std::stop_token stop) {
   std::unique_ptr<pqxx::connection> conn;
   std::unique_ptr<Wake> wake;
   auto last_error_log = std::chrono::steady_clock::time_point{};
+  // Soon after start, then about once a minute: history beyond the retention.
+  auto next_prune = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   while (!stop.stop_requested()) {
     try {
       if (!conn) {
@@ -45,6 +49,17 @@ void Sweeper::run(std::stop_token stop) {
         core_.publish(kind_, ids);
       }
       if (ids.size() == static_cast<std::size_t>(kSweepBatch)) continue;
+      if (std::chrono::steady_clock::now() >= next_prune) {
+        next_prune = std::chrono::steady_clock::now() + kPruneEvery;
+        std::int64_t pruned = 0;
+        for (int round = 0; round < 20; ++round) {
+          const auto n = prune_history(*conn, core_.options.name, core_.options.history_retention, kPruneBatch);
+          pruned += n;
+          if (n < kPruneBatch) break;
+        }
+        if (pruned > 0)
+          log.debug("bucket '{}' kind '{}': pruned {} attempt(s) from the history", core_.options.name, kind_, pruned);
+      }
       auto next = next_kick_in_ms(*conn, core_.options.name, kind_).value_or(kMaxIdleMs);
       // At least a few ms: rows locked by another sweeper are skipped, not waited on.
       const auto wait_ms = std::clamp<std::int64_t>(next, 5, kMaxIdleMs);

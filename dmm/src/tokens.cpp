@@ -6,6 +6,7 @@
 
 #include "dmm/errors.hpp"
 #include "dmm/url.hpp"
+#include "metrics.hpp"
 #include "names.hpp"
 
 namespace dmm::detail {
@@ -179,6 +180,7 @@ void Nats::publish(const std::string& kind, std::int64_t row_id) noexcept {
   natsStatus s = js_PublishAsync(js_, subject.c_str(), nullptr, 0, nullptr);
   if (s == NATS_OK) return;
   ++publish_errors_;
+  if (metrics_) metrics_->kind(kind).publish_errors.fetch_add(1, std::memory_order_relaxed);
   // Rate-limited: when NATS is down every publish fails, and the sweeper will
   // resend them all anyway.
   const auto now = now_ms();
@@ -187,6 +189,8 @@ void Nats::publish(const std::string& kind, std::int64_t row_id) noexcept {
     log_.warn("bucket '{}': cannot publish token {} to NATS at {}: {} (the sweeper will resend it)", bucket_, subject,
               url_, nats_error(s));
 }
+
+bool Nats::connected() { return natsConnection_Status(conn_) == NATS_CONN_STATUS_CONNECTED; }
 
 void Nats::flush(std::chrono::milliseconds timeout) noexcept {
   jsPubOptions po;
@@ -198,6 +202,15 @@ void Nats::flush(std::chrono::milliseconds timeout) noexcept {
 void Nats::on_publish_error(jsCtx*, jsPubAckErr* pae, void* closure) {
   auto* self = static_cast<Nats*>(closure);
   ++self->publish_errors_;
+  if (self->metrics_ && pae->Msg) {
+    // dmm.<bucket>.<kind>.<row id>
+    const std::string subject = natsMsg_GetSubject(pae->Msg);
+    const auto first = subject.find('.', subject.find('.') + 1);
+    const auto last = subject.rfind('.');
+    if (first != std::string::npos && last > first)
+      self->metrics_->kind(subject.substr(first + 1, last - first - 1))
+          .publish_errors.fetch_add(1, std::memory_order_relaxed);
+  }
   const auto now = now_ms();
   auto last = self->last_error_log_ms_.load();
   if (now - last > 5000 && self->last_error_log_ms_.compare_exchange_strong(last, now))

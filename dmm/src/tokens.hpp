@@ -17,6 +17,8 @@ class logger;
 
 namespace dmm::detail {
 
+class Metrics;
+
 class Nats {
  public:
   // Connects (ConnectionError naming the masked URL on failure) and creates
@@ -45,6 +47,11 @@ class Nats {
   // Publish errors seen since the last call (the sweeper re-checks the
   // stream when there were any).
   std::uint64_t take_publish_errors() { return publish_errors_.exchange(0); }
+  // Counts publish errors per kind in `metrics` from now on (set once, before
+  // the first publish; it must outlive this connection).
+  void count_errors_in(Metrics* metrics) { metrics_ = metrics; }
+  // True while the connection to NATS is up (not reconnecting or closed).
+  bool connected();
 
   const std::string& bucket() const { return bucket_; }
   jsCtx* js() { return js_; }
@@ -59,6 +66,7 @@ class Nats {
   natsConnection* conn_ = nullptr;  // thread-safe per nats.c
   jsCtx* js_ = nullptr;
   std::atomic<std::uint64_t> publish_errors_{0};
+  Metrics* metrics_ = nullptr;  // set once before publishing; thread-safe
   std::atomic<std::int64_t> last_error_log_ms_{0};
 };
 
@@ -70,7 +78,8 @@ class Token {
   Token& operator=(Token&&) = delete;
   ~Token() { natsMsg_Destroy(msg_); }
   std::string subject() const { return natsMsg_GetSubject(msg_); }
-  void ack() { natsMsg_Ack(msg_, nullptr); }
+  // False if the ack could not be sent (the token comes back after AckWait).
+  bool ack() { return natsMsg_Ack(msg_, nullptr) == NATS_OK; }
 
  private:
   natsMsg* msg_;

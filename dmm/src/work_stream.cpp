@@ -9,6 +9,7 @@
 #include "dmm/context.hpp"
 #include "dmm/errors.hpp"
 #include "dmm/work_stream.hpp"
+#include "log_scope.hpp"
 #include "names.hpp"
 #include "sweeper.hpp"
 #include "work_stream_engine.hpp"
@@ -57,6 +58,7 @@ void validate_kind_options(const KindOptions& o, const std::string& kind) {
   if (o.batch < 1 || o.batch > 10000) bad("batch must be in 1..10000 (default 256)");
   if (o.lease_ttl < std::chrono::milliseconds(300)) bad("lease_ttl must be at least 300ms (default 15s)");
   if (o.stop_grace.count() < 0) bad("stop_grace must not be negative (default 10s)");
+  if (o.history_limit < 0 || o.history_limit > 1000) bad("history_limit must be in 0..1000 (default 10)");
   validate_backoff(o.backoff, kind);
 }
 
@@ -68,7 +70,7 @@ bool sleep_for(std::stop_token stop, std::chrono::milliseconds d) {
 }
 
 WorkStreamEngine::WorkStreamEngine(BucketCore& core, const Kind& kind)
-    : core_(core), kind_(kind), capacity_(2 * kind.options.concurrency) {}
+    : core_(core), kind_(kind), metrics_(core.metrics.kind(kind.name)), capacity_(2 * kind.options.concurrency) {}
 
 WorkStreamEngine::~WorkStreamEngine() {
   stop();
@@ -129,6 +131,7 @@ void WorkStreamEngine::dispatch(std::stop_token stop) {
     try {
       if (!conn) conn = connect_pg(core_.options.postgres, "claiming matters of kind '" + kind_.name + "'");
       if (!source) source = std::make_unique<TokenSource>(*core_.nats, kind_.name);
+      bound_ = true;
       int room;
       {
         std::unique_lock lock(mu_);
@@ -146,10 +149,12 @@ void WorkStreamEngine::dispatch(std::stop_token stop) {
                   kind_.name, e.what());
       conn.reset();
       source.reset();
+      bound_ = false;
       sleep_for(stop, delay);
       delay = std::min(delay * 2, std::chrono::milliseconds(5000));
     }
   }
+  bound_ = false;
 }
 
 void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Token>& tokens) {
@@ -168,7 +173,8 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Token>& 
   // Claimed or not, the tokens have done their job: a matter not claimed is
   // leased elsewhere (its holder sees any new generation at write-back), not
   // due yet (the sweeper sends a token when it is), or gone.
-  for (auto& token : tokens) token.ack();
+  for (auto& token : tokens)
+    if (!token.ack()) metrics_.ack_errors.fetch_add(1, std::memory_order_relaxed);
   if (claimed.empty()) return;
   {
     std::lock_guard lock(mu_);
@@ -195,7 +201,21 @@ void WorkStreamEngine::execute() {
       item->running = true;
       ++running_;
     }
-    Outcome outcome = attempt(*item);
+    Outcome outcome;
+    {
+      MatterLogScope scope(core_.options.name, kind_.name, item->row.identity);
+      metrics_.in_flight.fetch_add(1, std::memory_order_relaxed);
+      const auto started = std::chrono::system_clock::now();
+      const auto t0 = Clock::now();
+      outcome = attempt(*item);
+      const auto us = std::chrono::duration_cast<std::chrono::microseconds>(Clock::now() - t0).count();
+      metrics_.in_flight.fetch_sub(1, std::memory_order_relaxed);
+      outcome.started_ms =
+          std::chrono::duration_cast<std::chrono::milliseconds>(started.time_since_epoch()).count();
+      outcome.duration_ms = us / 1000;
+      outcome.attempt = item->row.attempts + 1;
+      metrics_.observe(static_cast<std::size_t>(outcome.kind), us, outcome.attempt);
+    }
     {
       std::lock_guard lock(mu_);
       item->running = false;
@@ -284,7 +304,8 @@ void WorkStreamEngine::commit() {
     try {
       if (!conn) conn = connect_pg(core_.options.postgres, "writing back matters of kind '" + kind_.name + "'");
       if (!batch.empty()) {
-        core_.publish(kind_.name, write_back(*conn, batch, core_.options.token_grace, core_.options.name));
+        core_.publish(kind_.name, write_back(*conn, batch, core_.options.token_grace, core_.options.name,
+                                             {core_.options.name, core_.worker_id, kind_.options.history_limit}));
         {
           std::lock_guard lock(mu_);
           for (const auto& o : batch)
@@ -338,6 +359,8 @@ void WorkStreamEngine::renew_leases(pqxx::connection& conn) {
     auto it = held_.find(id);
     if (it == held_.end()) continue;
     auto& item = *it->second;
+    MatterLogScope scope(core_.options.name, kind_.name, item.row.identity);
+    metrics_.leases_lost.fetch_add(1, std::memory_order_relaxed);
     core_.logger->warn("kind '{}' identity '{}': lease lost (expired or taken over); abandoning this attempt",
                        kind_.name, item.row.identity);
     item.abandoned = true;
@@ -351,6 +374,7 @@ void WorkStreamEngine::abort_attempts(const char* why) {
   std::lock_guard lock(mu_);
   for (auto& [id, item] : held_) {
     if (!item->running || item->stop.stop_requested()) continue;
+    MatterLogScope scope(core_.options.name, kind_.name, item->row.identity);
     core_.logger->warn("kind '{}' identity '{}': {}; requesting the attempt to stop", kind_.name,
                        item->row.identity, why);
     item->stop.request_stop();
@@ -381,6 +405,7 @@ void WorkStreamEngine::shut_down() {
   // whatever they return later is dropped.
   for (auto& [id, item] : held_) {
     if (!item->running || item->abandoned) continue;
+    MatterLogScope scope(core_.options.name, kind_.name, item->row.identity);
     core_.logger->warn("kind '{}' identity '{}': still materializing after stop_grace; releasing its lease",
                        kind_.name, item->row.identity);
     item->abandoned = true;

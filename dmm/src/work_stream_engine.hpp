@@ -20,6 +20,7 @@
 #include <vector>
 
 #include "dmm/options.hpp"
+#include "metrics.hpp"
 #include "store.hpp"
 #include "tokens.hpp"
 
@@ -44,6 +45,8 @@ class WorkStreamEngine {
   // Blocks until no work() is running.
   void wait_idle();
   const std::string& kind() const;
+  // True while work() runs with a live subscription to the kind's consumer.
+  bool bound() const { return bound_.load(); }
 
  private:
   struct Item {
@@ -66,6 +69,8 @@ class WorkStreamEngine {
 
   BucketCore& core_;       // outlives this engine
   const Kind& kind_;       // constant after construction
+  KindMetrics& metrics_;   // thread-safe; owned by core_.metrics
+  std::atomic<bool> bound_{false};
   const int capacity_;     // most matters held (claimed, running or not yet written back)
   std::stop_source stop_;  // sticky: a stopped stream stays stopped
 

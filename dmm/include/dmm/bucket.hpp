@@ -16,6 +16,19 @@
 // - Identities are 1-1024 bytes of UTF-8 without NUL; states are JSON of at
 //   most BucketOptions::max_state_bytes. Anything else is InvalidArgument and
 //   nothing is stored.
+// - serve_http (off unless called) serves, on a thread of its own:
+//   /metrics  Prometheus text format, per kind: dmm_materializations_total
+//             {outcome}, dmm_materialization_duration_seconds (histogram),
+//             dmm_in_flight, dmm_due, dmm_matters{phase}, dmm_retries_total,
+//             dmm_lease_takeovers_total, dmm_token_publish_errors_total,
+//             dmm_token_ack_errors_total (counters are this process's);
+//   /healthz  200 while the process is alive;
+//   /readyz   200 when PostgreSQL answers, NATS is connected and every
+//             registered kind's consumer is bound (its work() runs), else 503
+//             with the failing checks;
+//   /         a read-only web view: matters by kind and phase, filters, and
+//             /matter?kind=K&identity=I with state, history and why.
+//   The endpoint has no authentication: bind it to a trusted interface.
 // - Every method is safe to call from any thread.
 #pragma once
 
@@ -142,6 +155,12 @@ class Bucket {
   void provide(std::shared_ptr<S> service) {
     detail::provide(*core_, typeid(S), std::static_pointer_cast<void>(std::move(service)));
   }
+
+  // Serves the HTTP endpoint (see the contract above) on `address`:
+  // ":9464" listens on every interface, "127.0.0.1:9464" on loopback only,
+  // port 0 on any free port. Returns the port. Call at most once; Error if the
+  // address cannot be bound, InvalidArgument if it is malformed.
+  int serve_http(const std::string& address);
 
   // Runs the WorkStreams of every registered kind until stop().
   void run();

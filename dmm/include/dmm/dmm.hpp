@@ -5,6 +5,7 @@
 #include "dmm/context.hpp"
 #include "dmm/errors.hpp"
 #include "dmm/inspect.hpp"
+#include "dmm/log.hpp"
 #include "dmm/materializer.hpp"
 #include "dmm/migrate.hpp"
 #include "dmm/options.hpp"

@@ -1,8 +1,22 @@
-// Read-only views of stored matters, for debugging tools ("why is this matter
-// not ready?"). Needs only PostgreSQL and no knowledge of the user's types.
+// Read-only views of stored matters and a few administrative actions, for
+// operating tools ("why is this matter not ready?"): dmmctl, the example's
+// `debug` and the web view all use these, so they say the same thing.
+//
+// Contract:
+// - Needs only PostgreSQL (stream_stats also NATS) and no knowledge of the
+//   user's types; works for any bucket.
+// - Reads never lock or change anything. An expired lease shows as no lease.
+// - Times are UTC ISO 8601 strings with milliseconds ("2025-01-31T12:00:00.123Z"),
+//   empty when there is none.
+// - An unreachable server is a ConnectionError naming the masked URL.
+// - retry_matters/remove_matters change only matters matching the query and
+//   wake the bucket's sweepers (NOTIFY), which send the tokens: the work is
+//   done by the bucket's worker processes.
 #pragma once
 
 #include <cstdint>
+#include <map>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 #include <vector>
@@ -16,13 +30,19 @@ struct MatterStatus {
   std::string phase;  // pending, reconciling, retrying, ready, deleting, failed
   std::int64_t generation = 0;
   std::int64_t materialized_generation = 0;
-  int attempts = 0;
+  int attempts = 0;         // failed attempts since the last success or change of state
   std::string last_error;   // empty when none
-  std::string due_at;       // ISO time when work is next owed; empty when none
-  std::string lease_owner;  // empty when not leased (or the lease expired)
+  std::string due_at;       // when work is next owed; empty when none
+  std::string kick_at;      // when the sweeper (re)sends a token; empty when none is owed
+  std::string lease_owner;  // worker id; empty when not leased (or the lease expired)
   std::string lease_until;
+  std::string leased_at;  // when the current lease was taken
+  std::string created_at;
   std::string updated_at;
-  std::string state;  // JSON text
+  bool removing = false;  // remove() was called; finalize and delete are pending
+  std::int64_t age_ms = 0;                // since created
+  std::optional<std::int64_t> due_in_ms;  // until due_at (negative: overdue); none when nothing owed
+  std::string state;                      // JSON text
 };
 
 struct InspectQuery {
@@ -30,13 +50,81 @@ struct InspectQuery {
   std::string bucket{};
   std::optional<std::string> kind{};
   std::optional<std::string> identity{};
+  std::optional<std::string> phase{};
   int limit = 1000;
 };
 
-// Matters of the bucket, ordered by kind and identity.
+// Matters of the bucket matching the query, ordered by kind and identity.
 std::vector<MatterStatus> inspect(const InspectQuery& query);
+// How many matters match the query (its limit is ignored).
+std::int64_t count_matters(const InspectQuery& query);
+// Buckets that have matters, in name order.
+std::vector<std::string> list_buckets(const std::string& postgres);
 
-// One plain sentence on why the matter is (not) ready.
-std::string explain(const MatterStatus& matter);
+// One attempt in a matter's history (KindOptions::history_limit are kept).
+struct AttemptRecord {
+  std::int64_t seq = 0;  // 1, 2, ... per matter
+  std::int64_t generation = 0;
+  int attempt = 0;  // Context::attempt(): 1 after a change of state or success
+  std::string started_at;
+  std::int64_t duration_ms = 0;
+  std::string outcome;  // done, requeue, retry, failed, finalized, release
+  std::string error;    // empty when none
+  std::string worker;
+};
+
+// The last `limit` attempts of one matter, newest first.
+std::vector<AttemptRecord> attempt_history(const std::string& postgres, std::int64_t matter_id, int limit = 10);
+
+struct MatterDetail {
+  MatterStatus status;
+  std::vector<AttemptRecord> history;  // newest first
+  std::string why;                     // explain(status, history)
+};
+
+// One matter with its history and why sentence; nullopt if there is none.
+std::optional<MatterDetail> describe(const std::string& postgres, const std::string& bucket, const std::string& kind,
+                                     const std::string& identity, int history_limit = 10);
+
+// One plain sentence on why the matter is (not) ready: waiting for backoff,
+// leased by a worker, waiting for a token, failed terminally, being removed,
+// or ready. `history` (newest first) adds when the last attempt ran.
+std::string explain(const MatterStatus& matter, const std::vector<AttemptRecord>& history = {});
+
+// describe as readable text (dmmctl describe, example debug), ending in a newline.
+std::string format_detail(const MatterDetail& detail);
+
+// JSON views (dmmctl --output json, the web view).
+void to_json(nlohmann::json& j, const MatterStatus& m);
+void to_json(nlohmann::json& j, const AttemptRecord& a);
+void to_json(nlohmann::json& j, const MatterDetail& d);
+
+struct KindStats {
+  std::string kind{};
+  std::map<std::string, std::int64_t> phases{};  // matters by phase (phases with none are absent)
+  std::int64_t total = 0;
+  std::int64_t due_now = 0;    // work owed now and not leased: waiting for a worker
+  std::int64_t in_flight = 0;  // leased by a live worker
+  std::string oldest_due{};      // due_at of the longest-waiting of due_now; empty when none
+  std::int64_t oldest_due_age_ms = 0;
+  // From NATS (stream_stats); nullopt when not read or the consumer is missing.
+  std::optional<std::int64_t> tokens_pending{};  // tokens in the stream for this kind (undelivered + unacked)
+  std::optional<std::int64_t> consumer_lag{};    // tokens not yet delivered to any worker
+  std::optional<std::int64_t> ack_pending{};     // delivered, not yet acked
+};
+
+// Per kind of the bucket, in name order.
+std::vector<KindStats> kind_stats(const std::string& postgres, const std::string& bucket);
+// Fills the NATS fields of `stats` from the bucket's stream and each kind's
+// durable consumer (read-only: creates nothing).
+void stream_stats(std::vector<KindStats>& stats, const std::string& nats, const std::string& bucket);
+
+// Runs matching `failed` or `retrying` matters again now, attempts reset.
+// Returns how many.
+std::int64_t retry_matters(const InspectQuery& query);
+// Removes matching matters. Default: marked for removal like Bucket::remove —
+// a worker of the kind runs finalize (if the type has one), then deletes the
+// row. `skip_finalize`: deletes the rows now, without finalize. Returns how many.
+std::int64_t remove_matters(const InspectQuery& query, bool skip_finalize = false);
 
 }  // namespace dmm

@@ -58,6 +58,10 @@ struct BucketOptions {
   bool migrate = true;
   // Logger for everything this bucket does. Default: spdlog's default logger.
   std::shared_ptr<spdlog::logger> logger{};
+  // Attempt history (dmm.attempt, shown by dmmctl describe) older than this
+  // is deleted by the sweepers, a batch at a time, about once a minute.
+  // Default 7 days.
+  milliseconds history_retention{7LL * 24 * 3600 * 1000};
 };
 
 struct KindOptions {
@@ -75,6 +79,10 @@ struct KindOptions {
   // On stop, how long in-flight materializations may run before their leases
   // are released (their stop token is requested at once). Default 10 s.
   milliseconds stop_grace{10'000};
+  // Attempts kept per matter in the history (the last N, written in the same
+  // batched write-back, as a ring: no delete on the hot path). 0 keeps none.
+  // Default 10; at most 1000.
+  int history_limit = 10;
 };
 
 }  // namespace dmm

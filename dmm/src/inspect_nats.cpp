@@ -1,0 +1,42 @@
+// The NATS half of kind_stats: tokens pending per kind, read from each kind's
+// durable consumer (read-only; creates nothing).
+#include <fmt/format.h>
+#include <nats/nats.h>
+
+#include "dmm/errors.hpp"
+#include "dmm/inspect.hpp"
+#include "dmm/url.hpp"
+#include "names.hpp"
+
+namespace dmm {
+
+void stream_stats(std::vector<KindStats>& stats, const std::string& nats, const std::string& bucket) {
+  natsConnection* conn = nullptr;
+  natsOptions* opts = nullptr;
+  natsStatus s = natsOptions_Create(&opts);
+  if (s == NATS_OK) s = natsOptions_SetURL(opts, nats.c_str());
+  if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 5000);
+  if (s == NATS_OK) s = natsConnection_Connect(&conn, opts);
+  natsOptions_Destroy(opts);
+  if (s != NATS_OK)
+    throw ConnectionError(fmt::format("cannot connect to NATS at {}: {}", mask_url(nats), natsStatus_GetText(s)));
+  jsCtx* js = nullptr;
+  s = natsConnection_JetStream(&js, conn, nullptr);
+  const auto stream = detail::stream_name(bucket);
+  for (auto& k : stats) {
+    if (s != NATS_OK) break;
+    jsConsumerInfo* ci = nullptr;
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    if (js_GetConsumerInfo(&ci, js, stream.c_str(), k.kind.c_str(), nullptr, &jerr) != NATS_OK) continue;
+    k.consumer_lag = static_cast<std::int64_t>(ci->NumPending);
+    k.ack_pending = static_cast<std::int64_t>(ci->NumAckPending);
+    k.tokens_pending = *k.consumer_lag + *k.ack_pending;
+    jsConsumerInfo_Destroy(ci);
+  }
+  jsCtx_Destroy(js);
+  natsConnection_Destroy(conn);
+  if (s != NATS_OK)
+    throw ConnectionError(fmt::format("NATS at {}: cannot open JetStream: {}", mask_url(nats), natsStatus_GetText(s)));
+}
+
+}  // namespace dmm

@@ -1,0 +1,106 @@
+// The metrics registry and its Prometheus text rendering.
+#include "metrics.hpp"
+
+#include <fmt/format.h>
+#include <algorithm>
+
+namespace dmm::detail {
+namespace {
+
+// Label values: backslash, double quote and newline escaped.
+std::string label(const std::string& v) {
+  std::string out;
+  out.reserve(v.size());
+  for (char c : v) {
+    if (c == '\\') out += "\\\\";
+    else if (c == '"') out += "\\\"";
+    else if (c == '\n') out += "\\n";
+    else out += c;
+  }
+  return out;
+}
+
+}  // namespace
+
+void KindMetrics::observe(std::size_t outcome, std::int64_t duration_us, int attempt) {
+  if (outcome < outcomes.size()) outcomes[outcome].fetch_add(1, std::memory_order_relaxed);
+  if (attempt > 1) retries.fetch_add(1, std::memory_order_relaxed);
+  const double seconds = static_cast<double>(duration_us) / 1e6;
+  std::size_t b = 0;
+  while (b < kDurationBuckets.size() && seconds > kDurationBuckets[b]) ++b;
+  duration_buckets[b].fetch_add(1, std::memory_order_relaxed);
+  duration_sum_us.fetch_add(static_cast<std::uint64_t>(std::max<std::int64_t>(0, duration_us)),
+                            std::memory_order_relaxed);
+}
+
+KindMetrics& Metrics::kind(const std::string& kind) {
+  std::lock_guard lock(mu_);
+  auto& slot = kinds_[kind];
+  if (!slot) slot = std::make_unique<KindMetrics>();
+  return *slot;
+}
+
+std::string Metrics::render(const std::string& bucket, const std::map<std::string, KindGauges>& gauges) {
+  std::map<std::string, KindMetrics*> kinds;
+  {
+    std::lock_guard lock(mu_);
+    for (auto& [name, m] : kinds_) kinds[name] = m.get();
+  }
+  std::string out;
+  auto header = [&](const char* name, const char* type, const char* help) {
+    out += fmt::format("# HELP {} {}\n# TYPE {} {}\n", name, help, name, type);
+  };
+  const auto b = label(bucket);
+  auto counter = [&](const char* name, const char* help, auto get) {
+    header(name, "counter", help);
+    for (auto& [k, m] : kinds) out += fmt::format("{}{{bucket=\"{}\",kind=\"{}\"}} {}\n", name, b, label(k), get(*m));
+  };
+
+  header("dmm_materializations_total", "counter", "Attempts finished in this process, by outcome.");
+  for (auto& [k, m] : kinds)
+    for (std::size_t i = 0; i < kOutcomeNames.size(); ++i)
+      out += fmt::format("dmm_materializations_total{{bucket=\"{}\",kind=\"{}\",outcome=\"{}\"}} {}\n", b, label(k),
+                         kOutcomeNames[i], m->outcomes[i].load());
+
+  header("dmm_materialization_duration_seconds", "histogram",
+         "Duration of materialize/finalize calls in this process.");
+  for (auto& [k, m] : kinds) {
+    std::uint64_t cumulative = 0;
+    for (std::size_t i = 0; i <= kDurationBuckets.size(); ++i) {
+      cumulative += m->duration_buckets[i].load();
+      const auto le = i < kDurationBuckets.size() ? fmt::format("{}", kDurationBuckets[i]) : std::string("+Inf");
+      out += fmt::format("dmm_materialization_duration_seconds_bucket{{bucket=\"{}\",kind=\"{}\",le=\"{}\"}} {}\n", b,
+                         label(k), le, cumulative);
+    }
+    out += fmt::format("dmm_materialization_duration_seconds_sum{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k),
+                       static_cast<double>(m->duration_sum_us.load()) / 1e6);
+    out += fmt::format("dmm_materialization_duration_seconds_count{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k),
+                       cumulative);
+  }
+
+  header("dmm_in_flight", "gauge", "Materializations running in this process.");
+  for (auto& [k, m] : kinds)
+    out += fmt::format("dmm_in_flight{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k), m->in_flight.load());
+  counter("dmm_retries_total", "Attempts that retried a failed attempt (attempt number above 1).",
+          [](KindMetrics& m) { return m.retries.load(); });
+  counter("dmm_lease_takeovers_total",
+          "Leases this process lost while materializing (expired or taken over by another worker).",
+          [](KindMetrics& m) { return m.leases_lost.load(); });
+  counter("dmm_token_publish_errors_total", "Token publishes that failed (the sweeper re-sends them).",
+          [](KindMetrics& m) { return m.publish_errors.load(); });
+  counter("dmm_token_ack_errors_total", "Token acks that failed (the token is redelivered; harmless).",
+          [](KindMetrics& m) { return m.ack_errors.load(); });
+
+  header("dmm_due", "gauge", "Matters whose work is owed now (due_at <= now()), from PostgreSQL.");
+  for (auto& [k, g] : gauges) out += fmt::format("dmm_due{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k), g.due);
+  header("dmm_matters", "gauge", "Stored matters by phase, from PostgreSQL.");
+  for (auto& [k, g] : gauges)
+    for (const char* phase : {"pending", "reconciling", "retrying", "ready", "deleting", "failed"}) {
+      auto it = g.matters_by_phase.find(phase);
+      out += fmt::format("dmm_matters{{bucket=\"{}\",kind=\"{}\",phase=\"{}\"}} {}\n", b, label(k), phase,
+                         it == g.matters_by_phase.end() ? 0 : it->second);
+    }
+  return out;
+}
+
+}  // namespace dmm::detail

@@ -1,0 +1,172 @@
+// HTML of the web view (see web_view.hpp).
+#include "web_view.hpp"
+
+#include <cctype>
+#include <fmt/format.h>
+#include <nlohmann/json.hpp>
+
+namespace dmm::detail {
+namespace {
+
+constexpr const char* kPhases[] = {"pending", "reconciling", "retrying", "ready", "deleting", "failed"};
+
+std::string page(const std::string& title, int refresh_s, const std::string& body) {
+  return fmt::format(R"(<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<meta http-equiv="refresh" content="{}">
+<title>{}</title>
+<style>
+body {{ font: 14px/1.4 system-ui, sans-serif; margin: 1.5em; color: #222; }}
+table {{ border-collapse: collapse; margin: .5em 0 1.5em; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 3px 10px 3px 0; text-align: left; vertical-align: top; }}
+th {{ font-weight: 600; }}
+.phase-ready {{ color: #176f2c; }} .phase-failed {{ color: #b00020; font-weight: 600; }}
+.phase-retrying {{ color: #b35c00; }} .phase-reconciling {{ color: #0050a0; }}
+.phase-pending, .phase-deleting {{ color: #666; }}
+.why {{ font-size: 1.15em; padding: .6em; background: #f4f4f4; border-left: 4px solid #888; }}
+pre {{ background: #f8f8f8; padding: .6em; overflow: auto; max-height: 30em; }}
+.muted {{ color: #777; }} a {{ color: #0050a0; }}
+</style></head><body>
+{}
+<p class="muted">read-only view; refreshes every {}s</p>
+</body></html>
+)",
+                     refresh_s, html_escape(title), body, refresh_s);
+}
+
+std::string phase_cell(const std::string& phase) {
+  return fmt::format(R"(<span class="phase-{}">{}</span>)", html_escape(phase), html_escape(phase));
+}
+
+std::string or_dash(const std::string& s) { return s.empty() ? "-" : html_escape(s); }
+
+std::string matter_link(const std::string& kind, const std::string& identity) {
+  return fmt::format(R"(<a href="/matter?kind={}&amp;identity={}">{}</a>)", url_encode(kind), url_encode(identity),
+                     html_escape(identity));
+}
+
+std::string list_link(const std::optional<std::string>& kind, const std::optional<std::string>& phase,
+                      const std::string& text) {
+  std::string q;
+  if (kind) q += "kind=" + url_encode(*kind);
+  if (phase) q += std::string(q.empty() ? "" : "&amp;") + "phase=" + url_encode(*phase);
+  return fmt::format(R"(<a href="/{}{}">{}</a>)", q.empty() ? "" : "?", q, html_escape(text));
+}
+
+}  // namespace
+
+std::string html_escape(std::string_view s) {
+  std::string out;
+  out.reserve(s.size());
+  for (char c : s) {
+    switch (c) {
+      case '&': out += "&amp;"; break;
+      case '<': out += "&lt;"; break;
+      case '>': out += "&gt;"; break;
+      case '"': out += "&quot;"; break;
+      case '\'': out += "&#39;"; break;
+      default: out += c;
+    }
+  }
+  return out;
+}
+
+std::string url_encode(std::string_view s) {
+  std::string out;
+  for (unsigned char c : s) {
+    if (std::isalnum(c) || c == '-' || c == '_' || c == '.' || c == '~') out += static_cast<char>(c);
+    else out += fmt::format("%{:02X}", c);
+  }
+  return out;
+}
+
+std::string render_list_page(const std::string& bucket, const std::vector<KindStats>& stats,
+                             const std::vector<MatterStatus>& matters, const ListFilter& filter, int refresh_s) {
+  std::string body = fmt::format("<h1>dmm bucket {}</h1>\n", html_escape(bucket));
+  body += "<h2>Matters by kind and phase</h2>\n<table><tr><th>kind</th>";
+  for (const char* p : kPhases) body += fmt::format("<th>{}</th>", p);
+  body += "<th>total</th><th>due now</th><th>in flight</th><th>oldest due</th></tr>\n";
+  for (const auto& k : stats) {
+    body += fmt::format("<tr><td>{}</td>", list_link(k.kind, std::nullopt, k.kind));
+    for (const char* p : kPhases) {
+      auto it = k.phases.find(p);
+      const auto n = it == k.phases.end() ? 0 : it->second;
+      body += fmt::format("<td>{}</td>", n ? list_link(k.kind, std::string(p), std::to_string(n)) : "0");
+    }
+    body += fmt::format("<td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n", k.total, k.due_now, k.in_flight,
+                        or_dash(k.oldest_due));
+  }
+  if (stats.empty()) body += R"(<tr><td colspan="11">no matters in this bucket</td></tr>)";
+  body += "</table>\n";
+
+  body += R"(<form method="get" action="/">kind <select name="kind"><option value="">(all)</option>)";
+  for (const auto& k : stats)
+    body += fmt::format(R"(<option value="{}"{}>{}</option>)", html_escape(k.kind),
+                        filter.kind == k.kind ? " selected" : "", html_escape(k.kind));
+  body += R"(</select> phase <select name="phase"><option value="">(all)</option>)";
+  for (const char* p : kPhases)
+    body += fmt::format(R"(<option value="{}"{}>{}</option>)", p, filter.phase == std::string(p) ? " selected" : "", p);
+  body += R"(</select> <button type="submit">filter</button></form>)";
+
+  body += fmt::format("<h2>Matters{}{} <span class=\"muted\">({} shown, at most {})</span></h2>\n",
+                      filter.kind ? " of kind " + html_escape(*filter.kind) : "",
+                      filter.phase ? " in phase " + html_escape(*filter.phase) : "", matters.size(), filter.limit);
+  body += "<table><tr><th>kind</th><th>identity</th><th>phase</th><th>gen/mat</th><th>attempts</th>"
+          "<th>next due</th><th>lease</th><th>last error</th></tr>\n";
+  for (const auto& m : matters) {
+    auto error = m.last_error.size() > 120 ? m.last_error.substr(0, 120) + "..." : m.last_error;
+    body += fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}/{}</td><td>{}</td><td>{}</td><td>{}</td>"
+                        "<td>{}</td></tr>\n",
+                        html_escape(m.kind), matter_link(m.kind, m.identity), phase_cell(m.phase), m.generation,
+                        m.materialized_generation, m.attempts, or_dash(m.due_at), or_dash(m.lease_owner),
+                        html_escape(error));
+  }
+  body += "</table>\n";
+  return page("dmm: " + bucket, refresh_s, body);
+}
+
+std::string render_matter_page(const std::string& bucket, const std::string& kind, const std::string& identity,
+                               const std::optional<MatterDetail>& detail, int refresh_s) {
+  std::string body = fmt::format(R"(<p><a href="/">bucket {}</a> / {}</p>)", html_escape(bucket),
+                                 list_link(kind, std::nullopt, kind));
+  body += fmt::format("<h1>{} <span class=\"muted\">{}</span></h1>\n", html_escape(identity), html_escape(kind));
+  if (!detail) {
+    body += "<p class=\"why\">no such matter (removed, or never notified)</p>";
+    return page("dmm: " + identity, refresh_s, body);
+  }
+  const auto& m = detail->status;
+  body += fmt::format("<p class=\"why\" id=\"why\">{}</p>\n<table>\n", html_escape(detail->why));
+  auto row = [&](const char* name, const std::string& html) {
+    body += fmt::format("<tr><th>{}</th><td>{}</td></tr>\n", name, html);
+  };
+  row("phase", phase_cell(m.phase) + (m.removing ? " (removal pending)" : ""));
+  row("generation", fmt::format("{} (materialized {})", m.generation, m.materialized_generation));
+  row("attempts", std::to_string(m.attempts));
+  row("last error", or_dash(m.last_error));
+  row("next due", or_dash(m.due_at));
+  row("token re-sent at", or_dash(m.kick_at));
+  row("lease", m.lease_owner.empty() ? "-"
+                                     : fmt::format("{} since {}, until {}", html_escape(m.lease_owner),
+                                                   html_escape(m.leased_at), html_escape(m.lease_until)));
+  row("created", html_escape(m.created_at));
+  row("updated", html_escape(m.updated_at));
+  body += "</table>\n<h2>State</h2>\n<pre>";
+  try {
+    body += html_escape(nlohmann::json::parse(m.state).dump(2, ' ', false, nlohmann::json::error_handler_t::replace));
+  } catch (const nlohmann::json::exception&) {
+    body += html_escape(m.state);
+  }
+  body += "</pre>\n<h2>History <span class=\"muted\">(newest first)</span></h2>\n";
+  body += "<table><tr><th>seq</th><th>gen</th><th>attempt</th><th>started</th><th>duration</th><th>outcome</th>"
+          "<th>worker</th><th>error</th></tr>\n";
+  for (const auto& a : detail->history)
+    body += fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}ms</td><td>{}</td><td>{}</td>"
+                        "<td>{}</td></tr>\n",
+                        a.seq, a.generation, a.attempt, html_escape(a.started_at), a.duration_ms,
+                        html_escape(a.outcome), html_escape(a.worker), html_escape(a.error));
+  if (detail->history.empty()) body += R"(<tr><td colspan="8">no attempts recorded</td></tr>)";
+  body += "</table>\n";
+  return page("dmm: " + identity, refresh_s, body);
+}
+
+}  // namespace dmm::detail
