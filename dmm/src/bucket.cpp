@@ -68,6 +68,46 @@ void validate_matter(const BucketCore& core, const std::string& kind, const Json
   check_state_size(core, kind, m);
 }
 
+std::string describe_matter(const std::string& kind_and_identity) {
+  const auto space = kind_and_identity.find(' ');
+  return fmt::format("{} '{}'", kind_and_identity.substr(0, space), kind_and_identity.substr(space + 1, 200));
+}
+
+// The dependencies the matters declare, validated; empty if the kind's type
+// declares none.
+std::vector<MatterDependencies> dependencies_of(const Kind& k, const std::vector<JsonMatter>& matters) {
+  std::vector<MatterDependencies> out;
+  if (!k.hooks.dependencies) return out;
+  for (const auto& m : matters) {
+    MatterDependencies md{m.identity, k.hooks.dependencies(m.state)};
+    for (const auto& dep : md.dependencies) {
+      try {
+        validate_name("kind", dep.kind);
+        validate_identity(dep.kind, dep.identity);
+      } catch (const InvalidArgument& e) {
+        throw InvalidArgument(fmt::format("kind '{}' identity '{}': invalid dependency: {}", k.name,
+                                          m.identity.substr(0, 64), e.what()));
+      }
+    }
+    out.push_back(std::move(md));
+  }
+  return out;
+}
+
+// Stores the edges in the caller's transaction; a cycle is a DependencyError
+// (the caller's transaction must then be rolled back).
+void record_dependencies(pqxx::transaction_base& tx, const BucketCore& core, const std::string& kind,
+                         const std::vector<MatterDependencies>& deps) {
+  if (deps.empty()) return;
+  auto cycle = store_dependencies(tx, core.options.name, kind, deps);
+  if (!cycle) return;
+  std::string path;
+  for (const auto& step : *cycle) path += (path.empty() ? "" : " -> ") + describe_matter(step);
+  throw DependencyError(fmt::format("bucket '{}': dependency cycle {}; a matter cannot depend on itself, directly or "
+                                    "not; nothing was stored",
+                                    core.options.name, path));
+}
+
 }  // namespace
 
 BucketCore::BucketCore(BucketOptions o)
@@ -141,7 +181,7 @@ const std::string& kind_of(const BucketCore& core, std::type_index type, std::st
 }
 
 void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> matters) {
-  core.kind(kind);
+  const auto& k = core.kind(kind);
   // Last state wins within one call; ON CONFLICT cannot touch a row twice.
   std::map<std::string, std::size_t> last;
   for (std::size_t i = 0; i < matters.size(); ++i) {
@@ -157,9 +197,11 @@ void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> m
   for (std::size_t begin = 0; begin < unique.size(); begin += kChunk) {
     std::vector<JsonMatter> chunk(std::make_move_iterator(unique.begin() + begin),
                                   std::make_move_iterator(unique.begin() + std::min(unique.size(), begin + kChunk)));
+    const auto deps = dependencies_of(k, chunk);
     auto owed = core.pool.with_connection([&](pqxx::connection& conn) {
       pqxx::work tx(conn);
       auto ids = upsert_matters(tx, core.options.name, kind, chunk, core.options.token_grace);
+      record_dependencies(tx, core, kind, deps);
       tx.commit();
       return ids;
     });
@@ -168,12 +210,14 @@ void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> m
 }
 
 void notify_in(BucketCore& core, pqxx::transaction_base& txn, const std::string& kind, JsonMatter matter) {
-  core.kind(kind);
+  const auto& k = core.kind(kind);
   validate_matter(core, kind, matter);
   std::vector<JsonMatter> one;
   one.push_back(std::move(matter));
+  const auto deps = dependencies_of(k, one);
   // kick_at = now(): a sweeper woken by the NOTIFY at commit publishes it.
   upsert_matters(txn, core.options.name, kind, one, std::chrono::milliseconds(0), false);
+  record_dependencies(txn, core, kind, deps);
   txn.exec_params("SELECT pg_notify($1, $2)", std::string(kWakeChannel), core.options.name);
 }
 
@@ -191,7 +235,7 @@ std::optional<nlohmann::json> get(BucketCore& core, const std::string& kind, std
 
 bool update(BucketCore& core, const std::string& kind, std::string_view identity,
             const std::function<void(nlohmann::json&)>& change) {
-  core.kind(kind);
+  const auto& k = core.kind(kind);
   validate_identity(kind, identity);
   std::optional<std::vector<std::int64_t>> owed = core.pool.with_connection(
       [&](pqxx::connection& conn) -> std::optional<std::vector<std::int64_t>> {
@@ -205,7 +249,9 @@ bool update(BucketCore& core, const std::string& kind, std::string_view identity
         check_state_size(core, kind, m);
         std::vector<JsonMatter> one;
         one.push_back(std::move(m));
+        const auto deps = dependencies_of(k, one);
         auto ids = upsert_matters(tx, core.options.name, kind, one, core.options.token_grace);
+        record_dependencies(tx, core, kind, deps);
         tx.commit();
         return ids;
       });
@@ -218,14 +264,31 @@ bool remove(BucketCore& core, const std::string& kind, std::string_view identity
   auto& k = core.kind(kind);
   validate_identity(kind, identity);
   const bool finalize = static_cast<bool>(k.hooks.finalize);
+  const std::string id(identity);
   auto rows = core.pool.with_connection([&](pqxx::connection& conn) {
-    pqxx::nontransaction tx(conn);
-    if (!finalize)
-      return tx.exec_params(
+    pqxx::work tx(conn);
+    if (tx.exec_params("SELECT 1 FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = $3 FOR UPDATE",
+                       core.options.name, kind, id)
+            .empty())
+      return pqxx::result();
+    if (auto dependents = dependents_of(tx, core.options.name, kind, id, 6); !dependents.empty()) {
+      std::string names;
+      for (std::size_t i = 0; i < std::min<std::size_t>(dependents.size(), 5); ++i)
+        names += (i ? ", " : "") + fmt::format("{} '{}'", dependents[i].kind, dependents[i].identity.substr(0, 200));
+      if (dependents.size() > 5) names += ", ...";
+      throw DependencyError(fmt::format("bucket '{}': cannot remove {} '{}': {} depend(s) on it; remove them, or "
+                                        "change their dependencies, first (nothing was removed)",
+                                        core.options.name, kind, id.substr(0, 200), names));
+    }
+    pqxx::result result;
+    if (!finalize) {
+      result = tx.exec_params(
           "DELETE FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = $3 RETURNING id, false",
-          core.options.name, kind, std::string(identity));
-    // Like a notify of "gone": a new generation that owes a finalize.
-    return tx.exec_params(R"sql(
+          core.options.name, kind, id);
+      delete_dependencies(tx, core.options.name, kind, id);
+    } else {
+      // Like a notify of "gone": a new generation that owes a finalize.
+      result = tx.exec_params(R"sql(
 UPDATE dmm.matter SET
   deleted_at = coalesce(deleted_at, now()),
   generation = generation + 1,
@@ -235,7 +298,10 @@ UPDATE dmm.matter SET
   updated_at = now()
 WHERE bucket = $1 AND kind = $2 AND identity = $3
 RETURNING id, lease_until IS NULL OR lease_until < now())sql",
-                          core.options.name, kind, std::string(identity), core.options.token_grace.count());
+                              core.options.name, kind, id, core.options.token_grace.count());
+    }
+    tx.commit();
+    return result;
   });
   if (rows.empty()) return false;
   if (rows[0][1].as<bool>()) core.publish(kind, {rows[0][0].as<std::int64_t>()});
@@ -257,6 +323,19 @@ RETURNING id)sql",
   if (rows.empty()) return false;
   core.publish(kind, {rows[0][0].as<std::int64_t>()});
   return true;
+}
+
+bool ready(BucketCore& core, const Dependency& dep) {
+  validate_name("kind", dep.kind);
+  validate_identity(dep.kind, dep.identity);
+  return core.pool.with_connection([&](pqxx::connection& conn) {
+    pqxx::nontransaction tx(conn);
+    auto rows = tx.exec_params(
+        "SELECT 1 FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = $3 AND phase = 'ready' "
+        "AND materialized_generation = generation AND deleted_at IS NULL",
+        core.options.name, dep.kind, dep.identity);
+    return !rows.empty();
+  });
 }
 
 void provide(BucketCore& core, std::type_index type, std::shared_ptr<void> service) {

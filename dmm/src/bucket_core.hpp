@@ -14,6 +14,7 @@
 #include "dmm/work_stream.hpp"
 #include "metrics.hpp"
 #include "pg.hpp"
+#include "store.hpp"
 #include "tokens.hpp"
 
 namespace dmm::detail {
@@ -48,6 +49,9 @@ class BucketCore {
   // Publishes tokens owed after a commit (failures only logged).
   void publish(const std::string& kind, const std::vector<std::int64_t>& ids) {
     for (auto id : ids) nats->publish(kind, id);
+  }
+  void publish(const std::vector<TokenOwed>& owed) {
+    for (const auto& t : owed) nats->publish(t.kind, t.id);
   }
 
   std::mutex mu;                                                // protects the members below

@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 #include <pqxx/pqxx>
 
+#include "dmm/dependency.hpp"
 #include "dmm/errors.hpp"
 #include "dmm/url.hpp"
 #include "store.hpp"
@@ -183,10 +184,32 @@ RETURNING id)sql",
 std::int64_t remove_matters(const InspectQuery& q, bool skip_finalize) {
   auto conn = connect(q.postgres);
   pqxx::work tx(*conn);
+  // As Bucket::remove: refused while a live matter outside the selection
+  // depends on one inside it (dmm/dependency.hpp).
+  auto blocked = tx.exec_params(fmt::format(R"sql(
+WITH sel AS (SELECT kind, identity FROM dmm.matter WHERE {})
+SELECT d.dep_kind, d.dep_identity, d.kind, d.identity FROM dmm.dependency d
+  JOIN sel ON d.dep_kind = sel.kind AND d.dep_identity = sel.identity
+  JOIN dmm.matter dm ON dm.bucket = d.bucket AND dm.kind = d.kind AND dm.identity = d.identity
+ WHERE d.bucket = $1 AND dm.deleted_at IS NULL
+   AND (d.kind, d.identity) NOT IN (SELECT kind, identity FROM sel)
+ ORDER BY 1, 2, 3, 4 LIMIT 1)sql",
+                                            kMatch),
+                                q.bucket, q.kind, q.identity, q.phase);
+  if (!blocked.empty())
+    throw DependencyError(fmt::format("bucket '{}': cannot remove {} '{}': {} '{}' depends on it; remove it (or "
+                                      "include it in the selection) first; nothing was removed",
+                                      q.bucket, blocked[0][0].c_str(), blocked[0][1].c_str(), blocked[0][2].c_str(),
+                                      blocked[0][3].c_str()));
   pqxx::result rows;
   if (skip_finalize) {
-    rows = tx.exec_params(fmt::format("DELETE FROM dmm.matter WHERE {} RETURNING id", kMatch), q.bucket, q.kind,
-                          q.identity, q.phase);
+    rows = tx.exec_params(fmt::format(R"sql(
+WITH gone AS (DELETE FROM dmm.matter WHERE {} RETURNING id, bucket, kind, identity),
+edges AS (DELETE FROM dmm.dependency d USING gone g
+           WHERE d.bucket = g.bucket AND d.kind = g.kind AND d.identity = g.identity)
+SELECT id FROM gone)sql",
+                                      kMatch),
+                          q.bucket, q.kind, q.identity, q.phase);
   } else {
     // Like Bucket::remove of a type with finalize: a new generation that owes
     // a finalize; the worker deletes the row after it (at once without one).

@@ -70,41 +70,58 @@ RETURNING m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attemp
 // The same statement records each attempt that ran (started_ms set) in the
 // matter's history ring (dmm.attempt, slot = seq % $3; $3 = 0 keeps none), so
 // history costs no extra round trip and no delete on the hot path.
+// It also notifies the dependents (dmm.dependency) of every matter that it
+// marks materialized at a new generation: their generation is bumped as by a
+// notify of their stored state, so they run again even if they are leased
+// right now. Dependents are locked with the batch, in id order.
 constexpr const char* kWriteBack = R"sql(
 WITH r AS (
   SELECT * FROM jsonb_to_recordset($1::jsonb)
     AS r(id bigint, epoch bigint, gen bigint, outcome text, state jsonb, delay_ms bigint, error text,
          attempt integer, started_ms bigint, duration_ms bigint)
+), dependents AS (
+  SELECT DISTINCT dm.id
+    FROM r
+    JOIN dmm.matter m ON m.id = r.id AND m.lease_epoch = r.epoch AND m.generation = r.gen
+                     AND m.materialized_generation <> r.gen
+    JOIN dmm.dependency d ON d.bucket = m.bucket AND d.dep_kind = m.kind AND d.dep_identity = m.identity
+    JOIN dmm.matter dm ON dm.bucket = d.bucket AND dm.kind = d.kind AND dm.identity = d.identity
+   WHERE r.outcome IN ('done', 'requeue')
 ), locked AS (
-  SELECT id FROM dmm.matter WHERE id IN (SELECT id FROM r) ORDER BY id FOR UPDATE
+  SELECT id FROM dmm.matter WHERE id IN (SELECT id FROM r UNION SELECT id FROM dependents) ORDER BY id FOR UPDATE
 ), gone AS (
   DELETE FROM dmm.matter m USING r
    WHERE r.outcome = 'finalized' AND m.id = r.id AND m.lease_epoch = r.epoch AND m.generation = r.gen
      AND (SELECT count(*) FROM locked) >= 0
-  RETURNING m.id
+  RETURNING m.id, m.bucket, m.kind, m.identity
+), gone_edges AS (
+  DELETE FROM dmm.dependency d USING gone g
+   WHERE d.bucket = g.bucket AND d.kind = g.kind AND d.identity = g.identity
 ), kept AS (
   UPDATE dmm.matter m SET
     state = CASE WHEN m.generation = r.gen AND r.outcome IN ('done', 'requeue') AND r.state IS NOT NULL
                  THEN r.state ELSE m.state END,
+    generation = m.generation + CASE WHEN r.woken THEN 1 ELSE 0 END,
     materialized_generation = CASE WHEN m.generation = r.gen AND r.outcome IN ('done', 'requeue')
                                    THEN r.gen ELSE m.materialized_generation END,
-    attempts = CASE WHEN m.generation <> r.gen THEN 0
+    attempts = CASE WHEN m.generation <> r.gen OR r.woken THEN 0
                     WHEN r.outcome IN ('retry', 'failed') THEN m.attempts + 1
                     WHEN r.outcome = 'release' THEN m.attempts
                     ELSE 0 END,
-    last_error = CASE WHEN m.generation <> r.gen THEN NULL
+    last_error = CASE WHEN m.generation <> r.gen OR r.woken THEN NULL
                       WHEN r.outcome IN ('retry', 'failed') THEN r.error
                       WHEN r.outcome = 'release' THEN m.last_error
                       ELSE NULL END,
-    phase = CASE WHEN m.generation <> r.gen OR r.outcome = 'release'
+    phase = CASE WHEN m.generation <> r.gen OR r.woken OR r.outcome = 'release'
                    THEN CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'pending' END
                  WHEN r.outcome IN ('done', 'requeue') THEN 'ready'
                  WHEN r.outcome = 'retry' THEN CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'retrying' END
                  ELSE 'failed' END,
-    due_at = CASE WHEN m.generation <> r.gen OR r.outcome = 'release' THEN now()
+    due_at = CASE WHEN m.generation <> r.gen OR r.woken OR r.outcome = 'release' THEN now()
                   WHEN r.outcome IN ('done', 'failed') THEN NULL
                   ELSE now() + r.delay_ms * interval '1 millisecond' END,
-    kick_at = CASE WHEN m.generation <> r.gen OR r.outcome = 'release' THEN now() + $2 * interval '1 millisecond'
+    kick_at = CASE WHEN m.generation <> r.gen OR r.woken OR r.outcome = 'release'
+                     THEN now() + $2 * interval '1 millisecond'
                    WHEN r.outcome IN ('done', 'failed') THEN NULL
                    ELSE now() + r.delay_ms * interval '1 millisecond' END,
     lease_owner = NULL,
@@ -112,11 +129,26 @@ WITH r AS (
     lease_epoch = m.lease_epoch + 1,
     attempt_seq = m.attempt_seq + CASE WHEN r.started_ms IS NULL THEN 0 ELSE 1 END,
     updated_at = now()
-  FROM r
+  FROM (SELECT r.*, r.id IN (SELECT id FROM dependents) AS woken FROM r) r
   WHERE m.id = r.id AND m.lease_epoch = r.epoch AND (r.outcome <> 'finalized' OR m.generation <> r.gen)
     AND (SELECT count(*) FROM locked) >= 0
-  RETURNING m.id, m.due_at <= now() AS owed_now, m.attempt_seq, r.gen, r.attempt, r.started_ms, r.duration_ms,
-            r.outcome, r.error
+  RETURNING m.id, m.kind, m.due_at <= now() AS owed_now, m.attempt_seq, r.gen, r.attempt, r.started_ms,
+            r.duration_ms, r.outcome, r.error
+), woken AS (
+  -- As a notify of the stored state: a leased dependent keeps its phase and
+  -- kick_at, and its holder's write-back sees the new generation.
+  UPDATE dmm.matter m SET
+    generation = m.generation + 1,
+    phase = CASE WHEN m.lease_until >= now() THEN m.phase
+                 WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'pending' END,
+    attempts = 0,
+    last_error = NULL,
+    due_at = now(),
+    kick_at = CASE WHEN m.lease_until >= now() THEN m.kick_at ELSE now() + $2 * interval '1 millisecond' END,
+    updated_at = now()
+  FROM dependents w
+  WHERE m.id = w.id AND m.id NOT IN (SELECT id FROM kept) AND (SELECT count(*) FROM locked) >= 0
+  RETURNING m.id, m.kind, m.lease_until IS NULL OR m.lease_until < now() AS owed_now
 ), history AS (
   INSERT INTO dmm.attempt AS a
     (matter_id, slot, seq, bucket, generation, attempt, started_at, duration_ms, outcome, error, worker)
@@ -129,7 +161,43 @@ WITH r AS (
     started_at = EXCLUDED.started_at, duration_ms = EXCLUDED.duration_ms, outcome = EXCLUDED.outcome,
     error = EXCLUDED.error, worker = EXCLUDED.worker
 )
-SELECT id FROM kept WHERE owed_now
+SELECT id, kind FROM kept WHERE owed_now
+UNION ALL
+SELECT id, kind FROM woken WHERE owed_now
+)sql";
+
+// Replaces the dependency edges of the notified matters ($3: their
+// identities) with $4's: deletes the edges that are gone, inserts the new
+// ones (no writes when nothing changed).
+constexpr const char* kStoreDependencies = R"sql(
+WITH notified AS (
+  SELECT jsonb_array_elements_text($3::jsonb) AS identity
+), e AS (
+  SELECT * FROM jsonb_to_recordset($4::jsonb) AS e(identity text, dep_kind text, dep_identity text)
+), dropped AS (
+  DELETE FROM dmm.dependency d
+   WHERE d.bucket = $1 AND d.kind = $2 AND d.identity IN (SELECT identity FROM notified)
+     AND NOT EXISTS (SELECT 1 FROM e WHERE e.identity = d.identity AND e.dep_kind = d.dep_kind
+                                        AND e.dep_identity = d.dep_identity)
+)
+INSERT INTO dmm.dependency (bucket, kind, identity, dep_kind, dep_identity)
+SELECT DISTINCT $1, $2, e.identity, e.dep_kind, e.dep_identity FROM e
+ON CONFLICT DO NOTHING
+)sql";
+
+// A path of edges from one of the notified matters back to itself, if any
+// (kinds have no spaces, so "kind identity" names a matter unambiguously).
+constexpr const char* kFindCycle = R"sql(
+WITH RECURSIVE walk(kind, identity, path) AS (
+  SELECT d.dep_kind, d.dep_identity, ARRAY[d.kind || ' ' || d.identity, d.dep_kind || ' ' || d.dep_identity]
+    FROM dmm.dependency d
+   WHERE d.bucket = $1 AND d.kind = $2 AND d.identity IN (SELECT jsonb_array_elements_text($3::jsonb))
+  UNION ALL
+  SELECT d.dep_kind, d.dep_identity, w.path || (d.dep_kind || ' ' || d.dep_identity)
+    FROM walk w JOIN dmm.dependency d ON d.bucket = $1 AND d.kind = w.kind AND d.identity = w.identity
+   WHERE w.kind || ' ' || w.identity <> ALL (w.path[1:cardinality(w.path) - 1]) AND cardinality(w.path) < 64
+)
+SELECT array_to_json(path)::text FROM walk WHERE kind || ' ' || identity = path[1] LIMIT 1
 )sql";
 
 // Prunes history older than the retention, a batch at a time (sweepers call
@@ -220,6 +288,42 @@ std::vector<std::int64_t> upsert_matters(pqxx::transaction_base& txn, const std:
   return owed;
 }
 
+std::optional<std::vector<std::string>> store_dependencies(pqxx::transaction_base& txn, const std::string& bucket,
+                                                          const std::string& kind,
+                                                          const std::vector<MatterDependencies>& matters) {
+  auto identities = nlohmann::json::array();
+  auto edges = nlohmann::json::array();
+  for (const auto& m : matters) {
+    identities.push_back(m.identity);
+    for (const auto& dep : m.dependencies)
+      edges.push_back({{"identity", m.identity}, {"dep_kind", dep.kind}, {"dep_identity", dep.identity}});
+  }
+  txn.exec_params(kStoreDependencies, bucket, kind, identities.dump(), edges.dump());
+  if (edges.empty()) return std::nullopt;
+  auto rows = txn.exec_params(kFindCycle, bucket, kind, identities.dump());
+  if (rows.empty()) return std::nullopt;
+  return nlohmann::json::parse(rows[0][0].as<std::string>()).get<std::vector<std::string>>();
+}
+
+std::vector<Dependency> dependents_of(pqxx::transaction_base& txn, const std::string& bucket, const std::string& kind,
+                                      std::string_view identity, int limit) {
+  auto rows = txn.exec_params(R"sql(
+SELECT d.kind, d.identity FROM dmm.dependency d
+  JOIN dmm.matter m ON m.bucket = d.bucket AND m.kind = d.kind AND m.identity = d.identity
+ WHERE d.bucket = $1 AND d.dep_kind = $2 AND d.dep_identity = $3 AND m.deleted_at IS NULL
+ ORDER BY d.kind, d.identity LIMIT $4)sql",
+                              bucket, kind, std::string(identity), limit);
+  std::vector<Dependency> out;
+  for (const auto& row : rows) out.push_back({row[0].as<std::string>(), row[1].as<std::string>()});
+  return out;
+}
+
+void delete_dependencies(pqxx::transaction_base& txn, const std::string& bucket, const std::string& kind,
+                         std::string_view identity) {
+  txn.exec_params("DELETE FROM dmm.dependency WHERE bucket = $1 AND kind = $2 AND identity = $3", bucket, kind,
+                  std::string(identity));
+}
+
 std::vector<Claimed> claim(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
                            const std::vector<std::int64_t>& ids, const std::string& owner,
                            std::chrono::milliseconds ttl) {
@@ -235,7 +339,7 @@ std::vector<Claimed> claim(pqxx::connection& conn, const std::string& bucket, co
   return claimed;
 }
 
-std::vector<std::int64_t> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
+std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
                                      std::chrono::milliseconds grace, const std::string& wake_payload,
                                      const HistoryWrite& history) {
   auto rows = nlohmann::json::array();
@@ -252,9 +356,11 @@ std::vector<std::int64_t> write_back(pqxx::connection& conn, const std::vector<O
     rows.push_back(std::move(row));
   }
   pqxx::nontransaction tx(conn);
-  auto owed = ids_of(tx.exec_prepared("dmm_write_back",
-                                      rows.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
-                                      grace.count(), history.limit, history.bucket, history.worker));
+  std::vector<TokenOwed> owed;
+  for (const auto& row : tx.exec_prepared("dmm_write_back",
+                                          rows.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
+                                          grace.count(), history.limit, history.bucket, history.worker))
+    owed.push_back({row[0].as<std::int64_t>(), row[1].as<std::string>()});
   // A sweeper sleeping until the earliest kick_at it knew of must learn of the
   // retries and requeues just scheduled, or a short backoff becomes a long one.
   const bool scheduled = std::any_of(outcomes.begin(), outcomes.end(), [](const Outcome& o) {

@@ -30,6 +30,28 @@ std::vector<std::int64_t> upsert_matters(pqxx::transaction_base& txn, const std:
                                          const std::string& kind, const std::vector<JsonMatter>& matters,
                                          std::chrono::milliseconds grace, bool prepared = true);
 
+// The dependencies a notified matter declares (dmm/dependency.hpp).
+struct MatterDependencies {
+  std::string identity;
+  std::vector<Dependency> dependencies;
+};
+
+// Replaces the stored dependency edges of `matters` (all of one kind) with
+// theirs. Returns a cycle through one of them ("kind identity" per step, the
+// first repeated at the end) if the new edges close one: the caller must then
+// roll back.
+std::optional<std::vector<std::string>> store_dependencies(pqxx::transaction_base& txn, const std::string& bucket,
+                                                          const std::string& kind,
+                                                          const std::vector<MatterDependencies>& matters);
+
+// Up to `limit` live (not being removed) matters that depend on this one.
+std::vector<Dependency> dependents_of(pqxx::transaction_base& txn, const std::string& bucket, const std::string& kind,
+                                      std::string_view identity, int limit);
+
+// Deletes the dependency edges of a matter that is gone.
+void delete_dependencies(pqxx::transaction_base& txn, const std::string& bucket, const std::string& kind,
+                         std::string_view identity);
+
 // A matter claimed by this worker: the lease is ours until `epoch` changes.
 struct Claimed {
   std::int64_t id = 0;
@@ -72,10 +94,12 @@ struct HistoryWrite {
   int limit = 0;
 };
 
-// Writes outcomes back, fenced by lease epoch. Returns rows whose token is
-// owed now (their state changed while they were leased, or they were released).
+// Writes outcomes back, fenced by lease epoch, and notifies the dependents of
+// matters it marks materialized at a new generation. Returns rows whose token
+// is owed now (their state changed while they were leased, they were released,
+// or they are woken dependents, of any kind).
 // Wakes the sweepers (NOTIFY with `wake_payload`) when it scheduled a delay.
-std::vector<std::int64_t> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
+std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
                                      std::chrono::milliseconds grace, const std::string& wake_payload,
                                      const HistoryWrite& history = {});
 

@@ -304,7 +304,7 @@ void WorkStreamEngine::commit() {
     try {
       if (!conn) conn = connect_pg(core_.options.postgres, "writing back matters of kind '" + kind_.name + "'");
       if (!batch.empty()) {
-        core_.publish(kind_.name, write_back(*conn, batch, core_.options.token_grace, core_.options.name,
+        core_.publish(write_back(*conn, batch, core_.options.token_grace, core_.options.name,
                                              {core_.options.name, core_.worker_id, kind_.options.history_limit}));
         {
           std::lock_guard lock(mu_);

@@ -76,6 +76,11 @@ class Bucket {
         obj.finalize(ctx);
       };
     }
+    if constexpr (HasDependencies<T>) {
+      hooks.dependencies = [](const nlohmann::json& state) {
+        return std::vector<Dependency>(state.get<T>().dependencies());
+      };
+    }
     return detail::register_kind(*core_, std::move(name), options, std::move(hooks));
   }
 
@@ -138,6 +143,7 @@ class Bucket {
   // Removes a matter: at once if T has no finalize, otherwise it is marked
   // `deleting` and deleted after finalize succeeds. A notify before that
   // cancels the removal. Returns false if there was no such matter.
+  // DependencyError if another live matter depends on it (dmm/dependency.hpp).
   template <Materializer T>
   bool remove(std::string_view identity) {
     return detail::remove(*core_, kind<T>(), identity);

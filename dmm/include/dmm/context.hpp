@@ -12,6 +12,8 @@
 //   that manage other matters.
 // - service<S>(): an object the application handed to Bucket::provide, such as
 //   a client for the real thing being materialized.
+// - ready(dep), require_ready(deps): whether the matters this one depends on
+//   are materialized (see dmm/dependency.hpp).
 #pragma once
 
 #include <optional>
@@ -20,6 +22,7 @@
 #include <string>
 #include <string_view>
 
+#include "dmm/dependency.hpp"
 #include "dmm/detail/core.hpp"
 #include "dmm/errors.hpp"
 
@@ -60,6 +63,18 @@ class Context {
     auto state = detail::get(*init_.core, kind, identity);
     if (!state) return std::nullopt;
     return state->template get<T>();
+  }
+
+  // True when `dep` exists, is not being removed and its latest state has
+  // been materialized (see dmm/dependency.hpp).
+  bool ready(const Dependency& dep) { return detail::ready(*init_.core, dep); }
+
+  // Throws NotReady naming the first of `deps` that is not ready. The matter
+  // is notified again when that dependency becomes ready.
+  void require_ready(const std::vector<Dependency>& deps) {
+    for (const auto& dep : deps)
+      if (!ready(dep))
+        throw NotReady("waiting for " + dep.kind + " '" + dep.identity.substr(0, 200) + "' to be ready");
   }
 
   // The service of type S given to Bucket::provide; InvalidArgument if none.

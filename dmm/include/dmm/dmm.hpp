@@ -3,6 +3,7 @@
 
 #include "dmm/bucket.hpp"
 #include "dmm/context.hpp"
+#include "dmm/dependency.hpp"
 #include "dmm/errors.hpp"
 #include "dmm/inspect.hpp"
 #include "dmm/log.hpp"

@@ -14,6 +14,7 @@
 #include <typeindex>
 #include <vector>
 
+#include "dmm/dependency.hpp"
 #include "dmm/options.hpp"
 #include "dmm/result.hpp"
 
@@ -49,6 +50,8 @@ struct KindHooks {
   std::function<Result(nlohmann::json& state, Context&)> materialize;
   // Empty when the type has no finalize(Context&).
   std::function<void(nlohmann::json& state, Context&)> finalize;
+  // Empty when the type has no dependencies() const.
+  std::function<std::vector<Dependency>(const nlohmann::json& state)> dependencies;
 };
 
 struct JsonMatter {
@@ -67,6 +70,7 @@ bool update(BucketCore&, const std::string& kind, std::string_view identity,
             const std::function<void(nlohmann::json&)>& change);
 bool remove(BucketCore&, const std::string& kind, std::string_view identity);
 bool retry(BucketCore&, const std::string& kind, std::string_view identity);
+bool ready(BucketCore&, const Dependency&);
 void provide(BucketCore&, std::type_index type, std::shared_ptr<void> service);
 void* service(BucketCore&, std::type_index type, std::string (*type_name)());
 
