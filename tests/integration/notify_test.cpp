@@ -178,6 +178,19 @@ TEST_CASE("update changes part of a stored matter atomically", "[notify]") {
   CHECK(after->generation > before->generation);
 }
 
+TEST_CASE("concurrent updates of one matter lose no increment", "[notify]") {
+  Fixture f;
+  f.bucket.notify(Note{.id = "counter", .text = "", .seq = 0});
+  constexpr int kThreads = 4, kEach = 50;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < kThreads; ++t)
+    threads.emplace_back([&] {
+      for (int i = 0; i < kEach; ++i) f.bucket.update<Note>("counter", [](Note& n) { ++n.seq; });
+    });
+  for (auto& t : threads) t.join();
+  CHECK(f.bucket.get<Note>("counter")->seq == kThreads * kEach);
+}
+
 TEST_CASE("update of a missing matter returns false and stores nothing", "[notify]") {
   Fixture f;
   bool called = false;

@@ -272,15 +272,15 @@ TEST_CASE("dmmctl retry, remove, watch and migrate act on matters", "[operate]")
   CHECK(query_phase(scene.name(), "idle", "waiting-1") == "(absent)");
 
   // watch reports the phase changes of a matter notified while it runs.
-  std::thread later([&] {
-    std::this_thread::sleep_for(1500ms);
+  {
+    Process watch(env_or_fail("DMM_TEST_DMMCTL"),
+                  {"watch", "--kind", "op", "--interval-ms", "200", "--count", "1", "--timeout", "20", "--postgres",
+                   servers().postgres, "--nats", servers().nats, "--bucket", scene.name()});
+    watch.expect_line_containing("watching ", 20s);  // its first snapshot is taken
     scene.bucket().notify(Op{"watched"});
-  });
-  auto watched = scene.ctl({"watch", "--kind", "op", "--interval-ms", "200", "--count", "1", "--timeout", "20"});
-  later.join();
-  INFO(watched.out);
-  CHECK(watched.status == 0);
-  CHECK_THAT(watched.out, Catch::Contains("  op  watched  (new) -> "));
+    watch.expect_line_containing("  op  watched  (new) -> ", 20s);
+    CHECK(watch.wait(20s) == std::optional<int>(0));
+  }
 
   auto migrations = scene.ctl({"migrate", "status"});
   INFO(migrations.out);
@@ -309,6 +309,32 @@ TEST_CASE("the attempt history keeps the last history_limit attempts of a matter
   CHECK(detail->history[1].seq == detail->history[2].seq + 1);
   CHECK(detail->history[0].seq >= 6);
   for (const auto& a : detail->history) CHECK(a.outcome == "retry");
+}
+
+TEST_CASE("attempts older than history_retention are pruned, newer ones kept", "[operate]") {
+  const auto name = unique_name("prune");
+  auto bucket = open_bucket(name, [](dmm::BucketOptions& o) { o.history_retention = std::chrono::hours(24); });
+  bucket.register_kind<Op>("op", fast_kind());
+  bucket.notify(Op{"fresh"});
+  // Two attempts of a matter that is long gone, one older than the retention.
+  {
+    pqxx::work tx(pg());
+    tx.exec_params(
+        "INSERT INTO dmm.attempt (matter_id, slot, seq, bucket, generation, attempt, started_at, duration_ms, outcome, "
+        "worker) VALUES (-1, 0, 0, $1, 1, 1, now() - interval '2 days', 1, 'done', 'test'), "
+        "(-1, 1, 1, $1, 1, 1, now() - interval '1 hour', 1, 'done', 'test')",
+        name);
+    tx.commit();
+  }
+  auto history_rows = [&](const std::string& where) {
+    pqxx::nontransaction tx(pg());
+    return tx.exec_params("SELECT count(*) FROM dmm.attempt WHERE bucket = $1 AND " + where, name)[0][0].as<int>();
+  };
+  Runner runner(bucket);  // its sweeper prunes soon after it starts
+  wait_until([&] { return history_rows("started_at < now() - interval '1 day'") == 0; }, 30s,
+             "the attempt older than the retention to be pruned");
+  CHECK(history_rows("matter_id = -1") == 1);  // the hour-old one stays
+  wait_until([&] { return history_rows("matter_id <> -1") == 1; }, 10s, "fresh's attempt to be recorded");
 }
 
 TEST_CASE("the HTTP endpoint serves metrics, health, readiness and a web view Chromium can show", "[operate]") {

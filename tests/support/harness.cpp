@@ -347,17 +347,28 @@ Process::~Process() {
 }
 
 void Process::expect_line(const std::string& line, milliseconds timeout) {
+  expect_line_where([&](const std::string& got) { return got == line; }, "'" + line + "'", timeout);
+}
+
+std::string Process::expect_line_containing(const std::string& part, milliseconds timeout) {
+  return expect_line_where([&](const std::string& got) { return got.find(part) != std::string::npos; },
+                           "a line containing '" + part + "'", timeout);
+}
+
+std::string Process::expect_line_where(const std::function<bool(const std::string&)>& match,
+                                       const std::string& what, milliseconds timeout) {
   const auto deadline = Clock::now() + timeout;
+  const std::string line = what;
   for (;;) {
     auto nl = buffer_.find('\n');
     while (nl != std::string::npos) {
       std::string got = buffer_.substr(0, nl);
       buffer_.erase(0, nl + 1);
-      if (got == line) return;
+      if (match(got)) return got;
       nl = buffer_.find('\n');
     }
     auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
-    if (left <= 0ms) FAIL("process " << pid_ << " did not print '" << line << "' within " << millis(timeout));
+    if (left <= 0ms) FAIL("process " << pid_ << " did not print " << line << " within " << millis(timeout));
     pollfd p{out_, POLLIN, 0};
     int n = ::poll(&p, 1, static_cast<int>(left.count()));
     if (n < 0 && errno == EINTR) continue;
@@ -365,7 +376,7 @@ void Process::expect_line(const std::string& line, milliseconds timeout) {
     char chunk[512];
     ssize_t got = ::read(out_, chunk, sizeof chunk);
     if (got < 0 && errno == EINTR) continue;
-    if (got <= 0) FAIL("process " << pid_ << " closed its stdout before printing '" << line << "'");
+    if (got <= 0) FAIL("process " << pid_ << " closed its stdout before printing " << line);
     buffer_.append(chunk, static_cast<std::size_t>(got));
   }
 }

@@ -159,6 +159,8 @@ class Process {
   pid_t pid() const { return pid_; }
   // Reads the child's stdout until a line equal to `line`; FAILs on timeout or EOF.
   void expect_line(const std::string& line, milliseconds timeout);
+  // Reads until a line containing `part` and returns it; FAILs on timeout or EOF.
+  std::string expect_line_containing(const std::string& part, milliseconds timeout);
   void kill(int signal);
   // Waits for exit; returns the exit status (128 + signal if signalled), or
   // nullopt on timeout.
@@ -166,6 +168,9 @@ class Process {
   bool running();
 
  private:
+  std::string expect_line_where(const std::function<bool(const std::string&)>& match, const std::string& what,
+                                milliseconds timeout);
+
   pid_t pid_ = -1;
   int out_ = -1;
   std::string buffer_;
