@@ -41,6 +41,20 @@ struct Unregistered {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Unregistered, id)
 
+// Everything stored for `bucket` (state, generation, phase, attempts, error)
+// in the database of `url` (default: the test database).
+std::string bucket_snapshot(const std::string& bucket, const std::string& url = "") {
+  std::optional<pqxx::connection> own;
+  if (!url.empty()) own.emplace(url);
+  pqxx::nontransaction tx(url.empty() ? pg() : *own);
+  auto r = tx.exec_params(
+      "SELECT coalesce(string_agg(kind || '/' || identity || '=' || state::text || '@' || generation || ' ' || phase "
+      "|| ' ' || materialized_generation || ' ' || attempts || ' ' || coalesce(last_error, '-'), ';' "
+      "ORDER BY kind, identity), '') FROM dmm.matter WHERE bucket = $1",
+      bucket);
+  return r[0][0].as<std::string>();
+}
+
 template <class Fn>
 std::string invalid_argument_message(Fn&& fn) {
   try {
@@ -64,38 +78,40 @@ struct Fixture {
     bucket.notify(Song{.id = "existing", .title = "Blue", .plays = 1});
   }
   // Everything stored in the bucket, to compare before and after.
-  std::string snapshot() {
-    pqxx::nontransaction tx(pg());
-    auto r = tx.exec_params(
-        "SELECT coalesce(string_agg(kind || '/' || identity || '=' || state::text || '@' || generation, ';' "
-        "ORDER BY kind, identity), '') FROM dmm.matter WHERE bucket = $1",
-        name);
-    return r[0][0].as<std::string>();
-  }
+  std::string snapshot() { return bucket_snapshot(name); }
 };
 
 }  // namespace
 
 TEST_CASE("an invalid bucket name is rejected at open, naming it", "[bad-input]") {
+  Fixture f;
+  const std::string before = f.snapshot();
   for (const std::string& name : {"music player"s, "music.player"s, ""s, std::string(65, 'b'), "münchen"s}) {
     INFO("bucket '" << name << "'");
     auto message = invalid_argument_message([&] { open_bucket(name); });
     if (!name.empty()) CHECK_THAT(message, Catch::Contains(name.substr(0, 20)));
     CHECK_THAT(message, Catch::Contains("bucket"));
+    CHECK(bucket_snapshot(name).empty());
   }
+  CHECK(f.snapshot() == before);
 }
 
 TEST_CASE("an invalid kind name is rejected at register_kind, naming it", "[bad-input]") {
-  auto bucket = open_bucket(unique_name("badkind"));
+  Fixture f;
+  const std::string before = f.snapshot();
+  auto bucket = open_bucket(f.name);  // the same bucket, in another process's build
   for (const std::string& kind : {"music player"s, "a.b"s, ""s, std::string(65, 'k'), "kind>"s}) {
     INFO("kind '" << kind << "'");
     auto message = invalid_argument_message([&] { bucket.register_kind<Song>(kind); });
     if (!kind.empty()) CHECK_THAT(message, Catch::Contains(kind.substr(0, 20)));
   }
+  CHECK(f.snapshot() == before);
 }
 
 TEST_CASE("bad kind options are rejected at register_kind, naming the field", "[bad-input]") {
-  auto bucket = open_bucket(unique_name("badopt"));
+  Fixture f;
+  const std::string before = f.snapshot();
+  auto bucket = open_bucket(f.name);
   dmm::KindOptions zero_concurrency;
   zero_concurrency.concurrency = 0;
   CHECK_THAT(invalid_argument_message([&] { bucket.register_kind<Song>("song", zero_concurrency); }),
@@ -104,6 +120,7 @@ TEST_CASE("bad kind options are rejected at register_kind, naming the field", "[
   shrinking.backoff.multiplier = 0.5;
   CHECK_THAT(invalid_argument_message([&] { bucket.register_kind<Song>("song", shrinking); }),
              Catch::Contains("multiplier"));
+  CHECK(f.snapshot() == before);
 }
 
 TEST_CASE("an empty, huge or malformed identity is rejected and nothing is stored", "[bad-input]") {
@@ -179,11 +196,13 @@ TEST_CASE("a stored state that does not decode fails the matter, naming it, and 
 }
 
 TEST_CASE("an unreachable PostgreSQL is a ConnectionError with the password masked", "[bad-input]") {
+  Fixture f;
+  const std::string before = f.snapshot();
   const std::string url =
       "postgresql://dmmuser:Sup3r-Secret-pw@127.0.0.1:" + std::to_string(closed_port()) + "/dmm?connect_timeout=3";
   const auto started = Clock::now();
   try {
-    open_bucket(unique_name("nopg"), [&](dmm::BucketOptions& o) { o.postgres = url; });
+    open_bucket(f.name, [&](dmm::BucketOptions& o) { o.postgres = url; });
     FAIL("open succeeded against a closed port");
   } catch (const dmm::ConnectionError& e) {
     std::string message = e.what();
@@ -192,23 +211,29 @@ TEST_CASE("an unreachable PostgreSQL is a ConnectionError with the password mask
     CHECK_THAT(message, !Catch::Contains("Sup3r-Secret-pw"));
   }
   CHECK(Clock::now() - started < 10s);
+  CHECK(f.snapshot() == before);
 }
 
 TEST_CASE("an unknown PostgreSQL database is a ConnectionError naming it", "[bad-input]") {
+  Fixture f;
+  const std::string before = f.snapshot();
   const std::string url = with_database(servers().postgres, "no_such_database_for_dmm");
   try {
-    open_bucket(unique_name("nodb"), [&](dmm::BucketOptions& o) { o.postgres = url; });
+    open_bucket(f.name, [&](dmm::BucketOptions& o) { o.postgres = url; });
     FAIL("open succeeded against a missing database");
   } catch (const dmm::ConnectionError& e) {
     CHECK_THAT(std::string(e.what()), Catch::Contains("no_such_database_for_dmm"));
   }
+  CHECK(f.snapshot() == before);
 }
 
 TEST_CASE("an unreachable NATS is a ConnectionError with the password masked", "[bad-input]") {
+  Fixture f;
+  const std::string before = f.snapshot();
   const std::string url = "nats://natsuser:N4ts-Secret-pw@127.0.0.1:" + std::to_string(closed_port());
   const auto started = Clock::now();
   try {
-    open_bucket(unique_name("nonats"), [&](dmm::BucketOptions& o) { o.nats = url; });
+    open_bucket(f.name, [&](dmm::BucketOptions& o) { o.nats = url; });
     FAIL("open succeeded against a closed port");
   } catch (const dmm::ConnectionError& e) {
     std::string message = e.what();
@@ -216,6 +241,7 @@ TEST_CASE("an unreachable NATS is a ConnectionError with the password masked", "
     CHECK_THAT(message, !Catch::Contains("N4ts-Secret-pw"));
   }
   CHECK(Clock::now() - started < 10s);
+  CHECK(f.snapshot() == before);
 }
 
 TEST_CASE("an applied migration that was edited is a MigrationError naming it", "[bad-input]") {
@@ -237,8 +263,11 @@ TEST_CASE("an applied migration that was edited is a MigrationError naming it", 
   } drop{db};
   const std::string url = with_database(servers().postgres, db);
 
+  const std::string stored = unique_name("mig");
   {
-    auto bucket = open_bucket(unique_name("mig"), [&](dmm::BucketOptions& o) { o.postgres = url; });
+    auto bucket = open_bucket(stored, [&](dmm::BucketOptions& o) { o.postgres = url; });
+    bucket.register_kind<Song>("song", fast_kind());
+    bucket.notify(Song{.id = "kept", .title = "Yellow", .plays = 3});
   }
   auto status = dmm::migration_status(url);
   REQUIRE_FALSE(status.empty());
@@ -252,11 +281,25 @@ TEST_CASE("an applied migration that was edited is a MigrationError naming it", 
     tx.exec("UPDATE dmm.schema_migrations SET checksum = '0000000000000000' WHERE version = 1");
     tx.commit();
   }
+  // The migrations table and the stored matter, to compare after the refusals.
+  auto migrations = [&] {
+    pqxx::connection conn(url);
+    pqxx::nontransaction tx(conn);
+    std::string out;
+    for (const auto& r : tx.exec("SELECT * FROM dmm.schema_migrations ORDER BY version"))
+      for (pqxx::row::size_type i = 0; i < r.size(); ++i) out += std::string(r[i].c_str()) + "|";
+    return out;
+  };
+  const auto migrations_before = migrations();
+  const auto before = bucket_snapshot(stored, url);
+  REQUIRE_THAT(before, Catch::Contains("Yellow"));
   try {
-    open_bucket(unique_name("mig"), [&](dmm::BucketOptions& o) { o.postgres = url; });
+    open_bucket(stored, [&](dmm::BucketOptions& o) { o.postgres = url; });
     FAIL("open accepted an edited migration");
   } catch (const dmm::MigrationError& e) {
     CHECK_THAT(std::string(e.what()), Catch::Contains("0001_init.sql"));
   }
   CHECK_THROWS_AS(dmm::migrate(url), dmm::MigrationError);
+  CHECK(migrations() == migrations_before);
+  CHECK(bucket_snapshot(stored, url) == before);
 }

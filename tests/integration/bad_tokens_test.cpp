@@ -41,12 +41,23 @@ void publish_raw(const std::vector<std::string>& subjects) {
 std::string snapshot(const std::string& bucket) {
   pqxx::nontransaction tx(pg());
   std::string out;
-  for (const auto& r : tx.exec_params("SELECT identity, state::text, generation, phase FROM dmm.matter WHERE bucket "
-                                      "= $1 ORDER BY identity",
+  for (const auto& r : tx.exec_params("SELECT identity, state::text, generation, phase, materialized_generation, "
+                                      "attempts, coalesce(last_error, '-') FROM dmm.matter WHERE bucket = $1 "
+                                      "ORDER BY identity",
                                       bucket))
-    out += r[0].as<std::string>() + " " + r[1].as<std::string>() + " " + r[2].as<std::string>() + " " +
-           r[3].as<std::string>() + "\n";
+    for (pqxx::row::size_type i = 0; i < r.size(); ++i) out += std::string(r[i].c_str()) + (i + 1 < r.size() ? " " : "\n");
   return out;
+}
+
+// A bucket holding one ready matter, made by a process that has exited.
+std::string stored_bucket(const std::string& prefix) {
+  const auto name = unique_name(prefix);
+  auto bucket = open_bucket(name);
+  bucket.register_kind<Light>("light", fast_kind());
+  bucket.notify(Light{.id = "kitchen", .level = 5});
+  Runner runner(bucket);
+  wait_until([&] { return query_phase(name, "light", "kitchen") == "ready"; }, 20s, "kitchen to be ready");
+  return name;
 }
 
 }  // namespace
@@ -95,19 +106,25 @@ TEST_CASE("a state with strings that are not UTF-8 is rejected, naming the matte
 }
 
 TEST_CASE("garbage URLs are ConnectionErrors, not crashes", "[bad-input]") {
-  CHECK_THROWS_AS(dmm::Bucket::open({.name = unique_name("url"), .postgres = "not a url at all", .nats = servers().nats}),
+  const auto name = stored_bucket("url");
+  const auto before = snapshot(name);
+  CHECK_THROWS_AS(dmm::Bucket::open({.name = name, .postgres = "not a url at all", .nats = servers().nats}),
                   dmm::ConnectionError);
-  CHECK_THROWS_AS(dmm::Bucket::open({.name = unique_name("url"), .postgres = servers().postgres, .nats = "::::"}),
+  CHECK_THROWS_AS(dmm::Bucket::open({.name = name, .postgres = servers().postgres, .nats = "::::"}),
                   dmm::ConnectionError);
+  CHECK(snapshot(name) == before);
 }
 
 TEST_CASE("a stream of that name with the wrong shape is refused with the way out", "[bad-input]") {
-  const auto name = unique_name("shape");
+  // The bucket has a matter in PostgreSQL; then someone replaces its stream.
+  const auto name = stored_bucket("shape");
+  const auto before = snapshot(name);
   natsConnection* nc = nullptr;
   jsCtx* js = nullptr;
   REQUIRE(natsConnection_ConnectTo(&nc, servers().nats.c_str()) == NATS_OK);
   REQUIRE(natsConnection_JetStream(&js, nc, nullptr) == NATS_OK);
   const auto stream = "DMM_" + name;
+  REQUIRE(js_DeleteStream(js, stream.c_str(), nullptr, nullptr) == NATS_OK);
   const auto subject = "dmm." + name + ".>";
   const char* subjects[] = {subject.c_str()};
   jsStreamConfig cfg;
@@ -118,6 +135,8 @@ TEST_CASE("a stream of that name with the wrong shape is refused with the way ou
   jsStreamInfo* si = nullptr;
   REQUIRE(js_AddStream(&si, js, &cfg, nullptr, nullptr) == NATS_OK);
   jsStreamInfo_Destroy(si);
+  const auto subject_of_theirs = "dmm." + name + ".theirs";
+  REQUIRE(js_Publish(nullptr, js, subject_of_theirs.c_str(), "keep", 4, nullptr, nullptr) == NATS_OK);
   try {
     open_bucket(name);
     FAIL("open accepted a stream that is not a work queue");
@@ -126,6 +145,12 @@ TEST_CASE("a stream of that name with the wrong shape is refused with the way ou
     CHECK(what.find(stream) != std::string::npos);
     CHECK(what.find("nats stream rm") != std::string::npos);
   }
+  // Neither the stream (its shape and its message) nor the stored matter changed.
+  REQUIRE(js_GetStreamInfo(&si, js, stream.c_str(), nullptr, nullptr) == NATS_OK);
+  CHECK(si->Config->Retention == js_LimitsPolicy);
+  CHECK(si->State.Msgs == 1);
+  jsStreamInfo_Destroy(si);
+  CHECK(snapshot(name) == before);
   js_DeleteStream(js, stream.c_str(), nullptr, nullptr);
   jsCtx_Destroy(js);
   natsConnection_Destroy(nc);
@@ -169,4 +194,47 @@ TEST_CASE("malformed JSON cannot reach a matter's row: the jsonb column refuses 
                     pqxx::data_exception);
   }
   CHECK(snapshot(name) == before);
+}
+
+TEST_CASE("valid JSON of the wrong shape in a row fails that matter, naming it, and keeps its state",
+          "[bad-input]") {
+  const auto name = unique_name("shape_json");
+  auto bucket = open_bucket(name);
+  bucket.register_kind<Light>("light", fast_kind());
+  // What a hand-edited row or another tool could leave: JSON that is not an object.
+  const std::map<std::string, std::string> bad = {
+      {"null-state", "null"}, {"string-state", "\"x\""}, {"array-state", "[]"}, {"number-state", "42"}};
+  for (const auto& [id, json] : bad) bucket.notify(Light{.id = id, .level = 1});
+  bucket.notify(Light{.id = "fine", .level = 1});
+  {
+    pqxx::nontransaction tx(pg());
+    for (const auto& [id, json] : bad)
+      tx.exec_params("UPDATE dmm.matter SET state = $3::jsonb, generation = generation + 1, phase = 'pending', "
+                     "attempts = 0, last_error = NULL, due_at = now(), kick_at = now() "
+                     "WHERE bucket = $1 AND kind = 'light' AND identity = $2",
+                     name, id, json);
+  }
+
+  Runner runner(bucket);
+  for (const auto& [id, json] : bad) {
+    INFO("identity " << id << ", state " << json);
+    wait_until([&, id = id] { return query_phase(name, "light", id) == "failed"; }, 20s, id + " to fail",
+               [&] { return describe_unconverged(name); });
+    const auto row = query_matter(name, "light", id);
+    CHECK_THAT(row->last_error, Catch::Contains("'light'"));
+    CHECK_THAT(row->last_error, Catch::Contains("'" + id + "'"));
+    CHECK_THAT(row->last_error, Catch::Contains("does not decode"));
+    CHECK(row->state.dump() == nlohmann::json::parse(json).dump());  // kept as it was
+  }
+  // The others are unaffected, before and after.
+  wait_until([&] { return query_phase(name, "light", "fine") == "ready"; }, 20s, "fine to be ready");
+  bucket.notify(Light{.id = "fine", .level = 2});
+  wait_until([&] { return query_matter(name, "light", "fine")->state["level"] == 2 &&
+                          query_phase(name, "light", "fine") == "ready"; },
+             20s, "fine to converge again");
+  // A valid state repairs a broken one.
+  bucket.notify(Light{.id = "null-state", .level = 3});
+  wait_until([&] { return query_phase(name, "light", "null-state") == "ready"; }, 20s,
+             "null-state to be repaired by a valid notify");
+  runner.stop();
 }

@@ -10,9 +10,11 @@
 #include <catch2/catch.hpp>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <sstream>
 
 #include "harness.hpp"
+#include "probe.hpp"
 
 using namespace dmm_test;
 
@@ -80,12 +82,13 @@ bool port_answers(int port) {
   return ok;
 }
 
-// A private nats-server with JetStream and extra flags (auth, TLS).
+// A private nats-server with JetStream and extra flags (auth, TLS), on
+// `port` if given (a restart), else on a free one.
 struct PrivateNats {
   std::filesystem::path dir;
-  int port = closed_port();
+  int port;
   std::unique_ptr<Process> server;
-  explicit PrivateNats(std::vector<std::string> extra) {
+  explicit PrivateNats(std::vector<std::string> extra, int on_port = 0) : port(on_port ? on_port : closed_port()) {
     dir = std::filesystem::temp_directory_path() / unique_name("nats");
     std::filesystem::create_directories(dir);
     std::vector<std::string> args = {"-js", "-a", "127.0.0.1", "-p", std::to_string(port), "-sd", (dir / "js").string(),
@@ -107,6 +110,28 @@ void make_certificate(const std::filesystem::path& dir) {
                    "-addext subjectAltName=IP:127.0.0.1 -keyout " +
                    (dir / "key.pem").string() + " -out " + (dir / "cert.pem").string() + " >/dev/null 2>&1";
   REQUIRE(std::system(cmd.c_str()) == 0);
+}
+
+// Everything stored for `bucket` in the test database.
+std::string snapshot(const std::string& bucket) {
+  pqxx::nontransaction tx(pg());
+  std::string out;
+  for (const auto& r : tx.exec_params("SELECT identity, state::text, generation, phase, materialized_generation, "
+                                      "attempts FROM dmm.matter WHERE bucket = $1 ORDER BY identity",
+                                      bucket))
+    for (pqxx::row::size_type i = 0; i < r.size(); ++i) out += std::string(r[i].c_str()) + (i + 1 < r.size() ? " " : "\n");
+  return out;
+}
+
+// A bucket with one ready matter, stored through the trusted test URLs.
+std::string stored_bucket(const std::string& prefix) {
+  const auto name = unique_name(prefix);
+  auto bucket = open_bucket(name);
+  bucket.register_kind<Lock>("lock", fast_kind());
+  bucket.notify(Lock{.id = "back-door", .locked = true});
+  Runner runner(bucket);
+  wait_until([&] { return query_phase(name, "lock", "back-door") == "ready"; }, 20s, "back-door to be ready");
+  return name;
 }
 
 // Opens a bucket, notifies one matter and waits until a worker made it ready.
@@ -144,10 +169,12 @@ TEST_CASE("PostgreSQL with a password and sslmode=verify-full works, and the pas
 TEST_CASE("a wrong PostgreSQL password is a ConnectionError that masks the password", "[security]") {
   ensure_password_role();
   CapturedLog log;
+  const auto name = stored_bucket("pgwrong");
+  const auto before = snapshot(name);
   const std::string wrong = "Wrong-Pass-55";
   const auto url = "postgresql://dmm_pw:" + wrong + "@127.0.0.1:" + std::to_string(pg_port()) + "/dmm";
   try {
-    dmm::Bucket::open({.name = unique_name("pgwrong"), .postgres = url, .nats = servers().nats, .logger = log.logger});
+    dmm::Bucket::open({.name = name, .postgres = url, .nats = servers().nats, .logger = log.logger});
     FAIL("open succeeded with a wrong password");
   } catch (const dmm::ConnectionError& e) {
     const std::string what = e.what();
@@ -156,16 +183,19 @@ TEST_CASE("a wrong PostgreSQL password is a ConnectionError that masks the passw
     CHECK(what.find("password authentication failed") != std::string::npos);
   }
   CHECK(log.text().find(wrong) == std::string::npos);
+  CHECK(snapshot(name) == before);
 }
 
 TEST_CASE("sslmode=verify-full with a CA that did not sign the server's certificate is refused", "[security]") {
   const auto dir = std::filesystem::temp_directory_path() / unique_name("otherca");
   std::filesystem::create_directories(dir);
   make_certificate(dir);
+  const auto name = stored_bucket("pgca");
+  const auto before = snapshot(name);
   const auto url = "postgresql://postgres@127.0.0.1:" + std::to_string(pg_port()) +
                    "/dmm?sslmode=verify-full&sslrootcert=" + (dir / "cert.pem").string();
-  CHECK_THROWS_AS(dmm::Bucket::open({.name = unique_name("pgca"), .postgres = url, .nats = servers().nats}),
-                  dmm::ConnectionError);
+  CHECK_THROWS_AS(dmm::Bucket::open({.name = name, .postgres = url, .nats = servers().nats}), dmm::ConnectionError);
+  CHECK(snapshot(name) == before);
   std::filesystem::remove_all(dir);
 }
 
@@ -174,11 +204,14 @@ TEST_CASE("NATS with user and password works, and a wrong password is masked", "
   PrivateNats nats({"--user", "dmm", "--pass", kNatsPassword});
   CapturedLog log;
   const auto good = "nats://dmm:" + std::string(kNatsPassword) + "@127.0.0.1:" + std::to_string(nats.port);
-  converge_one({.name = unique_name("natsauth"), .postgres = servers().postgres, .nats = good, .logger = log.logger});
+  const auto name = unique_name("natsauth");
+  converge_one({.name = name, .postgres = servers().postgres, .nats = good, .logger = log.logger});
+  const auto before = snapshot(name);
+  REQUIRE_FALSE(before.empty());
 
   const std::string wrong = "not-the-Pass-12";
   try {
-    dmm::Bucket::open({.name = unique_name("natswrong"),
+    dmm::Bucket::open({.name = name,
                        .postgres = servers().postgres,
                        .nats = "nats://dmm:" + wrong + "@127.0.0.1:" + std::to_string(nats.port),
                        .logger = log.logger});
@@ -191,6 +224,7 @@ TEST_CASE("NATS with user and password works, and a wrong password is masked", "
   const auto text = log.text();
   CHECK(text.find(kNatsPassword) == std::string::npos);
   CHECK(text.find(wrong) == std::string::npos);
+  CHECK(snapshot(name) == before);
 }
 
 TEST_CASE("NATS over TLS works with the CA, and is refused without it or over plain nats://", "[security]") {
@@ -201,19 +235,94 @@ TEST_CASE("NATS over TLS works with the CA, and is refused without it or over pl
   PrivateNats nats({"--tls", "--tlscert", (certs / "cert.pem").string(), "--tlskey", (certs / "key.pem").string()});
   const auto port = std::to_string(nats.port);
 
-  converge_one({.name = unique_name("natstls"),
+  const auto name = unique_name("natstls");
+  converge_one({.name = name,
                 .postgres = servers().postgres,
                 .nats = "tls://127.0.0.1:" + port,
                 .nats_ca_file = (certs / "cert.pem").string()});
+  const auto before = snapshot(name);
+  REQUIRE_FALSE(before.empty());
   // Without the CA the self-signed certificate is not trusted.
-  CHECK_THROWS_AS(dmm::Bucket::open({.name = unique_name("natsnoca"),
-                                     .postgres = servers().postgres,
-                                     .nats = "tls://127.0.0.1:" + port}),
-                  dmm::ConnectionError);
+  CHECK_THROWS_AS(
+      dmm::Bucket::open({.name = name, .postgres = servers().postgres, .nats = "tls://127.0.0.1:" + port}),
+      dmm::ConnectionError);
   // A plain client is refused by a server that requires TLS.
-  CHECK_THROWS_AS(dmm::Bucket::open({.name = unique_name("natsplain"),
-                                     .postgres = servers().postgres,
-                                     .nats = "nats://127.0.0.1:" + port}),
-                  dmm::ConnectionError);
+  CHECK_THROWS_AS(
+      dmm::Bucket::open({.name = name, .postgres = servers().postgres, .nats = "nats://127.0.0.1:" + port}),
+      dmm::ConnectionError);
+  CHECK(snapshot(name) == before);
   std::filesystem::remove_all(certs);
+}
+
+TEST_CASE("a worker process logging at trace level never prints a password, working or failing", "[security]") {
+  nats_binary_check();
+  ensure_password_role();
+  auto nats = std::make_unique<PrivateNats>(std::vector<std::string>{"--user", "dmm", "--pass", kNatsPassword});
+  const int nats_port = nats->port;
+  const auto pg_url_with = [&](const std::string& password) {
+    return "postgresql://dmm_pw:" + password + "@127.0.0.1:" + std::to_string(pg_port()) +
+           "/dmm?sslmode=verify-full&sslrootcert=" + pg_ca();
+  };
+  const auto nats_url_with = [&](const std::string& password) {
+    return "nats://dmm:" + password + "@127.0.0.1:" + std::to_string(nats_port);
+  };
+  const std::string wrong_pg = "Wrong-pg-Pass-31", wrong_nats = "Wrong-nats-Pass-47";
+  const auto name = unique_name("pwgrep");
+  const auto log_path = std::filesystem::temp_directory_path() / (name + ".log");
+  struct RemoveLog {
+    std::filesystem::path path;
+    ~RemoveLog() {
+      std::error_code ec;
+      std::filesystem::remove(path, ec);
+    }
+  } remove_log{log_path};
+  auto log_text = [&] {
+    std::ifstream in(log_path);
+    return std::string(std::istreambuf_iterator<char>(in), {});
+  };
+  // dmm_test_worker with both its stdout and stderr appended to the file,
+  // logging at trace level.
+  auto worker = [&](const std::string& pg_url, const std::string& nats_url) {
+    return std::make_unique<Process>(
+        "/bin/sh", std::vector<std::string>{"-c", "log=$1; shift; exec \"$@\" >>\"$log\" 2>&1", "sh",
+                                            log_path.string(), "/usr/bin/env", "DMM_TEST_LOG_LEVEL=trace",
+                                            worker_binary(), "--postgres", pg_url, "--nats", nats_url, "--bucket", name,
+                                            "--worker-id", "pw-worker", "--lease-ms", "2000"});
+  };
+
+  // Working: a matter converges, NATS goes away and comes back empty.
+  auto good = worker(pg_url_with(kPgPassword), nats_url_with(kNatsPassword));
+  wait_until([&] { return log_text().find("ready") != std::string::npos; }, 20s, "the worker to be ready",
+             [&] { return log_text(); });
+  auto bucket = open_bucket(name, [&](dmm::BucketOptions& o) {
+    o.postgres = pg_url_with(kPgPassword);
+    o.nats = nats_url_with(kNatsPassword);
+  });
+  bucket.register_kind<Probe>("probe", fast_kind());
+  bucket.notify(Probe{.id = "gate", .seq = 1});
+  wait_until([&] { return query_phase(name, "probe", "gate") == "ready"; }, 20s, "gate to be ready",
+             [&] { return describe_unconverged(name); });
+  nats.reset();
+  bucket.notify(Probe{.id = "gate", .seq = 2});
+  nats = std::make_unique<PrivateNats>(std::vector<std::string>{"--user", "dmm", "--pass", kNatsPassword}, nats_port);
+  wait_until([&] { return query_matter(name, "probe", "gate")->state["seq"] == 2 &&
+                          query_phase(name, "probe", "gate") == "ready"; },
+             60s, "gate to converge after the NATS restart", [&] { return describe_unconverged(name); });
+  good->kill(SIGTERM);
+  CHECK(good->wait(20s) == 0);
+
+  // Failing: wrong passwords make the worker exit with an error naming the
+  // server, password masked.
+  auto bad_nats = worker(pg_url_with(kPgPassword), nats_url_with(wrong_nats));
+  CHECK(bad_nats->wait(20s) == 1);
+  auto bad_pg = worker(pg_url_with(wrong_pg), nats_url_with(kNatsPassword));
+  CHECK(bad_pg->wait(20s) == 1);
+
+  const auto text = log_text();
+  INFO("the worker printed:\n" << text.substr(0, 4000));
+  CHECK(text.find("[debug]") != std::string::npos);  // it logged at its most verbose
+  CHECK(text.find("nats://dmm:****@127.0.0.1") != std::string::npos);
+  CHECK(text.find("postgresql://dmm_pw:****@127.0.0.1") != std::string::npos);
+  for (const auto& password : {std::string(kPgPassword), std::string(kNatsPassword), wrong_pg, wrong_nats})
+    CHECK(text.find(password) == std::string::npos);
 }
