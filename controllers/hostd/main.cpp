@@ -138,7 +138,12 @@ int run(Settings& s, const std::string& dir, const fs::path& state_dir, const st
   });
   spdlog::info("hostd running: bucket '{}', state dir {}{}", s.bucket, state_dir.string(),
                dir.empty() ? "" : ", desired state from " + dir);
-  bucket.run();
+  try {
+    bucket.run();
+  } catch (...) {
+    signals.detach();  // blocked in sigwait: joining it would hang
+    throw;
+  }
   desired = {};
   file_observer = {};
   process_observer = {};

@@ -27,7 +27,8 @@ namespace {
 void check_fields(const fs::path& file, const std::string& where, const json& obj, const json& known) {
   if (!obj.is_object()) invalid(file, where, "must be an object");
   for (const auto& [key, value] : obj.items())
-    if (!known.contains(key) || key == "site") invalid(file, where, "unknown field '" + key + "'");
+    if (!known.contains(key) || (key == "site" && where != "top level"))
+      invalid(file, where, "unknown field '" + key + "'");
 }
 
 std::string absolute_from(const fs::path& base, const std::string& p) {
