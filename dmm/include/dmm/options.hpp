@@ -83,6 +83,15 @@ struct KindOptions {
   // batched write-back, as a ring: no delete on the hot path). 0 keeps none.
   // Default 10; at most 1000.
   int history_limit = 10;
+  // Most matters of this kind the process holds at once: claimed (leased)
+  // and not yet written back, whether queued for an executor, running, or
+  // waiting for the batched write-back. It must exceed `concurrency` and leave
+  // room for a whole `batch`, or fetches shrink and every matter waits for a
+  // full fetch -> claim -> materialize -> write-back cycle (bench/results.md).
+  // Held matters are leased to this process, so a larger value lets one
+  // process take more of a backlog before others see it.
+  // Default 0: 2 x max(concurrency, batch) (512 with the default batch).
+  int prefetch = 0;
 };
 
 }  // namespace dmm
