@@ -5,6 +5,7 @@
 
 #include "bucket_core.hpp"
 #include "store.hpp"
+#include "tokens.hpp"
 #include "work_stream_engine.hpp"
 
 namespace dmm::detail {
@@ -14,6 +15,63 @@ constexpr int kSweepBatch = 1000;
 constexpr int kPruneBatch = 5000;
 constexpr auto kPruneEvery = std::chrono::seconds(60);
 constexpr std::int64_t kMaxIdleMs = 1000;
+// Longest a backlog's estimated drain time stretches the re-kick grace.
+constexpr auto kMaxDrainStretch = std::chrono::seconds(60);
+
+using SteadyClock = std::chrono::steady_clock;
+
+// Watches the kind's consumer. Tokens already queued reach a worker before any
+// token sent now (a WorkQueue delivers in order), so while that queue drains
+// a sweep can only re-send tokens that are still pending (the stream rejects
+// them, but every such row is still UPDATEd, for nothing) and put its own
+// tokens behind the queue anyway. Hence: while the backlog is draining, sweep
+// at most once per token_grace, and re-arm swept rows for the grace plus the
+// time the backlog needs to drain (at most kMaxDrainStretch), so a matter
+// whose token is merely queued is not re-kicked again and again.
+class BacklogWatch {
+ public:
+  explicit BacklogWatch(std::chrono::milliseconds grace) : grace_(grace) {}
+
+  void observe(const std::optional<Nats::Backlog>& b) {
+    const auto now = SteadyClock::now();
+    if (!b) {
+      pending_ = 0;
+      return;
+    }
+    pending_ = b->pending;
+    if (have_sample_ && b->delivered > delivered_) last_progress_ = now;
+    if (!have_sample_ || b->delivered < delivered_) {  // first sample, or a new consumer
+      have_sample_ = true, delivered_ = b->delivered, sampled_at_ = now;
+      return;
+    }
+    const double ms = std::chrono::duration<double, std::milli>(now - sampled_at_).count();
+    if (ms >= 200) {
+      const double per_ms = static_cast<double>(b->delivered - delivered_) / ms;
+      per_ms_ = per_ms_ > 0 ? 0.5 * per_ms_ + 0.5 * per_ms : per_ms;
+      delivered_ = b->delivered, sampled_at_ = now;
+    }
+  }
+  // A backlog that is being delivered: workers are taking tokens now.
+  bool draining() const { return pending_ > 0 && SteadyClock::now() - last_progress_ < std::chrono::seconds(1); }
+  // Sweep now, or leave the queued tokens to the workers a little longer.
+  bool sweep_due() const {
+    return !draining() || SteadyClock::now() - last_sweep_ >= std::max(grace_, std::chrono::milliseconds(1000));
+  }
+  void swept() { last_sweep_ = SteadyClock::now(); }
+  // kick_at for swept rows: the grace, plus the estimated drain time.
+  std::chrono::milliseconds rekick_grace() const {
+    if (pending_ == 0 || per_ms_ <= 0) return grace_;
+    const auto drain = std::chrono::milliseconds(static_cast<std::int64_t>(static_cast<double>(pending_) / per_ms_));
+    return grace_ + std::min<std::chrono::milliseconds>(drain, kMaxDrainStretch);
+  }
+
+ private:
+  const std::chrono::milliseconds grace_;
+  std::uint64_t pending_ = 0, delivered_ = 0;
+  bool have_sample_ = false;
+  double per_ms_ = 0;  // tokens delivered per ms, smoothed
+  SteadyClock::time_point sampled_at_{}, last_progress_{}, last_sweep_{};
+};
 
 // LISTEN on the wake channel; receiving is all we need, the sweep follows.
 class Wake : public pqxx::notification_receiver {
@@ -31,6 +89,7 @@ void Sweeper::run(std::stop_token stop) {
   auto last_error_log = std::chrono::steady_clock::time_point{};
   // Soon after start, then about once a minute: history beyond the retention.
   auto next_prune = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  BacklogWatch backlog(core_.options.token_grace);
   while (!stop.stop_requested()) {
     try {
       if (!conn) {
@@ -43,7 +102,13 @@ void Sweeper::run(std::stop_token stop) {
         core_.nats->ensure_stream();
         core_.nats->ensure_consumer(kind_);
       }
-      auto ids = sweep(*conn, core_.options.name, kind_, kSweepBatch, core_.options.token_grace);
+      backlog.observe(core_.nats->backlog(kind_));
+      if (!backlog.sweep_due()) {
+        conn->await_notification(0, 250 * 1000);
+        continue;
+      }
+      backlog.swept();
+      auto ids = sweep(*conn, core_.options.name, kind_, kSweepBatch, backlog.rekick_grace());
       if (!ids.empty()) {
         log.debug("bucket '{}' kind '{}': sweeper sends {} token(s)", core_.options.name, kind_, ids.size());
         core_.publish(kind_, ids);

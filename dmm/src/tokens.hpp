@@ -8,6 +8,7 @@
 #include <cstdint>
 #include <memory>
 #include <nats/nats.h>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,14 @@ class Nats {
   // Creates the kind's durable consumer if missing.
   void ensure_consumer(const std::string& kind);
 
+  // Tokens of `kind` waiting in the stream (not yet delivered) and how many
+  // the consumer has delivered so far; nullopt if NATS cannot tell now.
+  struct Backlog {
+    std::uint64_t pending = 0;
+    std::uint64_t delivered = 0;
+  };
+  std::optional<Backlog> backlog(const std::string& kind);
+
   // Asynchronous publish of a token; failures are logged and counted, never
   // thrown (the sweeper re-sends). Thread-safe.
   void publish(const std::string& kind, std::int64_t row_id) noexcept;
@@ -50,6 +59,9 @@ class Nats {
   // Counts publish errors per kind in `metrics` from now on (set once, before
   // the first publish; it must outlive this connection).
   void count_errors_in(Metrics* metrics) { metrics_ = metrics; }
+  // Publishes rejected because the matter's token was still pending (the
+  // stream keeps the first: DiscardNewPerSubject): not errors, counted here.
+  std::uint64_t already_pending() const { return already_pending_.load(); }
   // True while the connection to NATS is up (not reconnecting or closed).
   bool connected();
 
@@ -66,6 +78,7 @@ class Nats {
   natsConnection* conn_ = nullptr;  // thread-safe per nats.c
   jsCtx* js_ = nullptr;
   std::atomic<std::uint64_t> publish_errors_{0};
+  std::atomic<std::uint64_t> already_pending_{0};
   Metrics* metrics_ = nullptr;  // set once before publishing; thread-safe
   std::atomic<std::int64_t> last_error_log_ms_{0};
 };
