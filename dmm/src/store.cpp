@@ -19,13 +19,20 @@ namespace {
 // a no-op (unless the matter was being removed: a notify cancels that). A
 // leased matter keeps its phase and kick_at: the holder's write-back sees the
 // new generation and re-arms it.
+// The rows to lock are found one identity at a time (a LATERAL lookup by the
+// full unique key, then one by primary key per row, in id order): plans that
+// stay index probes whatever the statistics say. `identity IN (SELECT ...)`
+// was planned as a join over every row of the bucket while it grew
+// (bench/results.md, profile item 4).
 constexpr const char* kUpsert = R"sql(
 WITH r AS (
   SELECT * FROM jsonb_to_recordset($3::jsonb) AS r(identity text, state jsonb)
+), found AS (
+  SELECT f.id FROM r CROSS JOIN LATERAL (
+    SELECT id FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = r.identity OFFSET 0) f
 ), locked AS (
-  SELECT id FROM dmm.matter
-   WHERE bucket = $1 AND kind = $2 AND identity IN (SELECT identity FROM r)
-   ORDER BY id FOR UPDATE
+  SELECT l.id FROM (SELECT id FROM found ORDER BY id) s
+   CROSS JOIN LATERAL (SELECT id FROM dmm.matter WHERE id = s.id FOR UPDATE) l
 )
 INSERT INTO dmm.matter AS m (bucket, kind, identity, state, due_at, kick_at)
 SELECT $1, $2, r.identity, r.state, now(), now() + $4 * interval '1 millisecond'
