@@ -47,23 +47,50 @@ void ensure_schema(pqxx::connection& conn) {
 
 dmm::Result Checked::materialize(dmm::Context& ctx) {
   const auto& b = ctx.service<Behavior>();
-  // The start is recorded durably before anything else: a run that cannot
-  // be recorded does not happen.
+  // The run's id comes first, so a start whose INSERT committed just before
+  // the connection broke can still be closed below.
   const auto run_id = with_connection(b.postgres, [&](pqxx::connection& c) {
     pqxx::nontransaction tx(c);
-    return tx
-        .exec_params1("INSERT INTO dmm_faults.runs (bucket, identity, worker, seq, started) "
-                      "VALUES ($1, $2, $3, $4, clock_timestamp()) RETURNING run_id",
-                      b.bucket, id, b.worker, seq)[0]
-        .as<long>();
+    return tx.exec1("SELECT nextval(pg_get_serial_sequence('dmm_faults.runs', 'run_id'))")[0].as<long>();
   });
+  // The end is the moment the work ended (the wall clock, which is the
+  // database's clock on this machine), written even if PostgreSQL is
+  // restarting: a run left unfinished counts as lasting until the end of the
+  // scenario, and a late write with the database clock could make a run that
+  // had ended look as if it overlapped the next one.
   auto finish = [&](const char* outcome) {
+    const auto ended = std::chrono::duration_cast<std::chrono::microseconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    for (;;) {
+      try {
+        with_connection(b.postgres, [&](pqxx::connection& c) {
+          pqxx::nontransaction tx(c);
+          tx.exec_params("UPDATE dmm_faults.runs SET finished = to_timestamp($3::double precision / 1e6), "
+                         "outcome = $2 WHERE run_id = $1",
+                         run_id, std::string(outcome), std::to_string(ended));
+        });
+        return;
+      } catch (const std::exception&) {
+        if (std::chrono::steady_clock::now() > deadline) throw;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+  };
+  // The start is recorded durably before anything else: a run that cannot
+  // be recorded does not happen.
+  try {
     with_connection(b.postgres, [&](pqxx::connection& c) {
       pqxx::nontransaction tx(c);
-      tx.exec_params("UPDATE dmm_faults.runs SET finished = clock_timestamp(), outcome = $2 WHERE run_id = $1",
-                     run_id, std::string(outcome));
+      tx.exec_params("INSERT INTO dmm_faults.runs (run_id, bucket, identity, worker, seq, started) "
+                     "VALUES ($1, $2, $3, $4, $5, clock_timestamp())",
+                     run_id, b.bucket, id, b.worker, seq);
     });
-  };
+  } catch (const std::exception&) {
+    finish("unrecorded");  // a no-op unless the INSERT committed after all
+    throw;
+  }
   const auto duration = chance() < b.hang_rate ? b.hang : b.work;
   const auto until = std::chrono::steady_clock::now() + duration;
   while (std::chrono::steady_clock::now() < until) {

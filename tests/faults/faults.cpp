@@ -143,6 +143,7 @@ class Run {
   }
 
   int kills = 0, restarts = 0, graceful_stops = 0;
+  int faults_injected = 0, injection_failures = 0;
   long leases_left = 0;
 
   void start_worker(int slot) {
@@ -156,8 +157,34 @@ class Run {
 
   std::string log_path() const { return (std::filesystem::temp_directory_path() / (bucket_name_ + ".log")).string(); }
 
-  void kill_random_worker() {
-    const int slot = static_cast<int>(rng_() % workers_.size());
+  void kill_random_worker() { kill_worker(static_cast<int>(rng_() % workers_.size())); }
+
+  // Kills a live worker that holds a run unfinished for longer than the lease
+  // (a hanging materialization kept alive by heartbeats), so its matters must
+  // be taken over; throws if none shows up within 20 s.
+  void kill_hanging_worker() {
+    const auto deadline = Clock::now() + 20s;
+    pqxx::connection c(s_.postgres);
+    while (true) {
+      std::vector<std::string> hanging;
+      {
+        pqxx::nontransaction tx(c);
+        for (const auto& r : tx.exec_params("SELECT DISTINCT worker FROM dmm_faults.runs WHERE bucket = $1 AND "
+                                            "finished IS NULL AND started < clock_timestamp() - interval '2500 ms'",
+                                            bucket_name_))
+          hanging.push_back(r[0].as<std::string>());
+      }
+      for (auto& [slot, w] : workers_)
+        if (w.second->alive() && std::find(hanging.begin(), hanging.end(), w.first) != hanging.end()) {
+          kill_worker(slot);
+          return;
+        }
+      if (Clock::now() > deadline) throw std::runtime_error("no live worker had a run hanging past its lease");
+      std::this_thread::sleep_for(100ms);
+    }
+  }
+
+  void kill_worker(int slot) {
     auto& [id, child] = workers_[slot];
     child->signal(SIGKILL);
     child->wait_exit(10s);
@@ -220,6 +247,7 @@ class Run {
   // Remembers when a fault was injected (database clock), to measure how long
   // until materializations complete again.
   void mark_fault() {
+    ++faults_injected;
     for (int attempt = 0; attempt < 50; ++attempt) {
       try {
         pqxx::connection c(s_.postgres);
@@ -386,7 +414,9 @@ void Run::execute(Totals& totals) {
       try {
         sc_.chaos(*this);
       } catch (const std::exception& e) {
+        // A fault that was not injected proves nothing: the scenario fails.
         std::cerr << "  fault injection failed: " << e.what() << "\n";
+        ++injection_failures;
       }
       next_chaos = Clock::now() + sc_.chaos_every;
     }
@@ -440,16 +470,27 @@ void Run::execute(Totals& totals) {
       ++lost;
     }
   }
-  // A run overlaps if it started before an earlier-started run of its identity ended.
+  // A run overlaps if it started before an earlier-started run of its
+  // identity ended. A run never recorded as finished (its worker was stopped
+  // and is gone, so it cannot be running any more) lasts until now, the end of
+  // the scenario: any later run of its identity overlaps it.
+  const long unfinished =
+      tx.exec_params1("SELECT count(*) FROM dmm_faults.runs WHERE bucket = $1 AND finished IS NULL", bucket_name_)[0]
+          .as<long>();
   const long overlaps = tx.exec_params1(R"sql(
 SELECT count(*) FROM (
-  SELECT started, max(finished) OVER (PARTITION BY identity ORDER BY started, run_id
+  SELECT started, max(coalesce(finished, 'infinity')) OVER (PARTITION BY identity ORDER BY started, run_id
                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
-    FROM dmm_faults.runs WHERE bucket = $1 AND finished IS NOT NULL) r
+    FROM dmm_faults.runs WHERE bucket = $1) r
  WHERE started < earlier_end)sql",
                                         bucket_name_)[0].as<long>();
+  if (sc_.chaos && faults_injected == 0) {
+    std::cerr << "  no fault was injected\n";
+    ++injection_failures;
+  }
   const auto runs = tx.exec_params1("SELECT count(*) FROM dmm_faults.runs WHERE bucket = $1", bucket_name_)[0].as<long>();
   unconverged += leases_left;
+  unconverged += injection_failures;  // a scenario whose faults were not injected did not run
   const auto recovery = recovery_times(tx);
   std::string recovery_text = "-";
   if (!recovery.empty()) {
@@ -459,12 +500,13 @@ SELECT count(*) FROM (
     recovery_text = buf;
   }
 
-  std::printf("  %s: %ld runs, %d kills, %d graceful stops, %d server faults, %ld notify retries; work resumed after "
-              "each fault: %s; converged %.1fs after the last fault; lost=%ld overlaps=%ld unconverged=%ld (leases "
-              "left %ld) [setup %.0fs, stop and checks %.0fs, all %.0fs]\n",
-              sc_.name.c_str(), runs, kills, graceful_stops, restarts, notify_retries_, recovery_text.c_str(),
-              converge_s, lost, overlaps, unconverged, leases_left, setup_s, seconds_since(checks_start),
-              seconds_since(t0));
+  std::printf("  %s: %ld runs (%ld never finished), %d kills, %d graceful stops, %d server faults, %d faults "
+              "injected (%d failed), %ld notify retries; work resumed after each fault: %s; converged %.1fs after the "
+              "last fault; lost=%ld overlaps=%ld unconverged=%ld (leases left %ld) [setup %.0fs, stop and checks "
+              "%.0fs, all %.0fs]\n",
+              sc_.name.c_str(), runs, unfinished, kills, graceful_stops, restarts, faults_injected, injection_failures,
+              notify_retries_, recovery_text.c_str(), converge_s, lost, overlaps, unconverged, leases_left, setup_s,
+              seconds_since(checks_start), seconds_since(t0));
   if (!s_.report.empty()) {
     std::ofstream out(s_.report, std::ios::app);
     out << "| " << sc_.name << " | " << sc_.what << " | " << expected_.size() << " | " << runs << " | " << kills
@@ -493,14 +535,16 @@ std::vector<Scenario> scenarios(bool long_profile) {
                  .chaos_every = long_profile ? 2500ms : 2000ms,
                  .chaos = [](Run& r) { r.kill_random_worker(); }});
   all.push_back({.name = "nats",
-                 .what = "nats-server restarted (file storage kept), stream purged, stream deleted",
+                 .what = "nats-server stopped (SIGTERM) or killed (SIGKILL) and restarted on its file storage, "
+                         "stream purged, stream deleted",
                  .matters = matters,
                  .duration = duration,
-                 .chaos_every = duration / 4,
+                 .chaos_every = duration / 5,
                  .chaos = [n = 0](Run& r) mutable {
-                   switch (n++ % 3) {
-                     case 0: r.dev_env("restart-nats"); break;
+                   switch (n++ % 4) {
+                     case 0: r.dev_env("restart-nats term"); break;
                      case 1: r.stream(false); break;
+                     case 2: r.dev_env("restart-nats kill"); break;
                      default: r.stream(true); break;
                    }
                  }});
@@ -518,7 +562,7 @@ std::vector<Scenario> scenarios(bool long_profile) {
                  .worker_flags = {"--fail-rate", "0.2", "--hang-rate", "0.002", "--hang-ms", "5000",
                                   "--terminal-every", "13"},
                  .chaos_every = duration / 3,
-                 .chaos = [](Run& r) { r.kill_random_worker(); },
+                 .chaos = [](Run& r) { r.kill_hanging_worker(); },
                  .terminal_every = 13});
   all.push_back({.name = "cluster",
                  .what = "three-node JetStream cluster (R3 stream), one node SIGKILLed and brought back",
