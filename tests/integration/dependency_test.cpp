@@ -2,7 +2,6 @@
 // when a dependency becomes ready or changes, never lose that wake-up while
 // they run, removal of a depended-on matter is refused, cycles are refused.
 #include <catch2/catch.hpp>
-#include <condition_variable>
 
 #include "harness.hpp"
 
@@ -54,38 +53,8 @@ struct Node {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Node, id, needs)
 
-// A dependent that records whether its dependency was ready, and whose first
-// run blocks until the test lets it go: the dependency becomes ready while it
-// holds the lease.
-class Latch {
- public:
-  void arrive() {
-    std::lock_guard lock(mutex_);
-    arrived_ = true;
-    cv_.notify_all();
-  }
-  bool arrived() {
-    std::lock_guard lock(mutex_);
-    return arrived_;
-  }
-  void release() {
-    std::lock_guard lock(mutex_);
-    released_ = true;
-    cv_.notify_all();
-  }
-  void wait(std::stop_token stop) {
-    std::unique_lock lock(mutex_);
-    const auto deadline = Clock::now() + 20s;
-    while (!released_ && !stop.stop_requested() && Clock::now() < deadline) cv_.wait_for(lock, 10ms);
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  bool arrived_ = false;   // protected by mutex_
-  bool released_ = false;  // protected by mutex_
-};
-
+// A dependent that records whether its dependency was ready; its first run
+// waits at the gate, so the dependency becomes ready while it holds the lease.
 struct Watcher {
   std::string name;
   std::string asset;
@@ -94,10 +63,10 @@ struct Watcher {
   dmm::Result materialize(dmm::Context& ctx) {
     const bool ready = ctx.ready({"asset", asset});
     ctx.service<Recorder>().record("watcher:" + name, {.value = ready ? "ready" : "not ready"});
-    auto& latch = ctx.service<Latch>();
-    if (!latch.arrived()) {
-      latch.arrive();
-      latch.wait(ctx.stop_token());
+    auto& gate = ctx.service<Gate>();
+    if (gate.arrived() == 0) {
+      gate.arrive();
+      gate.wait(ctx.stop_token());
     }
     return dmm::Result::done();  // does not insist: the wake-up must bring it back
   }
@@ -171,17 +140,17 @@ TEST_CASE("a dependent waits for its dependency and is notified when it becomes 
 
 TEST_CASE("a dependent that is materializing when its dependency becomes ready runs again", "[dependency]") {
   Fixture f;
-  auto latch = std::make_shared<Latch>();
-  f.bucket.provide(latch);
+  auto gate = std::make_shared<Gate>();
+  f.bucket.provide(gate);
   f.bucket.register_kind<Asset>("asset", fast_kind());
   f.bucket.register_kind<Watcher>("watcher", patient_kind());
   Runner runner(f.bucket);
 
   f.bucket.notify(Watcher{.name = "w", .asset = "logo.png"});
-  wait_until([&] { return latch->arrived(); }, 10s, "w's first run to start");
+  wait_until([&] { return gate->arrived() == 1; }, 10s, "w's first run to start");
   f.bucket.notify(Asset{.path = "logo.png", .content = "png"});
   wait_until([&] { return f.converged("asset", "logo.png"); }, 10s, "logo.png to become ready", f.describe());
-  latch->release();  // w returns done() having seen "not ready"
+  gate->open();  // w returns done() having seen "not ready"
 
   wait_until(
       [&] {

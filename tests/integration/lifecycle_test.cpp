@@ -50,41 +50,6 @@ struct Finalized {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Finalized, id)
 
-// A gate the test opens; materializations of seq 1 wait at it.
-class Gate {
- public:
-  void arrive() {
-    std::lock_guard lock(mutex_);
-    ++arrived_;
-    cv_.notify_all();
-  }
-  int arrived() {
-    std::lock_guard lock(mutex_);
-    return arrived_;
-  }
-  void open() {
-    std::lock_guard lock(mutex_);
-    open_ = true;
-    cv_.notify_all();
-  }
-  // Waits until open (true), or until the stop token fires or 20 s pass (false).
-  bool wait(std::stop_token stop) {
-    std::unique_lock lock(mutex_);
-    const auto deadline = Clock::now() + 20s;
-    while (!open_) {
-      if (stop.stop_requested() || Clock::now() >= deadline) return false;
-      cv_.wait_for(lock, 10ms);
-    }
-    return true;
-  }
-
- private:
-  std::mutex mutex_;
-  std::condition_variable cv_;
-  int arrived_ = 0;    // protected by mutex_
-  bool open_ = false;  // protected by mutex_
-};
-
 // Blocks at the gate while materializing seq 1; writes back what it saw.
 struct Blocking {
   std::string id;

@@ -9,6 +9,7 @@
 #include <sys/types.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <csignal>
 #include <cstdint>
 #include <functional>
@@ -17,6 +18,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <pqxx/pqxx>
+#include <stop_token>
 #include <string>
 #include <string_view>
 #include <thread>
@@ -188,6 +190,41 @@ struct WorkerArgs {
   int stop_grace_ms = 3000;
 };
 std::unique_ptr<Process> start_worker(const WorkerArgs& args);
+
+// A gate the test opens; materializations wait at it (arrive, then wait).
+class Gate {
+ public:
+  void arrive() {
+    std::lock_guard lock(mutex_);
+    ++arrived_;
+    cv_.notify_all();
+  }
+  int arrived() {
+    std::lock_guard lock(mutex_);
+    return arrived_;
+  }
+  void open() {
+    std::lock_guard lock(mutex_);
+    open_ = true;
+    cv_.notify_all();
+  }
+  // Waits until open (true), or until the stop token fires or 20 s pass (false).
+  bool wait(std::stop_token stop) {
+    std::unique_lock lock(mutex_);
+    const auto deadline = Clock::now() + 20s;
+    while (!open_) {
+      if (stop.stop_requested() || Clock::now() >= deadline) return false;
+      cv_.wait_for(lock, 10ms);
+    }
+    return true;
+  }
+
+ private:
+  std::mutex mutex_;
+  std::condition_variable cv_;
+  int arrived_ = 0;    // protected by mutex_
+  bool open_ = false;  // protected by mutex_
+};
 
 // ---------------------------------------------------------------- recording
 
