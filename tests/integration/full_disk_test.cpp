@@ -267,8 +267,7 @@ TEST_CASE("a full JetStream store: notify stays durable in PostgreSQL, matters c
   Runner runner(bucket);
   // While the store is full, the sweeper keeps trying; nothing stored changes
   // except through materializations that did get a token.
-  wait_until([&] { return log.text().find("did not accept a token") != std::string::npos ||
-                          log.text().find("cannot publish token") != std::string::npos; },
+  wait_until([&] { return log.text().find("NATS did not accept a token: insufficient resources") != std::string::npos; },
              20s, "dmm to report that NATS refuses its tokens", [&] { return log.text(); });
   for (const auto& [id, version] : expected) CHECK(query_matter(name, "shelf", id)->state["version"] == version);
 
