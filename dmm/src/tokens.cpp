@@ -270,23 +270,41 @@ TokenSource::~TokenSource() {
   natsSubscription_Destroy(sub_);
 }
 
-std::vector<Token> TokenSource::fetch(int max, std::chrono::milliseconds timeout) {
+// One pull request for up to `max` tokens, appended to `out`. With `no_wait`
+// the server answers at once with what is pending (possibly nothing).
+void TokenSource::pull(int max, bool no_wait, std::chrono::milliseconds timeout, std::vector<Token>& out) {
+  jsFetchRequest req;
+  jsFetchRequest_Init(&req);
+  req.Batch = max;
+  req.NoWait = no_wait;
+  req.Expires = std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
   natsMsgList list{};
-  jsErrCode jerr = static_cast<jsErrCode>(0);
-  natsStatus s = natsSubscription_Fetch(&list, sub_, max, timeout.count(), &jerr);
-  std::vector<Token> tokens;
+  natsStatus s = natsSubscription_FetchRequest(&list, sub_, &req);
   if (s == NATS_OK) {
-    tokens.reserve(list.Count);
+    out.reserve(out.size() + static_cast<std::size_t>(list.Count));
     for (int i = 0; i < list.Count; ++i) {
-      tokens.emplace_back(list.Msgs[i]);
+      out.emplace_back(list.Msgs[i]);
       list.Msgs[i] = nullptr;  // owned by the Token now
     }
-    natsMsgList_Destroy(&list);
-    return tokens;
   }
   natsMsgList_Destroy(&list);
-  if (s == NATS_TIMEOUT) return tokens;
-  throw Error(fmt::format("fetching tokens failed: {}", nats_error(s, jerr)));
+  // Nothing pending (no_wait) or nothing before the request expired.
+  if (s == NATS_OK || s == NATS_TIMEOUT || s == NATS_NOT_FOUND) return;
+  throw Error(fmt::format("fetching tokens failed: {}", nats_error(s)));
+}
+
+// A waiting pull request for a whole batch is held by the server until the
+// batch fills or the request expires, and the tokens that arrived meanwhile
+// wait in it: at low rates every token would wait out the timeout. So take
+// what is pending now; if nothing is, wait for one token only, then take
+// whatever came with it.
+std::vector<Token> TokenSource::fetch(int max, std::chrono::milliseconds timeout) {
+  std::vector<Token> tokens;
+  pull(max, true, timeout, tokens);
+  if (!tokens.empty()) return tokens;
+  pull(1, false, timeout, tokens);
+  if (!tokens.empty() && max > 1) pull(max - 1, true, timeout, tokens);
+  return tokens;
 }
 
 }  // namespace dmm::detail

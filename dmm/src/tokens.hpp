@@ -112,6 +112,8 @@ class TokenSource {
   std::vector<Token> fetch(int max, std::chrono::milliseconds timeout);
 
  private:
+  void pull(int max, bool no_wait, std::chrono::milliseconds timeout, std::vector<Token>& out);
+
   natsSubscription* sub_ = nullptr;
 };
 
