@@ -188,12 +188,15 @@ class Run {
     auto& [id, child] = workers_[slot];
     child->signal(SIGKILL);
     child->wait_exit(10s);
-    // Runs the dead process left unfinished ended no later than now.
+    // Runs the dead process left unfinished ended no later than now. A start
+    // the dead worker had sent may still commit after this (its backend runs
+    // the statement to the end): close_killed_runs() closes those at the end.
     pqxx::connection c(s_.postgres);
     pqxx::nontransaction tx(c);
-    tx.exec_params("UPDATE dmm_faults.runs SET finished = clock_timestamp(), outcome = 'killed' "
+    killed_.emplace_back(id, tx.exec1("SELECT clock_timestamp()::text")[0].as<std::string>());
+    tx.exec_params("UPDATE dmm_faults.runs SET finished = $3::timestamptz, outcome = 'killed' "
                    "WHERE bucket = $1 AND worker = $2 AND finished IS NULL",
-                   bucket_name_, id);
+                   bucket_name_, id, killed_.back().second);
     ++kills;
     start_worker(slot);
     mark_fault();
@@ -277,6 +280,19 @@ class Run {
   // Runs the scenario; adds its findings to `totals`.
   void execute(Totals& totals);
 
+  // Every run of a SIGKILLed worker ended when it was killed (or when it was
+  // recorded as started, if its start committed later). Returns how many runs
+  // were closed only now.
+  long close_killed_runs(pqxx::transaction_base& tx) {
+    long closed = 0;
+    for (const auto& [worker, at] : killed_)
+      closed += tx.exec_params("UPDATE dmm_faults.runs SET finished = greatest(started, $3::timestamptz), "
+                               "outcome = 'killed' WHERE bucket = $1 AND worker = $2 AND finished IS NULL",
+                               bucket_name_, worker, at)
+                    .affected_rows();
+    return closed;
+  }
+
  private:
   void notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running);
   void start_cluster();
@@ -297,6 +313,7 @@ class Run {
   const std::string bucket_name_;
   int next_worker_ = 0;
   std::map<int, std::pair<std::string, std::unique_ptr<Child>>> workers_;
+  std::vector<std::pair<std::string, std::string>> killed_;  // SIGKILLed worker -> when (database clock)
 };
 
 int free_port() {
@@ -474,6 +491,7 @@ void Run::execute(Totals& totals) {
   // identity ended. A run never recorded as finished (its worker was stopped
   // and is gone, so it cannot be running any more) lasts until now, the end of
   // the scenario: any later run of its identity overlaps it.
+  const long closed_late = close_killed_runs(tx);
   const long unfinished =
       tx.exec_params1("SELECT count(*) FROM dmm_faults.runs WHERE bucket = $1 AND finished IS NULL", bucket_name_)[0]
           .as<long>();
@@ -500,11 +518,11 @@ SELECT count(*) FROM (
     recovery_text = buf;
   }
 
-  std::printf("  %s: %ld runs (%ld never finished), %d kills, %d graceful stops, %d server faults, %d faults "
+  std::printf("  %s: %ld runs (%ld never finished, %ld of killed workers recorded after the kill), %d kills, %d graceful stops, %d server faults, %d faults "
               "injected (%d failed), %ld notify retries; work resumed after each fault: %s; converged %.1fs after the "
               "last fault; lost=%ld overlaps=%ld unconverged=%ld (leases left %ld) [setup %.0fs, stop and checks "
               "%.0fs, all %.0fs]\n",
-              sc_.name.c_str(), runs, unfinished, kills, graceful_stops, restarts, faults_injected, injection_failures,
+              sc_.name.c_str(), runs, unfinished, closed_late, kills, graceful_stops, restarts, faults_injected, injection_failures,
               notify_retries_, recovery_text.c_str(), converge_s, lost, overlaps, unconverged, leases_left, setup_s,
               seconds_since(checks_start), seconds_since(t0));
   if (!s_.report.empty()) {
