@@ -57,6 +57,7 @@ struct Common {
   std::string postgres, nats, bucket;
   int concurrency = 64, batch = 256;
   long token_grace_ms = 5000;  // dmm's default
+  int history_limit = 10;      // dmm's default; 0 turns the attempt history off
 };
 
 void result(const std::string& metric, double value) {
@@ -69,7 +70,8 @@ dmm::Bucket open_bucket(const Common& c) {
                                    .postgres = c.postgres,
                                    .nats = c.nats,
                                    .token_grace = std::chrono::milliseconds(c.token_grace_ms)});
-  bucket.register_kind<Noop>(kKind, {.concurrency = c.concurrency, .batch = c.batch});
+  bucket.register_kind<Noop>(kKind,
+                             {.concurrency = c.concurrency, .batch = c.batch, .history_limit = c.history_limit});
   return bucket;
 }
 
@@ -112,7 +114,8 @@ std::vector<std::string> worker_argv(const Common& c, const std::string& latency
                                    "--nats",         c.nats,     "--bucket",      c.bucket,
                                    "--concurrency",  std::to_string(c.concurrency), "--batch",
                                    std::to_string(c.batch),
-                                   "--token-grace-ms", std::to_string(c.token_grace_ms)};
+                                   "--token-grace-ms", std::to_string(c.token_grace_ms),
+                                   "--history-limit", std::to_string(c.history_limit)};
   if (!latency_out.empty()) argv.insert(argv.end(), {"--latency-out", latency_out});
   // /proc/self/exe of the child would be the child itself: resolve it here.
   char self[4096];
@@ -360,6 +363,8 @@ int main(int argc, char** argv) {
     sub->add_option("--concurrency", c.concurrency, "materializations at once per process")->capture_default_str();
     sub->add_option("--batch", c.batch, "tokens fetched and claimed per round trip")->capture_default_str();
     sub->add_option("--token-grace-ms", c.token_grace_ms, "BucketOptions::token_grace")->capture_default_str();
+    sub->add_option("--history-limit", c.history_limit, "KindOptions::history_limit (0: no attempt history)")
+        ->capture_default_str();
   };
   std::string latency_out, tmp = "/tmp";
   long n = 100'000;
