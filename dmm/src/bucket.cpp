@@ -1,6 +1,7 @@
 // Bucket: opening, the type-erased API entry points, run/stop.
 #include "dmm/bucket.hpp"
 
+#include <cctype>
 #include <fmt/format.h>
 #include <random>
 #include <spdlog/spdlog.h>
@@ -108,6 +109,39 @@ void record_dependencies(pqxx::transaction_base& tx, const BucketCore& core, con
                                     core.options.name, path));
 }
 
+std::string trimmed(std::string s) {
+  while (!s.empty() && std::isspace(static_cast<unsigned char>(s.back()))) s.pop_back();
+  return s;
+}
+
+// Runs fn on a pooled connection (see PgPool::with_connection for the
+// retries); what PostgreSQL still fails with becomes a dmm error naming the
+// bucket and the call (`what`).
+template <class Fn>
+auto in_postgres(BucketCore& core, const std::string& what, Fn&& fn) {
+  try {
+    return core.pool.with_connection(std::forward<Fn>(fn));
+  } catch (const pqxx::in_doubt_error& e) {
+    throw ConnectionError(fmt::format("bucket '{}': {}: the connection to PostgreSQL at {} broke while committing "
+                                      "({}); it may or may not have taken effect: repeat it (an absolute state is "
+                                      "safe to notify again)",
+                                      core.options.name, what, mask_url(core.options.postgres), trimmed(e.what())));
+  } catch (const pqxx::broken_connection& e) {
+    throw ConnectionError(fmt::format("bucket '{}': {}: lost the connection to PostgreSQL at {} ({}); nothing of it "
+                                      "took effect: repeat it when the server is back",
+                                      core.options.name, what, mask_url(core.options.postgres), trimmed(e.what())));
+  } catch (const pqxx::sql_error& e) {
+    throw DatabaseError(fmt::format("bucket '{}': {}: PostgreSQL refused it (SQLSTATE {}): {}; nothing of it took "
+                                    "effect",
+                                    core.options.name, what, e.sqlstate(), trimmed(e.what())),
+                        e.sqlstate());
+  }
+}
+
+std::string about(const std::string& call, const std::string& kind, std::string_view identity) {
+  return fmt::format("{} of kind '{}' identity '{}'", call, kind, identity.substr(0, 64));
+}
+
 }  // namespace
 
 BucketCore::BucketCore(BucketOptions o)
@@ -198,7 +232,12 @@ void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> m
     std::vector<JsonMatter> chunk(std::make_move_iterator(unique.begin() + begin),
                                   std::make_move_iterator(unique.begin() + std::min(unique.size(), begin + kChunk)));
     const auto deps = dependencies_of(k, chunk);
-    auto owed = core.pool.with_connection([&](pqxx::connection& conn) {
+    const auto what =
+        unique.size() == 1
+            ? about("notify", kind, chunk.front().identity)
+            : fmt::format("notify of {} matters of kind '{}' (matters {}-{}{})", unique.size(), kind, begin + 1,
+                          begin + chunk.size(), begin > 0 ? "; the ones before were stored" : "");
+    auto owed = in_postgres(core, what, [&](pqxx::connection& conn) {
       pqxx::work tx(conn);
       auto ids = upsert_matters(tx, core.options.name, kind, chunk, core.options.token_grace);
       record_dependencies(tx, core, kind, deps);
@@ -224,7 +263,7 @@ void notify_in(BucketCore& core, pqxx::transaction_base& txn, const std::string&
 std::optional<nlohmann::json> get(BucketCore& core, const std::string& kind, std::string_view identity) {
   core.kind(kind);
   validate_identity(kind, identity);
-  return core.pool.with_connection([&](pqxx::connection& conn) -> std::optional<nlohmann::json> {
+  return in_postgres(core, about("get", kind, identity), [&](pqxx::connection& conn) -> std::optional<nlohmann::json> {
     pqxx::nontransaction tx(conn);
     auto rows = tx.exec_params("SELECT state::text FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = $3",
                                core.options.name, kind, std::string(identity));
@@ -237,8 +276,8 @@ bool update(BucketCore& core, const std::string& kind, std::string_view identity
             const std::function<void(nlohmann::json&)>& change) {
   const auto& k = core.kind(kind);
   validate_identity(kind, identity);
-  std::optional<std::vector<std::int64_t>> owed = core.pool.with_connection(
-      [&](pqxx::connection& conn) -> std::optional<std::vector<std::int64_t>> {
+  std::optional<std::vector<std::int64_t>> owed = in_postgres(
+      core, about("update", kind, identity), [&](pqxx::connection& conn) -> std::optional<std::vector<std::int64_t>> {
         pqxx::work tx(conn);
         auto rows = tx.exec_params(
             "SELECT state::text FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = $3 FOR UPDATE",
@@ -265,7 +304,7 @@ bool remove(BucketCore& core, const std::string& kind, std::string_view identity
   validate_identity(kind, identity);
   const bool finalize = static_cast<bool>(k.hooks.finalize);
   const std::string id(identity);
-  auto rows = core.pool.with_connection([&](pqxx::connection& conn) {
+  auto rows = in_postgres(core, about("remove", kind, identity), [&](pqxx::connection& conn) {
     pqxx::work tx(conn);
     if (tx.exec_params("SELECT 1 FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = $3 FOR UPDATE",
                        core.options.name, kind, id)
@@ -311,7 +350,7 @@ RETURNING id, lease_until IS NULL OR lease_until < now())sql",
 bool retry(BucketCore& core, const std::string& kind, std::string_view identity) {
   core.kind(kind);
   validate_identity(kind, identity);
-  auto rows = core.pool.with_connection([&](pqxx::connection& conn) {
+  auto rows = in_postgres(core, about("retry", kind, identity), [&](pqxx::connection& conn) {
     pqxx::nontransaction tx(conn);
     return tx.exec_params(R"sql(
 UPDATE dmm.matter SET phase = CASE WHEN deleted_at IS NOT NULL THEN 'deleting' ELSE 'pending' END,
@@ -328,7 +367,7 @@ RETURNING id)sql",
 bool ready(BucketCore& core, const Dependency& dep) {
   validate_name("kind", dep.kind);
   validate_identity(dep.kind, dep.identity);
-  return core.pool.with_connection([&](pqxx::connection& conn) {
+  return in_postgres(core, about("ready", dep.kind, dep.identity), [&](pqxx::connection& conn) {
     pqxx::nontransaction tx(conn);
     auto rows = tx.exec_params(
         "SELECT 1 FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = $3 AND phase = 'ready' "

@@ -324,18 +324,21 @@ TEST_CASE("a full PostgreSQL tablespace: the refused notify changes nothing, acc
   const auto before = snapshot(conn, name);
 
   // A bulk notify of new matters needs new pages: refused as a whole, with
-  // PostgreSQL's error; nothing stored changes.
+  // PostgreSQL's error and code; nothing stored changes.
   std::vector<Shelf> big;
   for (int i = 0; i < 3000; ++i) big.push_back({.id = "new-" + std::to_string(i), .version = 1, .note = std::string(300, 'n')});
   std::string seen;
   try {
     bucket.notify_many(big);
     FAIL("a notify of 1 MB of new matters succeeded on a full tablespace");
-  } catch (const std::exception& e) {
+  } catch (const dmm::DatabaseError& e) {
     seen = e.what();
+    CHECK(e.sqlstate() == "53100");
   }
   INFO("notify on a full disk: " << seen);
-  CHECK_THAT(seen, Catch::Contains("No space left on device"));
+  CHECK_THAT(seen, Catch::Contains("No space left on device") &&
+                       Catch::Contains("bucket '" + name + "': notify of 3000 matters of kind 'shelf' (matters 1-2000)") &&
+                       Catch::Contains("nothing of it took effect"));
   CHECK(snapshot(conn, name) == before);
 
   // Workers keep running while the disk is full; small updates may or may not
@@ -349,8 +352,9 @@ TEST_CASE("a full PostgreSQL tablespace: the refused notify changes nothing, acc
         bucket.notify(Shelf{.id = id, .version = round, .note = std::string(200, 'u')});
         expected[id] = round;
         ++accepted;
-      } catch (const pqxx::sql_error& e) {
+      } catch (const dmm::DatabaseError& e) {
         CHECK(e.sqlstate() == "53100");
+        CHECK_THAT(e.what(), Catch::Contains("bucket '" + name + "': notify of kind 'shelf' identity '" + id + "'"));
         ++refused;
       }
     }

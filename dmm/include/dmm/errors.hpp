@@ -20,10 +20,24 @@ class InvalidArgument : public Error {
 };
 
 // PostgreSQL or NATS could not be reached or refused us (wrong credentials,
-// TLS mismatch). The URL in the message has its password masked.
+// TLS mismatch), or the connection broke during a call (the message says
+// whether the call may have taken effect). The URL in the message has its
+// password masked.
 class ConnectionError : public Error {
  public:
   using Error::Error;
+};
+
+// PostgreSQL refused a statement of an API call (a full disk, a statement
+// timeout, ...). sqlstate() is PostgreSQL's error code ("53100": disk full).
+// The call's transaction was rolled back: nothing of it took effect.
+class DatabaseError : public Error {
+ public:
+  DatabaseError(const std::string& what, std::string sqlstate) : Error(what), sqlstate_(std::move(sqlstate)) {}
+  const std::string& sqlstate() const noexcept { return sqlstate_; }
+
+ private:
+  std::string sqlstate_;
 };
 
 // The schema in PostgreSQL does not match the migrations this build embeds
