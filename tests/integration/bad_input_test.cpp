@@ -41,18 +41,12 @@ struct Unregistered {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Unregistered, id)
 
-// Everything stored for `bucket` (state, generation, phase, attempts, error)
-// in the database of `url` (default: the test database).
+// Everything stored for `bucket` in the database of `url` (default: the test
+// database).
 std::string bucket_snapshot(const std::string& bucket, const std::string& url = "") {
-  std::optional<pqxx::connection> own;
-  if (!url.empty()) own.emplace(url);
-  pqxx::nontransaction tx(url.empty() ? pg() : *own);
-  auto r = tx.exec_params(
-      "SELECT coalesce(string_agg(kind || '/' || identity || '=' || state::text || '@' || generation || ' ' || phase "
-      "|| ' ' || materialized_generation || ' ' || attempts || ' ' || coalesce(last_error, '-'), ';' "
-      "ORDER BY kind, identity), '') FROM dmm.matter WHERE bucket = $1",
-      bucket);
-  return r[0][0].as<std::string>();
+  if (url.empty()) return stored_snapshot(bucket);
+  pqxx::connection own(url);
+  return stored_snapshot(bucket, own);
 }
 
 template <class Fn>

@@ -38,17 +38,6 @@ void publish_raw(const std::vector<std::string>& subjects) {
   natsConnection_Destroy(nc);
 }
 
-std::string snapshot(const std::string& bucket) {
-  pqxx::nontransaction tx(pg());
-  std::string out;
-  for (const auto& r : tx.exec_params("SELECT identity, state::text, generation, phase, materialized_generation, "
-                                      "attempts, coalesce(last_error, '-') FROM dmm.matter WHERE bucket = $1 "
-                                      "ORDER BY identity",
-                                      bucket))
-    for (pqxx::row::size_type i = 0; i < r.size(); ++i) out += std::string(r[i].c_str()) + (i + 1 < r.size() ? " " : "\n");
-  return out;
-}
-
 // A bucket holding one ready matter, made by a process that has exited.
 std::string stored_bucket(const std::string& prefix) {
   const auto name = unique_name(prefix);
@@ -70,7 +59,7 @@ TEST_CASE("tokens for deleted rows and foreign messages on dmm's subjects are dr
   bucket.notify(Light{.id = "hall", .level = 3});
   Runner runner(bucket);
   wait_until([&] { return query_phase(name, "light", "hall") == "ready"; }, 20s, "hall to be ready");
-  const auto before = snapshot(name);
+  const auto before = stored_snapshot(name);
 
   publish_raw({"dmm." + name + ".light.987654321",   // a row that does not exist (deleted)
                "dmm." + name + ".light.not-a-row",   // not a row id at all
@@ -78,7 +67,7 @@ TEST_CASE("tokens for deleted rows and foreign messages on dmm's subjects are dr
                "dmm." + name + ".light.1.extra"});   // too many tokens
   Nats nats(servers().nats);
   wait_until([&] { return nats.stream_messages("DMM_" + name) == 0; }, 20s, "the worker to drop the messages");
-  CHECK(snapshot(name) == before);
+  CHECK(stored_snapshot(name) == before);
 
   // The worker is still healthy.
   bucket.notify(Light{.id = "hall", .level = 4});
@@ -92,7 +81,7 @@ TEST_CASE("a state with strings that are not UTF-8 is rejected, naming the matte
   auto bucket = open_bucket(name);
   bucket.register_kind<Light>("light", fast_kind());
   bucket.notify(Light{.id = "porch", .level = 1});
-  const auto before = snapshot(name);
+  const auto before = stored_snapshot(name);
   try {
     bucket.notify(Light{.id = "porch", .level = 2, .note = "caf\xe9 in latin-1"});
     FAIL("a state with a non-UTF-8 string was accepted");
@@ -102,23 +91,23 @@ TEST_CASE("a state with strings that are not UTF-8 is rejected, naming the matte
     CHECK(what.find("'porch'") != std::string::npos);
     CHECK(what.find("UTF-8") != std::string::npos);
   }
-  CHECK(snapshot(name) == before);
+  CHECK(stored_snapshot(name) == before);
 }
 
 TEST_CASE("garbage URLs are ConnectionErrors, not crashes", "[bad-input]") {
   const auto name = stored_bucket("url");
-  const auto before = snapshot(name);
+  const auto before = stored_snapshot(name);
   CHECK_THROWS_AS(dmm::Bucket::open({.name = name, .postgres = "not a url at all", .nats = servers().nats}),
                   dmm::ConnectionError);
   CHECK_THROWS_AS(dmm::Bucket::open({.name = name, .postgres = servers().postgres, .nats = "::::"}),
                   dmm::ConnectionError);
-  CHECK(snapshot(name) == before);
+  CHECK(stored_snapshot(name) == before);
 }
 
 TEST_CASE("a stream of that name with the wrong shape is refused with the way out", "[bad-input]") {
   // The bucket has a matter in PostgreSQL; then someone replaces its stream.
   const auto name = stored_bucket("shape");
-  const auto before = snapshot(name);
+  const auto before = stored_snapshot(name);
   natsConnection* nc = nullptr;
   jsCtx* js = nullptr;
   REQUIRE(natsConnection_ConnectTo(&nc, servers().nats.c_str()) == NATS_OK);
@@ -150,7 +139,7 @@ TEST_CASE("a stream of that name with the wrong shape is refused with the way ou
   CHECK(si->Config->Retention == js_LimitsPolicy);
   CHECK(si->State.Msgs == 1);
   jsStreamInfo_Destroy(si);
-  CHECK(snapshot(name) == before);
+  CHECK(stored_snapshot(name) == before);
   js_DeleteStream(js, stream.c_str(), nullptr, nullptr);
   jsCtx_Destroy(js);
   natsConnection_Destroy(nc);
@@ -185,15 +174,15 @@ TEST_CASE("malformed JSON cannot reach a matter's row: the jsonb column refuses 
   auto bucket = open_bucket(name);
   bucket.register_kind<Light>("light", fast_kind());
   bucket.notify(Light{.id = "cellar", .level = 7});
-  const auto before = snapshot(name);
+  const auto before = stored_snapshot(name);
   {
-    // Closed before snapshot() opens its own on the same connection.
+    // Closed before stored_snapshot() opens its own on the same connection.
     pqxx::nontransaction tx(pg());
     CHECK_THROWS_AS(tx.exec_params("UPDATE dmm.matter SET state = $2::jsonb WHERE bucket = $1", name,
                                    std::string("{\"id\": \"cellar\", \"level\": ")),
                     pqxx::data_exception);
   }
-  CHECK(snapshot(name) == before);
+  CHECK(stored_snapshot(name) == before);
 }
 
 TEST_CASE("valid JSON of the wrong shape in a row fails that matter, naming it, and keeps its state",

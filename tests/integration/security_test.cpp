@@ -112,17 +112,6 @@ void make_certificate(const std::filesystem::path& dir) {
   REQUIRE(std::system(cmd.c_str()) == 0);
 }
 
-// Everything stored for `bucket` in the test database.
-std::string snapshot(const std::string& bucket) {
-  pqxx::nontransaction tx(pg());
-  std::string out;
-  for (const auto& r : tx.exec_params("SELECT identity, state::text, generation, phase, materialized_generation, "
-                                      "attempts FROM dmm.matter WHERE bucket = $1 ORDER BY identity",
-                                      bucket))
-    for (pqxx::row::size_type i = 0; i < r.size(); ++i) out += std::string(r[i].c_str()) + (i + 1 < r.size() ? " " : "\n");
-  return out;
-}
-
 // A bucket with one ready matter, stored through the trusted test URLs.
 std::string stored_bucket(const std::string& prefix) {
   const auto name = unique_name(prefix);
@@ -170,7 +159,7 @@ TEST_CASE("a wrong PostgreSQL password is a ConnectionError that masks the passw
   ensure_password_role();
   CapturedLog log;
   const auto name = stored_bucket("pgwrong");
-  const auto before = snapshot(name);
+  const auto before = stored_snapshot(name);
   const std::string wrong = "Wrong-Pass-55";
   const auto url = "postgresql://dmm_pw:" + wrong + "@127.0.0.1:" + std::to_string(pg_port()) + "/dmm";
   try {
@@ -183,7 +172,7 @@ TEST_CASE("a wrong PostgreSQL password is a ConnectionError that masks the passw
     CHECK(what.find("password authentication failed") != std::string::npos);
   }
   CHECK(log.text().find(wrong) == std::string::npos);
-  CHECK(snapshot(name) == before);
+  CHECK(stored_snapshot(name) == before);
 }
 
 TEST_CASE("sslmode=verify-full with a CA that did not sign the server's certificate is refused", "[security]") {
@@ -191,11 +180,11 @@ TEST_CASE("sslmode=verify-full with a CA that did not sign the server's certific
   std::filesystem::create_directories(dir);
   make_certificate(dir);
   const auto name = stored_bucket("pgca");
-  const auto before = snapshot(name);
+  const auto before = stored_snapshot(name);
   const auto url = "postgresql://postgres@127.0.0.1:" + std::to_string(pg_port()) +
                    "/dmm?sslmode=verify-full&sslrootcert=" + (dir / "cert.pem").string();
   CHECK_THROWS_AS(dmm::Bucket::open({.name = name, .postgres = url, .nats = servers().nats}), dmm::ConnectionError);
-  CHECK(snapshot(name) == before);
+  CHECK(stored_snapshot(name) == before);
   std::filesystem::remove_all(dir);
 }
 
@@ -206,7 +195,7 @@ TEST_CASE("NATS with user and password works, and a wrong password is masked", "
   const auto good = "nats://dmm:" + std::string(kNatsPassword) + "@127.0.0.1:" + std::to_string(nats.port);
   const auto name = unique_name("natsauth");
   converge_one({.name = name, .postgres = servers().postgres, .nats = good, .logger = log.logger});
-  const auto before = snapshot(name);
+  const auto before = stored_snapshot(name);
   REQUIRE_FALSE(before.empty());
 
   const std::string wrong = "not-the-Pass-12";
@@ -224,7 +213,7 @@ TEST_CASE("NATS with user and password works, and a wrong password is masked", "
   const auto text = log.text();
   CHECK(text.find(kNatsPassword) == std::string::npos);
   CHECK(text.find(wrong) == std::string::npos);
-  CHECK(snapshot(name) == before);
+  CHECK(stored_snapshot(name) == before);
 }
 
 TEST_CASE("NATS over TLS works with the CA, and is refused without it or over plain nats://", "[security]") {
@@ -240,7 +229,7 @@ TEST_CASE("NATS over TLS works with the CA, and is refused without it or over pl
                 .postgres = servers().postgres,
                 .nats = "tls://127.0.0.1:" + port,
                 .nats_ca_file = (certs / "cert.pem").string()});
-  const auto before = snapshot(name);
+  const auto before = stored_snapshot(name);
   REQUIRE_FALSE(before.empty());
   // Without the CA the self-signed certificate is not trusted.
   CHECK_THROWS_AS(
@@ -250,7 +239,7 @@ TEST_CASE("NATS over TLS works with the CA, and is refused without it or over pl
   CHECK_THROWS_AS(
       dmm::Bucket::open({.name = name, .postgres = servers().postgres, .nats = "nats://127.0.0.1:" + port}),
       dmm::ConnectionError);
-  CHECK(snapshot(name) == before);
+  CHECK(stored_snapshot(name) == before);
   std::filesystem::remove_all(certs);
 }
 

@@ -233,6 +233,19 @@ std::int64_t count_converged(const std::string& bucket, const std::string& kind)
   return count_matters(bucket, kind, "phase = 'ready' AND materialized_generation = generation");
 }
 
+std::string stored_snapshot(const std::string& bucket) { return stored_snapshot(bucket, pg()); }
+
+std::string stored_snapshot(const std::string& bucket, pqxx::connection& conn) {
+  pqxx::nontransaction tx(conn);
+  std::string out;
+  for (const auto& r : tx.exec_params("SELECT kind, identity, state::text, generation, phase, materialized_generation, "
+                                      "attempts, coalesce(last_error, '-') FROM dmm.matter WHERE bucket = $1 "
+                                      "ORDER BY kind, identity",
+                                      bucket))
+    for (pqxx::row::size_type i = 0; i < r.size(); ++i) out += std::string(r[i].c_str()) + (i + 1 < r.size() ? " " : "\n");
+  return out;
+}
+
 std::string describe_unconverged(const std::string& bucket, int limit) {
   pqxx::nontransaction tx(pg());
   auto r = tx.exec_params(

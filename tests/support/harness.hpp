@@ -125,6 +125,12 @@ std::int64_t count_matters(const std::string& bucket, const std::string& kind = 
                            const std::string& where = "true");
 // Rows that are ready with nothing owed: phase ready and materialized_generation = generation.
 std::int64_t count_converged(const std::string& bucket, const std::string& kind);
+// Everything stored for `bucket` (kind, identity, state, generation, phase,
+// materialized generation, attempts, last error), one matter a line, in the
+// database of `conn` (default: the test database): tests compare it before
+// and after a bad call to show that nothing stored changed.
+std::string stored_snapshot(const std::string& bucket);
+std::string stored_snapshot(const std::string& bucket, pqxx::connection& conn);
 // Up to `limit` rows of the bucket that are not converged, one per line.
 std::string describe_unconverged(const std::string& bucket, int limit = 10);
 
