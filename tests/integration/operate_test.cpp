@@ -7,6 +7,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <random>
 #include <cstdlib>
 #include <filesystem>
 #include <httplib.h>
@@ -316,14 +317,16 @@ TEST_CASE("attempts older than history_retention are pruned, newer ones kept", "
   auto bucket = open_bucket(name, [](dmm::BucketOptions& o) { o.history_retention = std::chrono::hours(24); });
   bucket.register_kind<Op>("op", fast_kind());
   bucket.notify(Op{"fresh"});
-  // Two attempts of a matter that is long gone, one older than the retention.
+  // Two attempts of a matter that is long gone (a row id no matter has; the
+  // history's key is not per bucket), one older than the retention.
+  const std::string gone = std::to_string(-1 - static_cast<long>(std::random_device{}() % 1'000'000'000));
   {
     pqxx::work tx(pg());
     tx.exec_params(
         "INSERT INTO dmm.attempt (matter_id, slot, seq, bucket, generation, attempt, started_at, duration_ms, outcome, "
-        "worker) VALUES (-1, 0, 0, $1, 1, 1, now() - interval '2 days', 1, 'done', 'test'), "
-        "(-1, 1, 1, $1, 1, 1, now() - interval '1 hour', 1, 'done', 'test')",
-        name);
+        "worker) VALUES ($2, 0, 0, $1, 1, 1, now() - interval '2 days', 1, 'done', 'test'), "
+        "($2, 1, 1, $1, 1, 1, now() - interval '1 hour', 1, 'done', 'test')",
+        name, std::stoll(gone));
     tx.commit();
   }
   auto history_rows = [&](const std::string& where) {
@@ -333,8 +336,8 @@ TEST_CASE("attempts older than history_retention are pruned, newer ones kept", "
   Runner runner(bucket);  // its sweeper prunes soon after it starts
   wait_until([&] { return history_rows("started_at < now() - interval '1 day'") == 0; }, 30s,
              "the attempt older than the retention to be pruned");
-  CHECK(history_rows("matter_id = -1") == 1);  // the hour-old one stays
-  wait_until([&] { return history_rows("matter_id <> -1") == 1; }, 10s, "fresh's attempt to be recorded");
+  CHECK(history_rows("matter_id = " + gone) == 1);  // the hour-old one stays
+  wait_until([&] { return history_rows("matter_id <> " + gone) == 1; }, 10s, "fresh's attempt to be recorded");
 }
 
 TEST_CASE("the HTTP endpoint serves metrics, health, readiness and a web view Chromium can show", "[operate]") {
