@@ -59,9 +59,6 @@ class Nats {
   // Counts publish errors per kind in `metrics` from now on (set once, before
   // the first publish; it must outlive this connection).
   void count_errors_in(Metrics* metrics) { metrics_ = metrics; }
-  // Publishes rejected because the matter's token was still pending (the
-  // stream keeps the first: DiscardNewPerSubject): not errors, counted here.
-  std::uint64_t already_pending() const { return already_pending_.load(); }
   // True while the connection to NATS is up (not reconnecting or closed).
   bool connected();
 
@@ -78,7 +75,6 @@ class Nats {
   natsConnection* conn_ = nullptr;  // thread-safe per nats.c
   jsCtx* js_ = nullptr;
   std::atomic<std::uint64_t> publish_errors_{0};
-  std::atomic<std::uint64_t> already_pending_{0};
   Metrics* metrics_ = nullptr;  // set once before publishing; thread-safe
   std::atomic<std::int64_t> last_error_log_ms_{0};
 };
