@@ -133,9 +133,9 @@ std::int64_t wait_running(bench::Child& child) {
 }
 
 // Waits until every matter of the bucket is ready at its latest generation,
-// as stored in dmm.matter; returns when that was seen. Rows still owed work
-// have kick_at set (it is NULL only for ready or failed matters), and the
-// partial index on kick_at finds them. Counting them costs the server real
+// as stored in dmm.matter; returns when that was seen. Matters still owed work
+// have a row in dmm.kick (it is deleted when they are ready or failed), and
+// its index on (bucket, kind, kick_at) finds them. Counting them costs the server real
 // CPU, so it counts at most every 500 ms (to estimate when the work ends)
 // and in between only asks whether any is left, more often near the end.
 Clock::time_point wait_all_ready(pqxx::connection& conn, const std::string& bucket, long expected,
@@ -149,16 +149,14 @@ Clock::time_point wait_all_ready(pqxx::connection& conn, const std::string& buck
     const auto now = Clock::now();
     bool any_left;
     if (counted < 0 || now - counted_at >= 500ms) {
-      const long left = tx.exec_params1("SELECT count(*) FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND "
-                                        "kick_at IS NOT NULL",
+      const long left = tx.exec_params1("SELECT count(*) FROM dmm.kick WHERE bucket = $1 AND kind = $2",
                                         bucket, kKind)[0]
                             .as<long>();
       if (counted > left)
         per_ms = double(counted - left) / std::chrono::duration<double, std::milli>(now - counted_at).count();
       counted = left, counted_at = now, any_left = left > 0;
     } else {
-      any_left = tx.exec_params1("SELECT EXISTS (SELECT 1 FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND "
-                                 "kick_at IS NOT NULL)",
+      any_left = tx.exec_params1("SELECT EXISTS (SELECT 1 FROM dmm.kick WHERE bucket = $1 AND kind = $2)",
                                  bucket, kKind)[0]
                      .as<bool>();
     }
@@ -183,6 +181,7 @@ Clock::time_point wait_all_ready(pqxx::connection& conn, const std::string& buck
 void drop_bucket_rows(pqxx::connection& conn, const std::string& bucket) {
   pqxx::nontransaction tx(conn);
   tx.exec_params("DELETE FROM dmm.matter WHERE bucket = $1", bucket);
+  tx.exec_params("DELETE FROM dmm.kick WHERE bucket = $1", bucket);
   // Attempt history (migration 0002), so that every run starts alike.
   if (!tx.exec1("SELECT to_regclass('dmm.attempt') IS NULL")[0].as<bool>())
     tx.exec_params("DELETE FROM dmm.attempt WHERE bucket = $1", bucket);
@@ -226,7 +225,7 @@ int run_throughput(const Common& c, long n, int workers, bool analyze_during_not
   if (discard_new) create_discard_new_stream(c);
   {
     auto bucket = open_bucket(c);  // migrates, creates the stream and consumer
-    pqxx::nontransaction(conn).exec_params("DELETE FROM dmm.matter WHERE bucket = $1", c.bucket);
+    drop_bucket_rows(conn, c.bucket);
     std::vector<Noop> chunk;
     const auto t0 = Clock::now();
     for (long i = 0; i < n;) {
@@ -270,7 +269,7 @@ double percentile(std::vector<std::int64_t>& v, double p) {
 
 int run_latency(const Common& c, double rate, double seconds, int threads, const std::string& tmp) {
   pqxx::connection conn(c.postgres);
-  pqxx::nontransaction(conn).exec_params("DELETE FROM dmm.matter WHERE bucket = $1", c.bucket);
+  drop_bucket_rows(conn, c.bucket);
   const std::string latency_file = tmp + "/latency-" + c.bucket + ".txt";
   auto bucket = open_bucket(c);
   bench::Child worker(worker_argv(c, latency_file));
@@ -318,7 +317,7 @@ int run_latency(const Common& c, double rate, double seconds, int threads, const
 int run_memory(const Common& c, const std::vector<long>& sizes, int due, int runs, int settle_ms) {
   pqxx::connection conn(c.postgres);
   auto bucket = open_bucket(c);
-  pqxx::nontransaction(conn).exec_params("DELETE FROM dmm.matter WHERE bucket = $1", c.bucket);
+  drop_bucket_rows(conn, c.bucket);
   long stored = 0;
   for (long size : sizes) {
     for (; stored < size;) {

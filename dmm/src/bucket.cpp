@@ -254,7 +254,7 @@ void notify_in(BucketCore& core, pqxx::transaction_base& txn, const std::string&
   std::vector<JsonMatter> one;
   one.push_back(std::move(matter));
   const auto deps = dependencies_of(k, one);
-  // kick_at = now(): a sweeper woken by the NOTIFY at commit publishes it.
+  // Kicked now: a sweeper woken by the NOTIFY at commit publishes its token.
   upsert_matters(txn, core.options.name, kind, one, std::chrono::milliseconds(0), false);
   record_dependencies(txn, core, kind, deps);
   txn.exec_params("SELECT pg_notify($1, $2)", std::string(kWakeChannel), core.options.name);
@@ -324,6 +324,7 @@ bool remove(BucketCore& core, const std::string& kind, std::string_view identity
       result = tx.exec_params(
           "DELETE FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = $3 RETURNING id, false",
           core.options.name, kind, id);
+      forget_kicks(tx, {result[0][0].as<std::int64_t>()});
       delete_dependencies(tx, core.options.name, kind, id);
     } else {
       // Like a notify of "gone": a new generation that owes a finalize.
@@ -332,12 +333,11 @@ UPDATE dmm.matter SET
   deleted_at = coalesce(deleted_at, now()),
   generation = generation + 1,
   phase = CASE WHEN lease_until >= now() THEN phase ELSE 'deleting' END,
-  attempts = 0, last_error = NULL, due_at = now(),
-  kick_at = CASE WHEN lease_until >= now() THEN kick_at ELSE now() + $4 * interval '1 millisecond' END,
-  updated_at = now()
+  attempts = 0, last_error = NULL, due_at = now(), updated_at = now()
 WHERE bucket = $1 AND kind = $2 AND identity = $3
 RETURNING id, lease_until IS NULL OR lease_until < now())sql",
-                              core.options.name, kind, id, core.options.token_grace.count());
+                              core.options.name, kind, id);
+      arm_kicks(tx, {result[0][0].as<std::int64_t>()}, core.options.token_grace);
     }
     tx.commit();
     return result;
@@ -351,13 +351,16 @@ bool retry(BucketCore& core, const std::string& kind, std::string_view identity)
   core.kind(kind);
   validate_identity(kind, identity);
   auto rows = in_postgres(core, about("retry", kind, identity), [&](pqxx::connection& conn) {
-    pqxx::nontransaction tx(conn);
-    return tx.exec_params(R"sql(
+    pqxx::work tx(conn);
+    auto result = tx.exec_params(R"sql(
 UPDATE dmm.matter SET phase = CASE WHEN deleted_at IS NOT NULL THEN 'deleting' ELSE 'pending' END,
-  attempts = 0, due_at = now(), kick_at = now() + $4 * interval '1 millisecond', updated_at = now()
+  attempts = 0, due_at = now(), updated_at = now()
 WHERE bucket = $1 AND kind = $2 AND identity = $3 AND phase IN ('failed', 'retrying')
 RETURNING id)sql",
-                          core.options.name, kind, std::string(identity), core.options.token_grace.count());
+                                 core.options.name, kind, std::string(identity));
+    if (!result.empty()) arm_kicks(tx, {result[0][0].as<std::int64_t>()}, core.options.token_grace);
+    tx.commit();
+    return result;
   });
   if (rows.empty()) return false;
   core.publish(kind, {rows[0][0].as<std::int64_t>()});

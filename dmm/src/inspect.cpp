@@ -8,6 +8,7 @@
 #include "dmm/dependency.hpp"
 #include "dmm/errors.hpp"
 #include "dmm/url.hpp"
+#include "sql.hpp"
 #include "store.hpp"
 
 namespace dmm {
@@ -78,7 +79,7 @@ SELECT id, kind, identity, phase, generation, materialized_generation, attempts,
  WHERE {}
  ORDER BY kind, identity
  LIMIT $5)sql",
-                               iso("due_at"), iso("kick_at"), iso("lease_until"), iso("leased_at"),
+                               iso("due_at"), iso("(SELECT k.kick_at FROM dmm.kick k WHERE k.matter_id = matter.id)"), iso("lease_until"), iso("leased_at"),
                                iso("created_at"), iso("updated_at"), kMatch);
   auto rows = tx.exec_params(sql, q.bucket, q.kind, q.identity, q.phase, q.limit);
   std::vector<MatterStatus> out;
@@ -171,11 +172,13 @@ std::int64_t retry_matters(const InspectQuery& q) {
   pqxx::work tx(*conn);
   auto rows = tx.exec_params(fmt::format(R"sql(
 UPDATE dmm.matter SET phase = CASE WHEN deleted_at IS NOT NULL THEN 'deleting' ELSE 'pending' END,
-  attempts = 0, due_at = now(), kick_at = now(), updated_at = now()
+  attempts = 0, due_at = now(), updated_at = now()
 WHERE {} AND phase IN ('failed', 'retrying')
 RETURNING id)sql",
                                          kMatch),
                              q.bucket, q.kind, q.identity, q.phase);
+  // Kicked now: the sweepers woken at commit send the tokens.
+  detail::arm_kicks(tx, detail::ids_of(rows), std::chrono::milliseconds(0));
   if (!rows.empty()) tx.exec_params(wake_sql(), q.bucket);
   tx.commit();
   return static_cast<std::int64_t>(rows.size());
@@ -210,6 +213,7 @@ edges AS (DELETE FROM dmm.dependency d USING gone g
 SELECT id FROM gone)sql",
                                       kMatch),
                           q.bucket, q.kind, q.identity, q.phase);
+    detail::forget_kicks(tx, detail::ids_of(rows));
   } else {
     // Like Bucket::remove of a type with finalize: a new generation that owes
     // a finalize; the worker deletes the row after it (at once without one).
@@ -218,13 +222,12 @@ UPDATE dmm.matter SET
   deleted_at = coalesce(deleted_at, now()),
   generation = generation + 1,
   phase = CASE WHEN lease_until >= now() THEN phase ELSE 'deleting' END,
-  attempts = 0, last_error = NULL, due_at = now(),
-  kick_at = CASE WHEN lease_until >= now() THEN kick_at ELSE now() END,
-  updated_at = now()
+  attempts = 0, last_error = NULL, due_at = now(), updated_at = now()
 WHERE {}
 RETURNING id)sql",
                                       kMatch),
                           q.bucket, q.kind, q.identity, q.phase);
+    detail::arm_kicks(tx, detail::ids_of(rows), std::chrono::milliseconds(0));
     if (!rows.empty()) tx.exec_params(wake_sql(), q.bucket);
   }
   tx.commit();

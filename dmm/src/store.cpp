@@ -10,15 +10,23 @@ namespace {
 
 // Lock order: every statement that may wait for row locks takes them in id
 // order first (the `locked` CTEs, consumed whole by a scalar subquery before
-// any row changes), so concurrent batches cannot deadlock. Claim and sweep
-// never wait: they skip locked rows, whose holder always leaves a token
-// behind (a notify publishes, a write-back or release publishes, a
-// transactional notify wakes the sweeper).
+// any row changes), so concurrent batches cannot deadlock. A matter's
+// dmm.kick row is written only by a statement holding the matter's row lock,
+// or by the sweep, which never waits. Claim and sweep skip locked rows, whose
+// holder always leaves a token behind (a notify publishes, a write-back or
+// release publishes, a transactional notify wakes the sweeper).
+//
+// dmm.kick (migration 0005) holds when the sweeper should look at a matter
+// again; claim and write-back change no indexed column of dmm.matter, so
+// PostgreSQL updates those rows in place (HOT). Invariant: a matter with
+// due_at set has a dmm.kick row.
 //
 // A different state bumps the generation and owes work now; the same state is
 // a no-op (unless the matter was being removed: a notify cancels that). A
-// leased matter keeps its phase and kick_at: the holder's write-back sees the
-// new generation and re-arms it.
+// leased matter keeps its phase, and is looked at no later than its lease's
+// end: the holder's write-back sees the new generation and re-arms it. A kick
+// only ever moves earlier here (least): an early look is harmless, a late one
+// delays a lost token.
 // The rows to lock are found one identity at a time (a LATERAL lookup by the
 // full unique key, then one by primary key per row, in id order): plans that
 // stay index probes whatever the statistics say. `identity IN (SELECT ...)`
@@ -33,23 +41,29 @@ WITH r AS (
 ), locked AS (
   SELECT l.id FROM (SELECT id FROM found ORDER BY id) s
    CROSS JOIN LATERAL (SELECT id FROM dmm.matter WHERE id = s.id FOR UPDATE) l
+), up AS (
+  INSERT INTO dmm.matter AS m (bucket, kind, identity, state, due_at)
+  SELECT $1, $2, r.identity, r.state, now()
+    FROM r WHERE (SELECT count(*) FROM locked) >= 0
+   ORDER BY r.identity
+  ON CONFLICT (bucket, kind, identity) DO UPDATE SET
+    state = EXCLUDED.state,
+    generation = m.generation + 1,
+    phase = CASE WHEN m.lease_until >= now() THEN m.phase ELSE 'pending' END,
+    attempts = 0,
+    last_error = NULL,
+    due_at = now(),
+    deleted_at = NULL,
+    updated_at = now()
+  WHERE m.state IS DISTINCT FROM EXCLUDED.state OR m.deleted_at IS NOT NULL
+  RETURNING m.id, m.lease_until >= now() AS leased, m.lease_until
+), kick AS (
+  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at)
+  SELECT id, $1, $2, CASE WHEN leased THEN lease_until ELSE now() + $4 * interval '1 millisecond' END
+    FROM up ORDER BY id
+  ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at)
 )
-INSERT INTO dmm.matter AS m (bucket, kind, identity, state, due_at, kick_at)
-SELECT $1, $2, r.identity, r.state, now(), now() + $4 * interval '1 millisecond'
-  FROM r WHERE (SELECT count(*) FROM locked) >= 0
- ORDER BY r.identity
-ON CONFLICT (bucket, kind, identity) DO UPDATE SET
-  state = EXCLUDED.state,
-  generation = m.generation + 1,
-  phase = CASE WHEN m.lease_until >= now() THEN m.phase ELSE 'pending' END,
-  attempts = 0,
-  last_error = NULL,
-  due_at = now(),
-  kick_at = CASE WHEN m.lease_until >= now() THEN m.kick_at ELSE EXCLUDED.kick_at END,
-  deleted_at = NULL,
-  updated_at = now()
-WHERE m.state IS DISTINCT FROM EXCLUDED.state OR m.deleted_at IS NOT NULL
-RETURNING m.id, m.lease_until IS NULL OR m.lease_until < now()
+SELECT id, leased IS NOT TRUE FROM up
 )sql";
 
 constexpr const char* kClaim = R"sql(
@@ -62,7 +76,6 @@ WITH free AS (
 UPDATE dmm.matter m SET
   lease_owner = $4,
   lease_until = now() + $5 * interval '1 millisecond',
-  kick_at = now() + $5 * interval '1 millisecond',
   lease_epoch = m.lease_epoch + 1,
   leased_at = now(),
   phase = CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'reconciling' END,
@@ -127,10 +140,6 @@ WITH r AS (
     due_at = CASE WHEN m.generation <> r.gen OR r.woken OR r.outcome = 'release' THEN now()
                   WHEN r.outcome IN ('done', 'failed') THEN NULL
                   ELSE now() + r.delay_ms * interval '1 millisecond' END,
-    kick_at = CASE WHEN m.generation <> r.gen OR r.woken OR r.outcome = 'release'
-                     THEN now() + $2 * interval '1 millisecond'
-                   WHEN r.outcome IN ('done', 'failed') THEN NULL
-                   ELSE now() + r.delay_ms * interval '1 millisecond' END,
     lease_owner = NULL,
     lease_until = NULL,
     lease_epoch = m.lease_epoch + 1,
@@ -140,10 +149,12 @@ WITH r AS (
   WHERE m.id = r.id AND m.lease_epoch = r.epoch AND (r.outcome <> 'finalized' OR m.generation <> r.gen)
     AND (SELECT count(*) FROM locked) >= 0
   RETURNING m.id, m.kind, m.due_at <= now() AS owed_now, m.attempt_seq, r.gen, r.attempt, r.started_ms,
-            r.duration_ms, r.outcome, r.error
+            r.duration_ms, r.outcome, r.error,
+            CASE WHEN m.due_at > now() THEN m.due_at
+                 WHEN m.due_at IS NOT NULL THEN now() + $2 * interval '1 millisecond' END AS next_kick
 ), woken AS (
-  -- As a notify of the stored state: a leased dependent keeps its phase and
-  -- kick_at, and its holder's write-back sees the new generation.
+  -- As a notify of the stored state: a leased dependent keeps its phase, and
+  -- its holder's write-back sees the new generation.
   UPDATE dmm.matter m SET
     generation = m.generation + 1,
     phase = CASE WHEN m.lease_until >= now() THEN m.phase
@@ -151,11 +162,25 @@ WITH r AS (
     attempts = 0,
     last_error = NULL,
     due_at = now(),
-    kick_at = CASE WHEN m.lease_until >= now() THEN m.kick_at ELSE now() + $2 * interval '1 millisecond' END,
     updated_at = now()
   FROM dependents w
   WHERE m.id = w.id AND m.id NOT IN (SELECT id FROM kept) AND (SELECT count(*) FROM locked) >= 0
-  RETURNING m.id, m.kind, m.lease_until IS NULL OR m.lease_until < now() AS owed_now
+  RETURNING m.id, m.kind, m.lease_until IS NULL OR m.lease_until < now() AS owed_now,
+            CASE WHEN m.lease_until >= now() THEN m.lease_until
+                 ELSE now() + $2 * interval '1 millisecond' END AS next_kick
+), kick_set AS (
+  -- When the sweeper looks at them next: the retry's due time, or a grace
+  -- after now for the tokens published at once, or the lease's end.
+  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at)
+  SELECT id, $4, kind, next_kick
+    FROM (SELECT id, kind, next_kick FROM kept WHERE next_kick IS NOT NULL
+          UNION ALL SELECT id, kind, next_kick FROM woken) s
+   ORDER BY id
+  ON CONFLICT (matter_id) DO UPDATE SET kick_at = EXCLUDED.kick_at
+), kick_drop AS (
+  -- Nothing owed (done, failed) or gone: no token either.
+  DELETE FROM dmm.kick k
+   WHERE k.matter_id = ANY (ARRAY(SELECT id FROM kept WHERE next_kick IS NULL UNION ALL SELECT id FROM gone))
 ), history AS (
   INSERT INTO dmm.attempt AS a
     (matter_id, slot, seq, bucket, generation, attempt, started_at, duration_ms, outcome, error, worker)
@@ -223,38 +248,49 @@ WITH h AS (SELECT unnest($1::bigint[]) AS id, unnest($2::bigint[]) AS epoch),
 locked AS (SELECT id FROM dmm.matter WHERE id IN (SELECT id FROM h) ORDER BY id FOR UPDATE),
 renewed AS (
   UPDATE dmm.matter m SET
-    lease_until = now() + $3 * interval '1 millisecond',
-    kick_at = now() + $3 * interval '1 millisecond'
+    lease_until = now() + $3 * interval '1 millisecond'
   FROM h WHERE m.id = h.id AND m.lease_epoch = h.epoch AND (SELECT count(*) FROM locked) >= 0
   RETURNING m.id
 )
 SELECT h.id FROM h WHERE h.id NOT IN (SELECT id FROM renewed)
 )sql";
 
+// The sweeper's statement. Of the kicks that came due (skipping rows locked by
+// a writer, who leaves a token behind), it publishes for the matters that are
+// due and not leased, and re-arms their kick a grace ($4) later; a leased
+// matter is looked at again when its lease ends, one not yet due when it is;
+// the kick of a matter that owes nothing (or is gone) is deleted. The matter
+// rows are read, not locked: a writer changing one at the same time waits
+// for this statement's kick row lock and then writes its own kick.
 constexpr const char* kSweep = R"sql(
-WITH owed AS (
-  SELECT id FROM dmm.matter
+WITH due AS (
+  SELECT matter_id FROM dmm.kick
    WHERE bucket = $1 AND kind = $2 AND kick_at <= now()
    ORDER BY kick_at
    LIMIT $3
    FOR UPDATE SKIP LOCKED
+), looked AS (
+  SELECT d.matter_id, m.due_at IS NOT NULL AS owed,
+         CASE WHEN m.lease_until >= now() THEN m.lease_until
+              WHEN m.due_at > now() THEN m.due_at END AS later
+    FROM due d LEFT JOIN dmm.matter m ON m.id = d.matter_id
+), dropped AS (
+  DELETE FROM dmm.kick k USING looked l WHERE k.matter_id = l.matter_id AND l.owed IS NOT TRUE
+  RETURNING k.matter_id
+), rearmed AS (
+  UPDATE dmm.kick k SET kick_at = coalesce(l.later, now() + $4 * interval '1 millisecond')
+    FROM looked l WHERE k.matter_id = l.matter_id AND l.owed
+  RETURNING k.matter_id, l.later IS NULL AS publish
 )
-UPDATE dmm.matter m SET kick_at = now() + $4 * interval '1 millisecond'
-  FROM owed WHERE m.id = owed.id
-RETURNING m.id
+SELECT matter_id, publish FROM rearmed
+UNION ALL
+SELECT matter_id, false FROM dropped
 )sql";
 
 constexpr const char* kNextKick = R"sql(
 SELECT (extract(epoch FROM (min(kick_at) - clock_timestamp())) * 1000)::bigint
-  FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND kick_at IS NOT NULL
+  FROM dmm.kick WHERE bucket = $1 AND kind = $2
 )sql";
-
-std::vector<std::int64_t> ids_of(const pqxx::result& rows) {
-  std::vector<std::int64_t> ids;
-  ids.reserve(rows.size());
-  for (const auto& row : rows) ids.push_back(row[0].as<std::int64_t>());
-  return ids;
-}
 
 }  // namespace
 
@@ -310,6 +346,21 @@ std::optional<std::vector<std::string>> store_dependencies(pqxx::transaction_bas
   auto rows = txn.exec_params(kFindCycle, bucket, kind, identities.dump());
   if (rows.empty()) return std::nullopt;
   return nlohmann::json::parse(rows[0][0].as<std::string>()).get<std::vector<std::string>>();
+}
+
+void arm_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& ids, std::chrono::milliseconds grace) {
+  if (ids.empty()) return;
+  txn.exec_params(R"sql(
+INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at)
+SELECT id, bucket, kind, CASE WHEN lease_until >= now() THEN lease_until ELSE now() + $2 * interval '1 millisecond' END
+  FROM dmm.matter WHERE id = ANY ($1::bigint[]) AND due_at IS NOT NULL
+ ORDER BY id
+ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at))sql",
+                  bigint_array(ids), grace.count());
+}
+
+void forget_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& ids) {
+  if (!ids.empty()) txn.exec_params("DELETE FROM dmm.kick WHERE matter_id = ANY ($1::bigint[])", bigint_array(ids));
 }
 
 std::vector<Dependency> dependents_of(pqxx::transaction_base& txn, const std::string& bucket, const std::string& kind,
@@ -383,10 +434,15 @@ std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<st
   return ids_of(tx.exec_prepared("dmm_heartbeat", bigint_array(ids), bigint_array(epochs), ttl.count()));
 }
 
-std::vector<std::int64_t> sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,
-                                std::chrono::milliseconds grace) {
+Swept sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,
+            std::chrono::milliseconds grace) {
   pqxx::nontransaction tx(conn);
-  return ids_of(tx.exec_prepared("dmm_sweep", bucket, kind, limit, grace.count()));
+  Swept swept;
+  for (const auto& row : tx.exec_prepared("dmm_sweep", bucket, kind, limit, grace.count())) {
+    ++swept.looked;
+    if (row[1].as<bool>()) swept.owed.push_back(row[0].as<std::int64_t>());
+  }
+  return swept;
 }
 
 std::int64_t prune_history(pqxx::connection& conn, const std::string& bucket, std::chrono::milliseconds retention,

@@ -17,6 +17,13 @@ namespace dmm::detail {
 void prepare_statements(pqxx::connection& conn);
 
 // A row to publish a token for after commit.
+// After a statement that made the matters `ids` due (remove, retry): the
+// sweeper looks at each no later than `grace` from now (a leased one at its
+// lease's end), so a token lost on the way is sent again.
+void arm_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& ids, std::chrono::milliseconds grace);
+// After deleting the matters `ids`: their kicks go too.
+void forget_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& ids);
+
 struct TokenOwed {
   std::int64_t id;
   std::string kind;
@@ -24,7 +31,7 @@ struct TokenOwed {
 
 // Upserts absolute states (identities unique within `matters`). Returns the
 // rows that changed and are not leased: their tokens are owed now. With
-// `grace` zero the sweeper publishes instead (kick_at = now()). `prepared`:
+// `grace` zero the sweeper publishes instead (its kick is now()). `prepared`:
 // the connection is one of dmm's (connect_pg), with statements prepared.
 std::vector<std::int64_t> upsert_matters(pqxx::transaction_base& txn, const std::string& bucket,
                                          const std::string& kind, const std::vector<JsonMatter>& matters,
@@ -107,17 +114,24 @@ std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outc
 std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<std::int64_t>& ids,
                                     const std::vector<std::int64_t>& epochs, std::chrono::milliseconds ttl);
 
-// Picks up to `limit` rows of (bucket, kind) whose token is owed
-// (kick_at <= now()), re-arms kick_at = now() + grace, returns their ids.
-std::vector<std::int64_t> sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,
-                                std::chrono::milliseconds grace);
+struct Swept {
+  int looked = 0;                  // kicks that came due and were handled
+  std::vector<std::int64_t> owed;  // of those, the matters whose token is owed now
+};
+
+// Handles up to `limit` kicks of (bucket, kind) that came due (dmm.kick):
+// a matter due and not leased is owed a token and looked at again `grace`
+// later; a leased one at its lease's end, one due later at its due time; the
+// kick of a matter that owes nothing is deleted.
+Swept sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,
+            std::chrono::milliseconds grace);
 
 // Deletes up to `limit` history rows of the bucket older than `retention`;
 // returns how many.
 std::int64_t prune_history(pqxx::connection& conn, const std::string& bucket, std::chrono::milliseconds retention,
                            int limit);
 
-// Milliseconds until the next kick_at of (bucket, kind); nullopt if none.
+// Milliseconds until the next kick of (bucket, kind); nullopt if none.
 std::optional<std::int64_t> next_kick_in_ms(pqxx::connection& conn, const std::string& bucket,
                                             const std::string& kind);
 

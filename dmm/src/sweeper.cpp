@@ -108,12 +108,12 @@ void Sweeper::run(std::stop_token stop) {
         continue;
       }
       backlog.swept();
-      auto ids = sweep(*conn, core_.options.name, kind_, kSweepBatch, backlog.rekick_grace());
-      if (!ids.empty()) {
-        log.debug("bucket '{}' kind '{}': sweeper sends {} token(s)", core_.options.name, kind_, ids.size());
-        core_.publish(kind_, ids);
+      auto swept = sweep(*conn, core_.options.name, kind_, kSweepBatch, backlog.rekick_grace());
+      if (!swept.owed.empty()) {
+        log.debug("bucket '{}' kind '{}': sweeper sends {} token(s)", core_.options.name, kind_, swept.owed.size());
+        core_.publish(kind_, swept.owed);
       }
-      if (ids.size() == static_cast<std::size_t>(kSweepBatch)) continue;
+      if (swept.looked == kSweepBatch) continue;
       if (std::chrono::steady_clock::now() >= next_prune) {
         next_prune = std::chrono::steady_clock::now() + kPruneEvery;
         std::int64_t pruned = 0;

@@ -1,4 +1,5 @@
-// The sweeper of one kind: sends tokens for matters whose kick_at passed —
+// The sweeper of one kind: sends tokens for matters whose kick (dmm.kick)
+// came due —
 // notifies whose token got lost, retries and requeues coming due, leases
 // that expired with their holder — so work owed is never forgotten while
 // PostgreSQL holds it. Several processes may sweep the same kind: rows are
@@ -15,7 +16,7 @@ class BucketCore;
 class Sweeper {
  public:
   Sweeper(BucketCore& core, std::string kind) : core_(core), kind_(std::move(kind)) {}
-  // Sweeps until `stop`; sleeps until the next kick_at (at most 1 s) or until
+  // Sweeps until `stop`; sleeps until the next kick (at most 1 s) or until
   // woken by a NOTIFY on the wake channel (transactional notifies).
   void run(std::stop_token stop);
 

@@ -198,9 +198,11 @@ TEST_CASE("valid JSON of the wrong shape in a row fails that matter, naming it, 
   {
     pqxx::nontransaction tx(pg());
     for (const auto& [id, json] : bad)
-      tx.exec_params("UPDATE dmm.matter SET state = $3::jsonb, generation = generation + 1, phase = 'pending', "
-                     "attempts = 0, last_error = NULL, due_at = now(), kick_at = now() "
-                     "WHERE bucket = $1 AND kind = 'light' AND identity = $2",
+      tx.exec_params("WITH u AS (UPDATE dmm.matter SET state = $3::jsonb, generation = generation + 1, "
+                     "phase = 'pending', attempts = 0, last_error = NULL, due_at = now() "
+                     "WHERE bucket = $1 AND kind = 'light' AND identity = $2 RETURNING id, bucket, kind) "
+                     "INSERT INTO dmm.kick SELECT id, bucket, kind, now() FROM u "
+                     "ON CONFLICT (matter_id) DO UPDATE SET kick_at = now()",
                      name, id, json);
   }
 

@@ -63,3 +63,50 @@ TEST_CASE("matters converge when the stream is purged while workers run", "[noti
   CHECK(count_matters(name, "item", "(state->>'version')::int = 3") == 300);
   runner.stop();
 }
+
+// dmm.kick (migration 0005): a kick that owes nothing is deleted by the
+// sweeper, and a leased matter's kick waits for the lease's end, when the
+// matter is taken over (its holder, here a fake one, never wrote back).
+TEST_CASE("the sweeper deletes kicks that owe nothing and re-kicks a leased matter when its lease ends", "[notify]") {
+  const std::string name = unique_name("kicks");
+  auto bucket = open_bucket(name);
+  bucket.register_kind<Item>("item", fast_kind());
+  bucket.notify(Item{.id = "ready", .version = 1});
+  bucket.notify(Item{.id = "held", .version = 1});
+  Runner runner(bucket);
+  wait_until([&] { return count_converged(name, "item") == 2; }, 20s, "both matters to become ready",
+             [&] { return describe_unconverged(name); });
+  auto kicks = [&](const std::string& where) {
+    return pqxx::nontransaction(pg())
+        .exec_params1("SELECT count(*) FROM dmm.kick WHERE bucket = $1 AND " + where, name)[0]
+        .as<long>();
+  };
+  REQUIRE(kicks("true") == 0);  // nothing owed, no kicks
+
+  {
+    pqxx::work tx(pg());
+    // A kick for a ready matter and one for a matter that does not exist.
+    tx.exec_params("INSERT INTO dmm.kick SELECT id, bucket, kind, now() FROM dmm.matter "
+                   "WHERE bucket = $1 AND identity = 'ready'",
+                   name);
+    tx.exec_params("INSERT INTO dmm.kick VALUES (-1 - (random() * 1e12)::bigint, $1, 'item', now())", name);
+    // "held": a new generation, leased for 3 s by a worker that is gone.
+    tx.exec_params("UPDATE dmm.matter SET generation = generation + 1, phase = 'reconciling', due_at = now(), "
+                   "lease_owner = 'gone', lease_until = now() + interval '3 s', leased_at = now(), "
+                   "lease_epoch = lease_epoch + 1 WHERE bucket = $1 AND identity = 'held'",
+                   name);
+    tx.exec_params("INSERT INTO dmm.kick SELECT id, bucket, kind, now() FROM dmm.matter "
+                   "WHERE bucket = $1 AND identity = 'held'",
+                   name);
+    tx.commit();
+  }
+  const auto leased_at = std::chrono::steady_clock::now();
+  wait_until([&] { return kicks("matter_id NOT IN (SELECT id FROM dmm.matter WHERE identity = 'held')") == 0; },
+             10s, "the kicks that owe nothing to be deleted");
+  // The held matter's kick was re-armed to its lease's end, not sent now.
+  CHECK(kicks("kick_at >= (SELECT lease_until FROM dmm.matter WHERE bucket = $1 AND identity = 'held')") == 1);
+  wait_until([&] { return count_converged(name, "item") == 2; }, 20s, "the held matter to be taken over",
+             [&] { return describe_unconverged(name); });
+  CHECK(std::chrono::steady_clock::now() - leased_at >= 2500ms);  // not before the lease ended (3 s, less slack)
+  CHECK(kicks("true") == 0);
+}

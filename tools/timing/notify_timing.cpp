@@ -71,6 +71,7 @@ int main(int argc, char** argv) {
               seconds, count / seconds);
   pqxx::work cleanup(conn);
   cleanup.exec_params("DELETE FROM dmm.matter WHERE bucket = $1", name);
+  cleanup.exec_params("DELETE FROM dmm.kick WHERE bucket = $1", name);
   cleanup.commit();
   return 0;
 }

@@ -171,6 +171,9 @@ class Bucket {
   // Runs the WorkStreams of every registered kind until stop().
   void run();
   // Stops run() and every WorkStream::work() of this bucket; returns at once.
+  // Final: a run() after stop() returns as soon as it has started (a stop that
+  // came first, e.g. from a signal during start-up, is not lost); open a new
+  // Bucket to work again.
   void stop();
 
   const std::string& name() const;
