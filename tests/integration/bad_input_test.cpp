@@ -239,23 +239,8 @@ TEST_CASE("an unreachable NATS is a ConnectionError with the password masked", "
 }
 
 TEST_CASE("an applied migration that was edited is a MigrationError naming it", "[bad-input]") {
-  const std::string db = unique_name("dmm_mig");
-  {
-    pqxx::nontransaction admin(pg());
-    admin.exec("CREATE DATABASE " + db);
-  }
-  struct DropDatabase {
-    std::string db;
-    ~DropDatabase() {
-      try {
-        pqxx::nontransaction admin(pg());
-        admin.exec("DROP DATABASE IF EXISTS " + db + " WITH (FORCE)");
-      } catch (const std::exception& e) {
-        WARN("could not drop database " << db << ": " << e.what());
-      }
-    }
-  } drop{db};
-  const std::string url = with_database(servers().postgres, db);
+  const ScratchDatabase db("dmm_mig");
+  const std::string& url = db.url();
 
   const std::string stored = unique_name("mig");
   {

@@ -110,3 +110,55 @@ TEST_CASE("the sweeper deletes kicks that owe nothing and re-kicks a leased matt
   CHECK(std::chrono::steady_clock::now() - leased_at >= 2500ms);  // not before the lease ended (3 s, less slack)
   CHECK(kicks("true") == 0);
 }
+
+// Migration 0005 moved kick_at out of dmm.matter. A database migrated before
+// it (rebuilt here from the current schema: the column and its partial index
+// back, dmm.kick and its migration row gone) with a matter owed work whose
+// token was lost must still converge after the upgrade: the migration gives
+// the matter its kick, and the sweeper sends the token.
+TEST_CASE("a matter owed work before migration 0005 still converges after it", "[notify]") {
+  const ScratchDatabase db("dmm_up");
+  const std::string name = unique_name("upgrade");
+  {
+    auto bucket = open_bucket(name, [&](dmm::BucketOptions& o) { o.postgres = db.url(); });
+    bucket.register_kind<Item>("item", fast_kind());
+    bucket.notify(Item{.id = "owed", .version = 1});
+  }
+  {
+    pqxx::connection conn(db.url());
+    pqxx::work tx(conn);
+    tx.exec("ALTER TABLE dmm.matter ADD COLUMN kick_at timestamptz");
+    tx.exec("UPDATE dmm.matter m SET kick_at = k.kick_at FROM dmm.kick k WHERE k.matter_id = m.id");
+    tx.exec("CREATE INDEX matter_kick ON dmm.matter (bucket, kind, kick_at) WHERE kick_at IS NOT NULL");
+    tx.exec("DROP TABLE dmm.kick");
+    tx.exec("DELETE FROM dmm.schema_migrations WHERE version = 5");
+    tx.commit();
+  }
+  Nats nats(servers().nats);
+  wait_until([&] { return nats.stream_messages("DMM_" + name) == 1; }, 10s, "the token in the stream");
+  nats.purge_stream("DMM_" + name);  // lost: only the kick can bring the matter back
+
+  auto bucket = open_bucket(name, [&](dmm::BucketOptions& o) { o.postgres = db.url(); });  // migrates
+  bucket.register_kind<Item>("item", fast_kind());
+  {
+    pqxx::connection conn(db.url());
+    pqxx::nontransaction tx(conn);
+    CHECK(tx.exec1("SELECT count(*) FROM dmm.kick k JOIN dmm.matter m ON m.id = k.matter_id "
+                   "WHERE m.identity = 'owed'")[0]
+              .as<int>() == 1);
+    CHECK(tx.exec1("SELECT count(*) FROM information_schema.columns WHERE table_schema = 'dmm' "
+                   "AND table_name = 'matter' AND column_name = 'kick_at'")[0]
+              .as<int>() == 0);
+  }
+  Runner runner(bucket);
+  wait_until(
+      [&] {
+        pqxx::connection conn(db.url());
+        return pqxx::nontransaction(conn)
+                   .exec_params1("SELECT count(*) FROM dmm.matter WHERE bucket = $1 AND phase = 'ready' "
+                                 "AND materialized_generation = generation",
+                                 name)[0]
+                   .as<int>() == 1;
+      },
+      20s, "the owed matter to become ready");
+}

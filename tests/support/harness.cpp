@@ -61,6 +61,21 @@ std::string worker_binary() {
   return path;
 }
 
+ScratchDatabase::ScratchDatabase(std::string_view prefix) : name_(unique_name(prefix)) {
+  pqxx::nontransaction admin(pg());
+  admin.exec("CREATE DATABASE " + name_);
+  url_ = with_database(servers().postgres, name_);
+}
+
+ScratchDatabase::~ScratchDatabase() {
+  try {
+    pqxx::nontransaction admin(pg());
+    admin.exec("DROP DATABASE IF EXISTS " + name_ + " WITH (FORCE)");
+  } catch (const std::exception& e) {
+    WARN("could not drop database " << name_ << ": " << e.what());
+  }
+}
+
 std::string with_database(const std::string& url, const std::string& db) {
   auto scheme = url.find("://");
   if (scheme == std::string::npos) return url + " dbname=" + db;

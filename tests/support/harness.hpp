@@ -52,6 +52,20 @@ std::string with_database(const std::string& url, const std::string& db);
 // A TCP port on 127.0.0.1 that nothing listens on (bound, then released).
 int closed_port();
 
+// A database of its own on the test PostgreSQL, created with a unique name
+// and dropped (WITH FORCE) when this goes out of scope.
+class ScratchDatabase {
+ public:
+  explicit ScratchDatabase(std::string_view prefix);
+  ~ScratchDatabase();
+  ScratchDatabase(const ScratchDatabase&) = delete;
+  ScratchDatabase& operator=(const ScratchDatabase&) = delete;
+  const std::string& url() const { return url_; }
+
+ private:
+  std::string name_, url_;
+};
+
 // ------------------------------------------------------------------ buckets
 
 // "<prefix>_<random>": a valid, unused bucket (or database) name.
