@@ -269,9 +269,9 @@ double percentile(std::vector<std::int64_t>& v, double p) {
 
 int run_latency(const Common& c, double rate, double seconds, int threads, const std::string& tmp) {
   pqxx::connection conn(c.postgres);
-  drop_bucket_rows(conn, c.bucket);
   const std::string latency_file = tmp + "/latency-" + c.bucket + ".txt";
-  auto bucket = open_bucket(c);
+  auto bucket = open_bucket(c);  // migrates first: the database may be new
+  drop_bucket_rows(conn, c.bucket);
   bench::Child worker(worker_argv(c, latency_file));
   wait_running(worker);
 
