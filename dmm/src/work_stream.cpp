@@ -193,7 +193,12 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Token>& 
       ready_.push_back(std::move(item));
     }
   }
-  ready_cv_.notify_all();
+  // As many executors as there are new items: waking all of them for a
+  // trickle of single tokens costs a context switch each, on every claim.
+  if (claimed.size() >= static_cast<std::size_t>(kind_.options.concurrency))
+    ready_cv_.notify_all();
+  else
+    for (std::size_t i = 0; i < claimed.size(); ++i) ready_cv_.notify_one();
 }
 
 void WorkStreamEngine::execute() {
@@ -224,14 +229,15 @@ void WorkStreamEngine::execute() {
       outcome.attempt = item->row.attempts + 1;
       metrics_.observe(static_cast<std::size_t>(outcome.kind), us, outcome.attempt);
     }
+    bool idle;
     {
       std::lock_guard lock(mu_);
       item->running = false;
-      --running_;
+      idle = --running_ == 0;
       if (!item->abandoned) done_.push_back(std::move(outcome));
     }
     done_cv_.notify_one();
-    idle_cv_.notify_all();
+    if (idle) idle_cv_.notify_all();  // shut_down() waits for running_ == 0
   }
 }
 
