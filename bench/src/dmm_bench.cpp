@@ -233,7 +233,7 @@ int run_throughput(const Common& c, long n, int workers, bool analyze_during_not
       for (long j = 0; j < 10'000 && i < n; ++j, ++i) chunk.push_back({fmt::format("m-{}", i), 0});
       bucket.notify_many(chunk);
       // What the bench did until dmm's connections stopped using sequential
-      // scans (bench/results.md, "Plans made on an empty table"); no user
+      // scans (bench/results.md, round 2, items 5 and 6); no user
       // does this, so it is off unless asked for.
       if (analyze_during_notify) pqxx::nontransaction(conn).exec("ANALYZE dmm.matter");
     }

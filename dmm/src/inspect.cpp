@@ -79,8 +79,8 @@ SELECT id, kind, identity, phase, generation, materialized_generation, attempts,
  WHERE {}
  ORDER BY kind, identity
  LIMIT $5)sql",
-                               iso("due_at"), iso("(SELECT k.kick_at FROM dmm.kick k WHERE k.matter_id = matter.id)"), iso("lease_until"), iso("leased_at"),
-                               iso("created_at"), iso("updated_at"), kMatch);
+                               iso("due_at"), iso("(SELECT k.kick_at FROM dmm.kick k WHERE k.matter_id = matter.id)"),
+                               iso("lease_until"), iso("leased_at"), iso("created_at"), iso("updated_at"), kMatch);
   auto rows = tx.exec_params(sql, q.bucket, q.kind, q.identity, q.phase, q.limit);
   std::vector<MatterStatus> out;
   out.reserve(rows.size());

@@ -21,10 +21,10 @@ std::unique_ptr<pqxx::connection> connect_pg(const std::string& url, std::string
   // index). A prepared statement's plan is made once, from the statistics of
   // that moment: planned while a bucket was empty or small (a fresh database,
   // a worker started before a load), it scans the whole table on every call
-  // long after the table has grown — 200+ µs per matter instead of ~10 in
-  // the bench's latency case (bench/results.md, "Plans made on an empty
-  // table"). Without sequential scans the planner takes the indexes whatever
-  // the statistics say; the few statements with no usable index still scan.
+  // long after the table has grown: 200+ µs per matter instead of ~10 in the
+  // bench's latency case (bench/results.md, round 2, item 5). Without
+  // sequential scans the planner takes the indexes whatever the statistics
+  // say; the few statements with no usable index still scan.
   pqxx::nontransaction(*conn).exec("SET enable_seqscan = off");
   prepare_statements(*conn);
   return conn;

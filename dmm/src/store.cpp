@@ -70,8 +70,8 @@ SELECT id, leased IS NOT TRUE FROM up
 // for bucket and kind: with `id = ANY($1) AND bucket = $2 AND kind = $3` a
 // plan made while the table looked empty walked the (bucket, kind, identity)
 // index over the whole bucket for every claim (123 µs per matter instead of
-// ~6; bench/results.md, "Plans made on an empty table"). Locks are skipped,
-// never waited for, so their order does not matter.
+// ~6; bench/results.md, round 2, item 6). Locks are skipped, never waited
+// for, so their order does not matter.
 constexpr const char* kClaim = R"sql(
 WITH free AS (
   SELECT f.id FROM (SELECT DISTINCT unnest($1::bigint[]) AS id) want

@@ -265,7 +265,8 @@ std::string describe_unconverged(const std::string& bucket, int limit) {
   pqxx::nontransaction tx(pg());
   auto r = tx.exec_params(
       "SELECT kind, identity, phase, generation, materialized_generation, attempts, "
-      "coalesce(last_error, ''), coalesce(due_at::text, '-'), coalesce((SELECT k.kick_at FROM dmm.kick k WHERE k.matter_id = matter.id)::text, '-'), "
+      "coalesce(last_error, ''), coalesce(due_at::text, '-'), "
+      "coalesce((SELECT k.kick_at FROM dmm.kick k WHERE k.matter_id = matter.id)::text, '-'), "
       "coalesce(lease_owner, '-'), coalesce(lease_until::text, '-'), now()::text "
       "FROM dmm.matter WHERE bucket = $1 AND NOT (phase = 'ready' AND materialized_generation = generation) "
       "ORDER BY kind, identity LIMIT $2",
