@@ -13,6 +13,7 @@
 #include "dmm/url.hpp"
 #include "http.hpp"
 #include "names.hpp"
+#include "sql.hpp"
 #include "store.hpp"
 #include "work_stream_engine.hpp"
 
@@ -129,14 +130,12 @@ auto in_postgres(BucketCore& core, const std::string& what, Fn&& fn, bool autoco
                                       "safe to notify again)",
                                       core.options.name, what, mask_url(core.options.postgres), trimmed(e.what())));
   } catch (const pqxx::broken_connection& e) {
-    if (autocommit)
-      throw ConnectionError(fmt::format("bucket '{}': {}: lost the connection to PostgreSQL at {} ({}); it may or may "
-                                        "not have taken effect: repeat it when the server is back (an absolute state "
-                                        "is safe to notify again)",
-                                        core.options.name, what, mask_url(core.options.postgres), trimmed(e.what())));
-    throw ConnectionError(fmt::format("bucket '{}': {}: lost the connection to PostgreSQL at {} ({}); nothing of it "
-                                      "took effect: repeat it when the server is back",
-                                      core.options.name, what, mask_url(core.options.postgres), trimmed(e.what())));
+    const char* effect = autocommit ? "it may or may not have taken effect: repeat it when the server is back (an "
+                                      "absolute state is safe to notify again)"
+                                    : "nothing of it took effect: repeat it when the server is back";
+    throw ConnectionError(fmt::format("bucket '{}': {}: lost the connection to PostgreSQL at {} ({}); {}",
+                                      core.options.name, what, mask_url(core.options.postgres), trimmed(e.what()),
+                                      effect));
   } catch (const pqxx::sql_error& e) {
     throw DatabaseError(fmt::format("bucket '{}': {}: PostgreSQL refused it (SQLSTATE {}): {}; nothing of it took "
                                     "effect",
@@ -341,7 +340,7 @@ bool remove(BucketCore& core, const std::string& kind, std::string_view identity
       result = tx.exec_params(
           "DELETE FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = $3 RETURNING id, false",
           core.options.name, kind, id);
-      forget_kicks(tx, {result[0][0].as<std::int64_t>()});
+      forget_kicks(tx, ids_of(result));
       delete_dependencies(tx, core.options.name, kind, id);
     } else {
       // Like a notify of "gone": a new generation that owes a finalize.
@@ -354,7 +353,7 @@ UPDATE dmm.matter SET
 WHERE bucket = $1 AND kind = $2 AND identity = $3
 RETURNING id, lease_until IS NULL OR lease_until < now())sql",
                               core.options.name, kind, id);
-      arm_kicks(tx, {result[0][0].as<std::int64_t>()}, core.options.token_grace);
+      arm_kicks(tx, ids_of(result), core.options.token_grace);
     }
     tx.commit();
     return result;
@@ -375,7 +374,7 @@ UPDATE dmm.matter SET phase = CASE WHEN deleted_at IS NOT NULL THEN 'deleting' E
 WHERE bucket = $1 AND kind = $2 AND identity = $3 AND phase IN ('failed', 'retrying')
 RETURNING id)sql",
                                  core.options.name, kind, std::string(identity));
-    if (!result.empty()) arm_kicks(tx, {result[0][0].as<std::int64_t>()}, core.options.token_grace);
+    arm_kicks(tx, ids_of(result), core.options.token_grace);
     tx.commit();
     return result;
   });
