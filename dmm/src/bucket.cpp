@@ -182,6 +182,12 @@ Kind& BucketCore::kind(const std::string& name) {
   return *it->second;
 }
 
+void BucketCore::publish(const std::vector<TokenOwed>& owed) {
+  std::map<std::string_view, std::vector<std::int64_t>> by_kind;
+  for (const auto& t : owed) by_kind[t.kind].push_back(t.id);
+  for (const auto& [kind, ids] : by_kind) nats->publish(std::string(kind), ids);
+}
+
 std::vector<Kind*> BucketCore::kinds() {
   std::lock_guard lock(mu);
   std::vector<Kind*> out;

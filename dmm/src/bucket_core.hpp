@@ -47,12 +47,8 @@ class BucketCore {
   std::vector<Kind*> kinds();
 
   // Publishes tokens owed after a commit (failures only logged).
-  void publish(const std::string& kind, const std::vector<std::int64_t>& ids) {
-    for (auto id : ids) nats->publish(kind, id);
-  }
-  void publish(const std::vector<TokenOwed>& owed) {
-    for (const auto& t : owed) nats->publish(t.kind, t.id);
-  }
+  void publish(const std::string& kind, const std::vector<std::int64_t>& ids) { nats->publish(kind, ids); }
+  void publish(const std::vector<TokenOwed>& owed);
 
   std::mutex mu;                                                // protects the members below
   std::map<std::string, std::unique_ptr<Kind>> kinds_by_name;  // guarded by mu

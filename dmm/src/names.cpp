@@ -1,5 +1,6 @@
 #include "names.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <fmt/format.h>
 
@@ -83,15 +84,78 @@ std::string token_subject(std::string_view bucket, std::string_view kind, std::i
   return fmt::format("dmm.{}.{}.{}", bucket, kind, row_id);
 }
 
-std::optional<std::int64_t> parse_token_subject(std::string_view subject, std::string_view bucket,
-                                                std::string_view kind) {
+namespace {
+
+// A positive row id filling all of `text`.
+std::optional<std::int64_t> parse_row_id(std::string_view text) {
+  std::int64_t id = 0;
+  auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), id);
+  if (ec != std::errc() || end != text.data() + text.size() || id <= 0) return std::nullopt;
+  return id;
+}
+
+// What follows "dmm.<bucket>.<kind>." in `subject`; nullopt if it is not that.
+std::optional<std::string_view> after_kind_prefix(std::string_view subject, std::string_view bucket,
+                                                  std::string_view kind) {
   const std::string prefix = fmt::format("dmm.{}.{}.", bucket, kind);
   if (subject.size() <= prefix.size() || subject.substr(0, prefix.size()) != prefix) return std::nullopt;
-  const auto rest = subject.substr(prefix.size());
-  std::int64_t id = 0;
-  auto [end, ec] = std::from_chars(rest.data(), rest.data() + rest.size(), id);
-  if (ec != std::errc() || end != rest.data() + rest.size() || id <= 0) return std::nullopt;
-  return id;
+  return subject.substr(prefix.size());
+}
+
+}  // namespace
+
+std::optional<std::int64_t> parse_token_subject(std::string_view subject, std::string_view bucket,
+                                                std::string_view kind) {
+  const auto rest = after_kind_prefix(subject, bucket, kind);
+  return rest ? parse_row_id(*rest) : std::nullopt;
+}
+
+std::vector<TokenMessage> token_messages(std::string_view bucket, std::string_view kind,
+                                         std::vector<std::int64_t> ids) {
+  std::sort(ids.begin(), ids.end());
+  ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
+  std::vector<TokenMessage> out;
+  if (ids.size() == 1) out.push_back({token_subject(bucket, kind, ids[0]), {}});
+  if (ids.size() <= 1) return out;
+  const auto tokens = (ids.size() + kMaxIdsPerToken - 1) / kMaxIdsPerToken;
+  const auto per_token = (ids.size() + tokens - 1) / tokens;  // at least 2: no one-id payload tokens
+  for (std::size_t begin = 0; begin < ids.size(); begin += per_token) {
+    const auto end = std::min(begin + per_token, ids.size());
+    if (end - begin == 1) {
+      out.push_back({token_subject(bucket, kind, ids[begin]), {}});
+      continue;
+    }
+    TokenMessage m{fmt::format("dmm.{}.{}.{}.{}", bucket, kind, ids[begin], ids[end - 1]), {}};
+    m.payload.reserve((end - begin) * 8);
+    for (auto i = begin; i < end; ++i) fmt::format_to(std::back_inserter(m.payload), "{}{}", i == begin ? "" : ",", ids[i]);
+    out.push_back(std::move(m));
+  }
+  return out;
+}
+
+std::optional<std::vector<std::int64_t>> parse_token(std::string_view subject, std::string_view payload,
+                                                     std::string_view bucket, std::string_view kind) {
+  const auto rest = after_kind_prefix(subject, bucket, kind);
+  if (!rest) return std::nullopt;
+  const auto dot = rest->find('.');
+  if (dot == std::string_view::npos) {
+    auto id = parse_row_id(*rest);
+    if (!id) return std::nullopt;
+    return std::vector<std::int64_t>{*id};
+  }
+  const auto first = parse_row_id(rest->substr(0, dot));
+  const auto last = parse_row_id(rest->substr(dot + 1));
+  if (!first || !last || *first >= *last) return std::nullopt;
+  std::vector<std::int64_t> ids;
+  for (std::size_t begin = 0; begin <= payload.size();) {
+    const auto end = std::min(payload.find(',', begin), payload.size());
+    const auto id = parse_row_id(payload.substr(begin, end - begin));
+    if (!id || (!ids.empty() && *id <= ids.back()) || ids.size() == kMaxIdsPerTokenParsed) return std::nullopt;
+    ids.push_back(*id);
+    begin = end + 1;
+  }
+  if (ids.size() < 2 || ids.front() != *first || ids.back() != *last) return std::nullopt;
+  return ids;
 }
 
 }  // namespace dmm::detail

@@ -5,6 +5,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace dmm::detail {
 
@@ -20,9 +21,36 @@ void validate_identity(std::string_view kind, std::string_view identity);
 std::string stream_name(std::string_view bucket);                 // DMM_<bucket>
 std::string bucket_subjects(std::string_view bucket);             // dmm.<bucket>.>
 std::string kind_subjects(std::string_view bucket, std::string_view kind);  // dmm.<bucket>.<kind>.>
+
+// Tokens. One matter: subject dmm.<bucket>.<kind>.<row id>, no payload; many
+// notifies of one matter coalesce into it (MaxMsgsPerSubject = 1). Several
+// matters: subject dmm.<bucket>.<kind>.<first>.<last>, payload the row ids in
+// ascending order, comma-separated, `first` to `last` (one message instead of
+// one per matter is what makes bulk work cheap on the NATS side).
 std::string token_subject(std::string_view bucket, std::string_view kind, std::int64_t row_id);
-// Row id from a token subject of this bucket and kind; nullopt for anything else.
+// Row id from a one-matter token subject of this bucket and kind; nullopt for
+// anything else.
 std::optional<std::int64_t> parse_token_subject(std::string_view subject, std::string_view bucket,
                                                 std::string_view kind);
+
+// Most row ids dmm puts into one token.
+inline constexpr std::size_t kMaxIdsPerToken = 64;
+// Most row ids a token may name to be accepted (tokens of a later version
+// may be larger than this one's).
+inline constexpr std::size_t kMaxIdsPerTokenParsed = 10'000;
+
+struct TokenMessage {
+  std::string subject;
+  std::string payload;
+};
+// The tokens for `ids` (sorted, duplicates dropped): a one-matter token for a
+// single id, else as few as possible of at most kMaxIdsPerToken ids each, of
+// about equal size.
+std::vector<TokenMessage> token_messages(std::string_view bucket, std::string_view kind,
+                                         std::vector<std::int64_t> ids);
+// The row ids a message on the kind's subjects names; nullopt if it is not a
+// well-formed token of this bucket and kind.
+std::optional<std::vector<std::int64_t>> parse_token(std::string_view subject, std::string_view payload,
+                                                     std::string_view bucket, std::string_view kind);
 
 }  // namespace dmm::detail

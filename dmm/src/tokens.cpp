@@ -201,19 +201,28 @@ std::optional<Nats::Backlog> Nats::backlog(const std::string& kind) {
   return b;
 }
 
-void Nats::publish(const std::string& kind, std::int64_t row_id) noexcept {
-  const auto subject = token_subject(bucket_, kind, row_id);
-  natsStatus s = js_PublishAsync(js_, subject.c_str(), nullptr, 0, nullptr);
-  if (s == NATS_OK) return;
-  ++publish_errors_;
-  if (metrics_) metrics_->kind(kind).publish_errors.fetch_add(1, std::memory_order_relaxed);
-  // Rate-limited: when NATS is down every publish fails, and the sweeper will
-  // resend them all anyway.
-  const auto now = now_ms();
-  auto last = last_error_log_ms_.load();
-  if (now - last > 5000 && last_error_log_ms_.compare_exchange_strong(last, now))
-    log_.warn("bucket '{}': cannot publish token {} to NATS at {}: {} (the sweeper will resend it)", bucket_, subject,
-              url_, nats_error(s));
+void Nats::publish(const std::string& kind, const std::vector<std::int64_t>& ids) noexcept {
+  if (ids.empty()) return;
+  try {
+    for (const auto& token : token_messages(bucket_, kind, ids)) {
+      const natsStatus s = js_PublishAsync(js_, token.subject.c_str(), token.payload.data(),
+                                           static_cast<int>(token.payload.size()), nullptr);
+      if (s == NATS_OK) continue;
+      ++publish_errors_;
+      if (metrics_) metrics_->kind(kind).publish_errors.fetch_add(1, std::memory_order_relaxed);
+      // Rate-limited: when NATS is down every publish fails, and the sweeper
+      // will resend them all anyway.
+      const auto now = now_ms();
+      auto last = last_error_log_ms_.load();
+      if (now - last > 5000 && last_error_log_ms_.compare_exchange_strong(last, now))
+        log_.warn("bucket '{}': cannot publish token {} to NATS at {}: {} (the sweeper will resend it)", bucket_,
+                  token.subject, url_, nats_error(s));
+    }
+  } catch (const std::exception& e) {  // out of memory formatting the tokens
+    ++publish_errors_;
+    log_.warn("bucket '{}': cannot publish tokens of kind '{}': {} (the sweeper will resend them)", bucket_, kind,
+              e.what());
+  }
 }
 
 bool Nats::connected() { return natsConnection_Status(conn_) == NATS_CONN_STATUS_CONNECTED; }
@@ -234,11 +243,11 @@ void Nats::on_publish_error(jsCtx*, jsPubAckErr* pae, void* closure) {
     return;
   ++self->publish_errors_;
   if (self->metrics_ && pae->Msg) {
-    // dmm.<bucket>.<kind>.<row id>
+    // dmm.<bucket>.<kind>.<row id> or dmm.<bucket>.<kind>.<first>.<last>
     const std::string subject = natsMsg_GetSubject(pae->Msg);
     const auto first = subject.find('.', subject.find('.') + 1);
-    const auto last = subject.rfind('.');
-    if (first != std::string::npos && last > first)
+    const auto last = first == std::string::npos ? first : subject.find('.', first + 1);
+    if (last != std::string::npos)
       self->metrics_->kind(subject.substr(first + 1, last - first - 1))
           .publish_errors.fetch_add(1, std::memory_order_relaxed);
   }

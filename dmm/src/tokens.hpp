@@ -10,6 +10,7 @@
 #include <nats/nats.h>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace spdlog {
@@ -48,9 +49,10 @@ class Nats {
   };
   std::optional<Backlog> backlog(const std::string& kind);
 
-  // Asynchronous publish of a token; failures are logged and counted, never
-  // thrown (the sweeper re-sends). Thread-safe.
-  void publish(const std::string& kind, std::int64_t row_id) noexcept;
+  // Asynchronous publish of the tokens for `ids` (one per matter for a single
+  // id, else up to kMaxIdsPerToken per token, names.hpp); failures are logged
+  // and counted, never thrown (the sweeper re-sends). Thread-safe.
+  void publish(const std::string& kind, const std::vector<std::int64_t>& ids) noexcept;
   // Waits up to `timeout` for outstanding publishes to be acknowledged.
   void flush(std::chrono::milliseconds timeout) noexcept;
   // Publish errors seen since the last call (the sweeper re-checks the
@@ -86,9 +88,15 @@ class Token {
   Token(Token&& o) noexcept : msg_(o.msg_) { o.msg_ = nullptr; }
   Token& operator=(Token&&) = delete;
   ~Token() { natsMsg_Destroy(msg_); }
-  std::string subject() const { return natsMsg_GetSubject(msg_); }
+  std::string_view subject() const { return natsMsg_GetSubject(msg_); }
+  std::string_view payload() const {
+    const char* data = natsMsg_GetData(msg_);
+    return data ? std::string_view(data, static_cast<std::size_t>(natsMsg_GetDataLength(msg_))) : std::string_view();
+  }
   // False if the ack could not be sent (the token comes back after AckWait).
   bool ack() { return natsMsg_Ack(msg_, nullptr) == NATS_OK; }
+  // Hands the token back for redelivery now (to this process or another).
+  bool nak() { return natsMsg_Nak(msg_, nullptr) == NATS_OK; }
 
  private:
   natsMsg* msg_;

@@ -149,8 +149,12 @@ void WorkStreamEngine::dispatch(std::stop_token stop) {
       }
       if (stop.stop_requested()) break;
       if (room <= 0) continue;
-      auto tokens = source->fetch(std::min(room, kind_.options.batch), std::chrono::milliseconds(250));
-      if (!tokens.empty()) claim_tokens(*conn, tokens);
+      // A token may name many matters: fetch about as many tokens as the
+      // matters that fit, judged by the tokens seen lately.
+      room = std::min(room, kind_.options.batch);
+      const int want = std::clamp(static_cast<int>(room / ids_per_token_), 1, room);
+      auto tokens = source->fetch(want, std::chrono::milliseconds(250));
+      if (!tokens.empty()) claim_tokens(*conn, tokens, room);
       delay = std::chrono::milliseconds(100);
     } catch (const std::exception& e) {
       errors.warn("bucket '{}' kind '{}': fetching and claiming work failed: {}; retrying", core_.options.name,
@@ -165,24 +169,43 @@ void WorkStreamEngine::dispatch(std::stop_token stop) {
   bound_ = false;
 }
 
-void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Token>& tokens) {
-  std::vector<std::int64_t> ids;
-  ids.reserve(tokens.size());
+void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Token>& tokens, int room) {
+  std::vector<std::int64_t> ids, leftover;
+  std::vector<Token*> used;
+  ids.reserve(static_cast<std::size_t>(room));
+  std::size_t named = 0, parsed = 0;
   for (auto& token : tokens) {
-    if (auto id = parse_token_subject(token.subject(), core_.options.name, kind_.name)) {
-      ids.push_back(*id);
-    } else {
+    auto token_ids = parse_token(token.subject(), token.payload(), core_.options.name, kind_.name);
+    if (!token_ids) {
       core_.logger->warn("bucket '{}' kind '{}': dropping a message on '{}' that is not a dmm token",
                          core_.options.name, kind_.name, token.subject());
       token.ack();
+      continue;
     }
+    named += token_ids->size();
+    ++parsed;
+    const auto fits = static_cast<std::size_t>(room) - ids.size();
+    if (fits == 0) {
+      // Fetched more than fits (the tokens were larger than lately): back
+      // to the stream, for this process's next fetch or another's.
+      if (!token.nak()) metrics_.ack_errors.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    const auto take = std::min(fits, token_ids->size());
+    ids.insert(ids.end(), token_ids->begin(), token_ids->begin() + static_cast<std::ptrdiff_t>(take));
+    leftover.assign(token_ids->begin() + static_cast<std::ptrdiff_t>(take), token_ids->end());
+    used.push_back(&token);
   }
+  if (parsed > 0) ids_per_token_ = (ids_per_token_ + static_cast<double>(named) / static_cast<double>(parsed)) / 2;
   auto claimed = claim(conn, core_.options.name, kind_.name, ids, core_.worker_id, kind_.options.lease_ttl);
+  // The part of a token that did not fit goes out as a token of its own
+  // before that token is acked.
+  if (!leftover.empty()) core_.publish(kind_.name, leftover);
   // Claimed or not, the tokens have done their job: a matter not claimed is
   // leased elsewhere (its holder sees any new generation at write-back), not
   // due yet (the sweeper sends a token when it is), or gone.
-  for (auto& token : tokens)
-    if (!token.ack()) metrics_.ack_errors.fetch_add(1, std::memory_order_relaxed);
+  for (auto* token : used)
+    if (!token->ack()) metrics_.ack_errors.fetch_add(1, std::memory_order_relaxed);
   if (claimed.empty()) return;
   {
     std::lock_guard lock(mu_);

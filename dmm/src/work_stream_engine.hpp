@@ -21,6 +21,7 @@
 
 #include "dmm/options.hpp"
 #include "metrics.hpp"
+#include "names.hpp"
 #include "store.hpp"
 #include "tokens.hpp"
 
@@ -57,7 +58,8 @@ class WorkStreamEngine {
   };
 
   void dispatch(std::stop_token stop);
-  void claim_tokens(pqxx::connection& conn, std::vector<Token>& tokens);
+  // Claims the matters the tokens name, at most `room` of them.
+  void claim_tokens(pqxx::connection& conn, std::vector<Token>& tokens, int room);
   void execute();
   Outcome attempt(Item& item);
   void commit();
@@ -73,6 +75,10 @@ class WorkStreamEngine {
   std::atomic<bool> bound_{false};
   const int capacity_;     // most matters held (claimed, running or not yet written back)
   std::stop_source stop_;  // sticky: a stopped stream stays stopped
+  // Dispatcher only: matters per token lately, which sizes fetches. It starts
+  // high: fetching too few tokens costs a round trip, too many hands tokens
+  // back.
+  double ids_per_token_ = static_cast<double>(kMaxIdsPerToken);
 
   std::mutex mu_;
   std::condition_variable ready_cv_;  // ready_ grew or executors_exit_

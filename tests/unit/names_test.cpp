@@ -1,6 +1,7 @@
 // Bucket/kind names, identities, and how they map onto JetStream subjects.
 #include "names.hpp"
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <string>
 
@@ -125,4 +126,69 @@ TEST_CASE("foreign or malformed subjects do not parse", "[names]") {
     INFO(subject);
     CHECK_FALSE(parse_token_subject(subject, "music", "music-player").has_value());
   }
+}
+
+TEST_CASE("tokens for many matters name up to 64 sorted ids each and parse back", "[names]") {
+  using dmm::detail::kMaxIdsPerToken;
+  using dmm::detail::parse_token;
+  using dmm::detail::token_messages;
+  CHECK(token_messages("b", "k", {}).empty());
+
+  // One id: the one-matter subject, no payload, so its notifies coalesce.
+  auto one = token_messages("b", "k", {7, 7});
+  REQUIRE(one.size() == 1);
+  CHECK(one[0].subject == "dmm.b.k.7");
+  CHECK(one[0].payload.empty());
+  CHECK(parse_token(one[0].subject, one[0].payload, "b", "k") == std::vector<std::int64_t>{7});
+
+  auto few = token_messages("b", "k", {30, 10, 20, 10});
+  REQUIRE(few.size() == 1);
+  CHECK(few[0].subject == "dmm.b.k.10.30");
+  CHECK(few[0].payload == "10,20,30");
+  CHECK(parse_token(few[0].subject, few[0].payload, "b", "k") == std::vector<std::int64_t>{10, 20, 30});
+
+  // 1000 ids: as few tokens as the limit allows, of about equal size, every
+  // id exactly once.
+  std::vector<std::int64_t> ids;
+  for (std::int64_t i = 1000; i > 0; --i) ids.push_back(i * 3);
+  const auto many = token_messages("b", "k", ids);
+  CHECK(many.size() == (1000 + kMaxIdsPerToken - 1) / kMaxIdsPerToken);
+  std::vector<std::int64_t> back;
+  for (const auto& m : many) {
+    auto parsed = parse_token(m.subject, m.payload, "b", "k");
+    REQUIRE(parsed);
+    CHECK(parsed->size() <= kMaxIdsPerToken);
+    CHECK(parsed->size() >= 1000 / many.size() - 1);
+    back.insert(back.end(), parsed->begin(), parsed->end());
+  }
+  std::sort(ids.begin(), ids.end());
+  CHECK(back == ids);
+}
+
+TEST_CASE("malformed tokens for many matters do not parse", "[names]") {
+  using dmm::detail::parse_token;
+  const std::pair<const char*, const char*> bad[] = {
+      {"dmm.b.k.1.3", ""},           // no payload
+      {"dmm.b.k.1.3", "x"},          // not ids
+      {"dmm.b.k.1.3", "1,2"},        // last id is not the subject's
+      {"dmm.b.k.1.3", "2,3"},        // first id is not the subject's
+      {"dmm.b.k.1.3", "1,3,2"},      // not ascending
+      {"dmm.b.k.1.3", "1,1,3"},      // repeated
+      {"dmm.b.k.1.3", "1,2,3,"},     // trailing comma
+      {"dmm.b.k.1.3", "1, 2,3"},     // whitespace
+      {"dmm.b.k.3.1", "3,1"},        // first after last
+      {"dmm.b.k.1.1", "1"},          // one id needs the one-matter subject
+      {"dmm.b.k.1.extra", "1,2"},    // not a row id
+      {"dmm.b.k.1.2.3", "1,2,3"},    // too many subject tokens
+      {"dmm.b.k.0.2", "0,2"},        // not a valid row id
+      {"dmm.b.other.1.3", "1,2,3"},  // another kind
+  };
+  for (const auto& [subject, payload] : bad) {
+    INFO(subject << " " << payload);
+    CHECK_FALSE(parse_token(subject, payload, "b", "k").has_value());
+  }
+  std::string huge = "1";
+  for (int i = 2; i <= 10'001; ++i) huge += "," + std::to_string(i);
+  CHECK_FALSE(parse_token("dmm.b.k.1.10001", huge, "b", "k").has_value());
+  CHECK(parse_token("dmm.b.k.1.10000", huge.substr(0, huge.rfind(',')), "b", "k")->size() == 10'000);
 }
