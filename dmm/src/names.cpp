@@ -117,18 +117,17 @@ std::vector<TokenMessage> token_messages(std::string_view bucket, std::string_vi
   std::vector<TokenMessage> out;
   if (ids.size() == 1) out.push_back({token_subject(bucket, kind, ids[0]), {}});
   if (ids.size() <= 1) return out;
+  // As few tokens as the limit allows, their sizes differing by at most one
+  // (each gets at least 33 ids once there are two or more).
   const auto tokens = (ids.size() + kMaxIdsPerToken - 1) / kMaxIdsPerToken;
-  const auto per_token = (ids.size() + tokens - 1) / tokens;  // at least 2: no one-id payload tokens
-  for (std::size_t begin = 0; begin < ids.size(); begin += per_token) {
-    const auto end = std::min(begin + per_token, ids.size());
-    if (end - begin == 1) {
-      out.push_back({token_subject(bucket, kind, ids[begin]), {}});
-      continue;
-    }
+  for (std::size_t t = 0, begin = 0; t < tokens; ++t) {
+    const auto end = begin + ids.size() / tokens + (t < ids.size() % tokens ? 1 : 0);
     TokenMessage m{fmt::format("dmm.{}.{}.{}.{}", bucket, kind, ids[begin], ids[end - 1]), {}};
     m.payload.reserve((end - begin) * 8);
-    for (auto i = begin; i < end; ++i) fmt::format_to(std::back_inserter(m.payload), "{}{}", i == begin ? "" : ",", ids[i]);
+    for (auto i = begin; i < end; ++i)
+      fmt::format_to(std::back_inserter(m.payload), "{}{}", i == begin ? "" : ",", ids[i]);
     out.push_back(std::move(m));
+    begin = end;
   }
   return out;
 }
