@@ -110,7 +110,12 @@ void WorkStreamEngine::work() {
   {
     std::vector<std::jthread> executors;
     for (int i = 0; i < kind_.options.concurrency; ++i) executors.emplace_back([this] { execute(); });
-    std::jthread committer([this] { commit(); });
+    // Write-back is the most expensive statement of the cycle (bench/results.md):
+    // two committers keep two PostgreSQL backends busy with it. Outcomes are
+    // disjoint (one per held matter), and each write-back locks its rows in id
+    // order, so they cannot deadlock. The first also renews the leases.
+    std::vector<std::jthread> committers;
+    for (int i = 0; i < kCommitters; ++i) committers.emplace_back([this, i] { commit(i == 0); });
     Sweeper sweeper(core_, kind_.name);
     std::jthread sweeping([&](std::stop_token st) { sweeper.run(st); });
 
@@ -257,7 +262,10 @@ void WorkStreamEngine::execute() {
       std::lock_guard lock(mu_);
       item->running = false;
       idle = --running_ == 0;
-      if (!item->abandoned) done_.push_back(std::move(outcome));
+      if (!item->abandoned) {
+        item->outcome_queued = true;
+        done_.push_back(std::move(outcome));
+      }
     }
     done_cv_.notify_one();
     if (idle) idle_cv_.notify_all();  // shut_down() waits for running_ == 0
@@ -321,7 +329,7 @@ Outcome WorkStreamEngine::release_of(const Item& item) const {
   return out;
 }
 
-void WorkStreamEngine::commit() {
+void WorkStreamEngine::commit(bool renews) {
   ErrorLog errors(*core_.logger);
   std::unique_ptr<pqxx::connection> conn;
   const auto renew_every = kind_.options.lease_ttl / 3;
@@ -333,7 +341,10 @@ void WorkStreamEngine::commit() {
     bool exiting;
     {
       std::unique_lock lock(mu_);
-      done_cv_.wait_until(lock, next_renewal, [&] { return !done_.empty() || committer_exit_; });
+      if (renews)
+        done_cv_.wait_until(lock, next_renewal, [&] { return !done_.empty() || committer_exit_; });
+      else
+        done_cv_.wait(lock, [&] { return !done_.empty() || committer_exit_; });
       batch.swap(done_);
       exiting = committer_exit_;
     }
@@ -350,7 +361,7 @@ void WorkStreamEngine::commit() {
         }
         room_cv_.notify_one();
       }
-      if (Clock::now() >= next_renewal) {
+      if (renews && Clock::now() >= next_renewal) {
         renew_leases(*conn);
         next_renewal = Clock::now() + renew_every;
         last_renewal = Clock::now();
@@ -363,7 +374,7 @@ void WorkStreamEngine::commit() {
       if (failing_since == Clock::time_point{}) failing_since = Clock::now();
       // Leases not renewed for two thirds of their TTL may soon be taken over:
       // ask running attempts to stop rather than overlap with a new holder.
-      if (Clock::now() - last_renewal > 2 * renew_every) abort_attempts("leases could not be renewed");
+      if (renews && Clock::now() - last_renewal > 2 * renew_every) abort_attempts("leases could not be renewed");
       if (exiting && Clock::now() - failing_since > kind_.options.stop_grace) {
         core_.logger->error("bucket '{}' kind '{}': giving up on {} outcome(s) at stop; their leases expire in {}ms "
                             "and other workers take them over",
@@ -391,10 +402,15 @@ void WorkStreamEngine::renew_leases(pqxx::connection& conn) {
   if (ids.empty()) return;
   auto lost = heartbeat(conn, ids, epochs, kind_.options.lease_ttl);
   if (lost.empty()) return;
+  std::unordered_map<std::int64_t, std::int64_t> sent;  // id -> the epoch the heartbeat asked about
+  for (std::size_t i = 0; i < ids.size(); ++i) sent[ids[i]] = epochs[i];
   std::lock_guard lock(mu_);
   for (auto id : lost) {
     auto it = held_.find(id);
-    if (it == held_.end()) continue;
+    // Its outcome is on the way (the write-back is fenced and tells), or it
+    // was written back by the other committer meanwhile, perhaps claimed again
+    // since (a new epoch): not a lease lost under a running attempt.
+    if (it == held_.end() || it->second->outcome_queued || it->second->row.epoch != sent[id]) continue;
     auto& item = *it->second;
     MatterLogScope scope(core_.options.name, kind_.name, item.row.identity);
     metrics_.leases_lost.fetch_add(1, std::memory_order_relaxed);
