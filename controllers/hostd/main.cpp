@@ -136,18 +136,22 @@ int run(Settings& s, const std::string& dir, const fs::path& state_dir, const st
     spdlog::info("received {}: stopping (managed processes keep running)", sig == SIGINT ? "SIGINT" : "SIGTERM");
     bucket.stop();
   });
+  // Joined before `bucket` is destroyed, on every path: detached, it could
+  // still be inside bucket.stop() while the bucket goes. If run() ended (or
+  // threw) without a signal, wake its sigwait with one of its own.
+  struct JoinWatcher {
+    std::jthread& t;
+    ~JoinWatcher() {
+      pthread_kill(t.native_handle(), SIGTERM);
+      t.join();
+    }
+  } join_watcher{signals};
   spdlog::info("hostd running: bucket '{}', state dir {}{}", s.bucket, state_dir.string(),
                dir.empty() ? "" : ", desired state from " + dir);
-  try {
-    bucket.run();
-  } catch (...) {
-    signals.detach();  // blocked in sigwait: joining it would hang
-    throw;
-  }
+  bucket.run();
   desired = {};
   file_observer = {};
   process_observer = {};
-  signals.detach();  // still in sigwait; the process exits now
   spdlog::info("hostd stopped");
   return 0;
 }

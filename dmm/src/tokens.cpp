@@ -258,7 +258,7 @@ void Nats::on_publish_error(jsCtx*, jsPubAckErr* pae, void* closure) {
                     pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
 }
 
-TokenSource::TokenSource(Nats& nats, const std::string& kind) {
+TokenSource::TokenSource(Nats& nats, const std::string& kind) : conn_(nats.connection()) {
   nats.ensure_consumer(kind);
   const auto stream = stream_name(nats.bucket());
   const auto filter = kind_subjects(nats.bucket(), kind);
@@ -274,7 +274,25 @@ TokenSource::TokenSource(Nats& nats, const std::string& kind) {
 }
 
 TokenSource::~TokenSource() {
-  // Unsubscribing would delete nothing (the consumer is durable); just free.
+  // The consumer is durable and bound by name: unsubscribing deletes nothing.
+  // Not a bare natsSubscription_Destroy while the connection lives on: up to
+  // nats.c 3.5 (fixed in 3.6.0, nats-io/nats.c#637/#638; Debian 12 ships
+  // 3.4.1) natsConn_processMsg looks the subscription up in the connection's
+  // map, unlocks the map, builds the message and only then locks the
+  // subscription, holding no reference to it: a Destroy in between frees it
+  // under the read loop, which then locks a freed mutex and links the message
+  // into freed memory (heap corruption, e.g. glibc's "corrupted double-linked
+  // list" later). A message for this subscription can be in flight whenever
+  // the dispatcher stops or resets the source after an error: a token, or the
+  // server's 408 status of a pull request that expired just as the fetch gave
+  // up. So: unsubscribe (the subscription leaves the map but stays allocated;
+  // a message the read loop already holds is dropped as closed), then flush:
+  // the read loop handles the PONG only after every message that came before
+  // it, so once the flush returns it holds no pointer to this subscription
+  // and freeing it is safe. Not connected: nothing is being read (and a flush
+  // would only wait out its timeout).
+  if (natsSubscription_Unsubscribe(sub_) == NATS_OK && natsConnection_Status(conn_) == NATS_CONN_STATUS_CONNECTED)
+    natsConnection_FlushTimeout(conn_, 1000);
   natsSubscription_Destroy(sub_);
 }
 

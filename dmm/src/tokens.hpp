@@ -66,6 +66,7 @@ class Nats {
 
   const std::string& bucket() const { return bucket_; }
   jsCtx* js() { return js_; }
+  natsConnection* connection() { return conn_; }
 
  private:
   static void on_publish_error(jsCtx* js, jsPubAckErr* pae, void* closure);
@@ -118,6 +119,7 @@ class TokenSource {
  private:
   void pull(int max, bool no_wait, std::chrono::milliseconds timeout, std::vector<Token>& out);
 
+  natsConnection* conn_ = nullptr;  // the bucket's; outlives this source
   natsSubscription* sub_ = nullptr;
 };
 

@@ -88,6 +88,14 @@ WorkStreamEngine::~WorkStreamEngine() {
 const std::string& WorkStreamEngine::kind() const { return kind_.name; }
 
 void WorkStreamEngine::stop() {
+  // Under mu_: work() takes mu_ after its dispatcher saw the stop (shut_down),
+  // so it cannot return, and its caller cannot destroy this engine, while a
+  // stop() from another thread (a signal watcher) is still touching room_cv_.
+  // Unlocked, the watcher could be preempted between request_stop() and
+  // notify_all() while run() returned and ~Bucket freed the engine: a
+  // pthread_cond_broadcast on freed memory (ThreadSanitizer: data race
+  // between ~WorkStreamEngine and stop()).
+  std::lock_guard lock(mu_);
   stop_.request_stop();
   room_cv_.notify_all();
 }

@@ -61,9 +61,18 @@ int main(int argc, char** argv) {
       sigwait(&set, &sig);
       bucket.stop();
     });
+    // Joined before `bucket` is destroyed, on every path: detached, it could
+    // still be inside bucket.stop() while main() destroys the bucket. If run()
+    // ended (or threw) without a signal, wake its sigwait with one of its own.
+    struct JoinWatcher {
+      std::jthread& t;
+      ~JoinWatcher() {
+        pthread_kill(t.native_handle(), SIGTERM);
+        t.join();
+      }
+    } join_watcher{signals};
     std::cout << "ready" << std::endl;
     bucket.run();
-    signals.detach();
     return 0;
   } catch (const std::exception& e) {
     spdlog::error("fault_worker: {}", e.what());
