@@ -115,6 +115,8 @@ WITH r AS (
     JOIN dmm.dependency d ON d.bucket = m.bucket AND d.dep_kind = m.kind AND d.dep_identity = m.identity
     JOIN dmm.matter dm ON dm.bucket = d.bucket AND dm.kind = d.kind AND dm.identity = d.identity
    WHERE r.outcome IN ('done', 'requeue')
+     -- Checked once: a bucket without any edge skips a probe per matter.
+     AND EXISTS (SELECT 1 FROM dmm.dependency WHERE bucket = $4)
 ), locked AS (
   SELECT id FROM dmm.matter WHERE id IN (SELECT id FROM r UNION SELECT id FROM dependents) ORDER BY id FOR UPDATE
 ), gone AS (
