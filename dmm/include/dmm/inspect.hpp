@@ -108,7 +108,9 @@ struct KindStats {
   std::string oldest_due{};      // due_at of the longest-waiting of due_now; empty when none
   std::int64_t oldest_due_age_ms = 0;
   // From NATS (stream_stats); nullopt when not read or the consumer is missing.
-  std::optional<std::int64_t> tokens_pending{};  // tokens in the stream for this kind (undelivered + unacked)
+  // Tokens in the stream for this kind (undelivered + unacked); one token may
+  // name up to 64 matters.
+  std::optional<std::int64_t> tokens_pending{};
   std::optional<std::int64_t> consumer_lag{};    // tokens not yet delivered to any worker
   std::optional<std::int64_t> ack_pending{};     // delivered, not yet acked
 };

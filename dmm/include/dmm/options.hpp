@@ -67,7 +67,8 @@ struct BucketOptions {
 struct KindOptions {
   // Materializations of this kind running at once in this process. Default 4.
   int concurrency = 4;
-  // Most tokens fetched and claimed in one round trip. Default 256.
+  // Most matters claimed in one round trip (a token may name up to 64;
+  // fetches are sized to match). Default 256.
   int batch = 256;
   // How long a claimed matter stays leased without a heartbeat. Heartbeats
   // renew it every third of this while the process is alive; a process that
