@@ -1,5 +1,6 @@
 // The worker loop of one kind: dispatch, execute, commit (sweeper.cpp sweeps).
 #include <algorithm>
+#include <cmath>
 #include <fmt/format.h>
 #include <random>
 #include <spdlog/spdlog.h>
@@ -165,7 +166,7 @@ void WorkStreamEngine::dispatch(std::stop_token stop) {
       // A token may name many matters: fetch about as many tokens as the
       // matters that fit, judged by the tokens seen lately.
       room = std::min(room, kind_.options.batch);
-      const int want = std::clamp(static_cast<int>(room / ids_per_token_), 1, room);
+      const int want = std::clamp(static_cast<int>(std::lround(room / ids_per_token_)), 1, room);
       auto tokens = source->fetch(want, std::chrono::milliseconds(250));
       if (!tokens.empty()) claim_tokens(*conn, tokens, room);
       delay = std::chrono::milliseconds(100);
@@ -186,7 +187,7 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Token>& 
   std::vector<std::int64_t> ids, leftover;
   std::vector<Token*> used;
   ids.reserve(static_cast<std::size_t>(room));
-  std::size_t named = 0, parsed = 0;
+  std::size_t named = 0, parsed = 0, handed_back = 0;
   for (auto& token : tokens) {
     auto token_ids = parse_token(token.subject(), token.payload(), core_.options.name, kind_.name);
     if (!token_ids) {
@@ -202,6 +203,7 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Token>& 
       // Fetched more than fits (the tokens were larger than lately): back
       // to the stream, for this process's next fetch or another's.
       if (!token.nak()) metrics_.ack_errors.fetch_add(1, std::memory_order_relaxed);
+      ++handed_back;
       continue;
     }
     const auto take = std::min(fits, token_ids->size());
@@ -210,6 +212,10 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Token>& 
     used.push_back(&token);
   }
   if (parsed > 0) ids_per_token_ = (ids_per_token_ + static_cast<double>(named) / static_cast<double>(parsed)) / 2;
+  if (handed_back > 0 || !leftover.empty())
+    core_.logger->debug("bucket '{}' kind '{}': {} matter(s) fit; handed back {} token(s), sending {} matter(s) "
+                        "again in new tokens",
+                        core_.options.name, kind_.name, ids.size(), handed_back, leftover.size());
   auto claimed = claim(conn, core_.options.name, kind_.name, ids, core_.worker_id, kind_.options.lease_ttl);
   // The part of a token that did not fit goes out as a token of its own
   // before that token is acked.
