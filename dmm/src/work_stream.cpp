@@ -119,12 +119,9 @@ void WorkStreamEngine::work() {
   {
     std::vector<std::jthread> executors;
     for (int i = 0; i < kind_.options.concurrency; ++i) executors.emplace_back([this] { execute(); });
-    // Write-back is the most expensive statement of the cycle (bench/results.md):
-    // two committers keep two PostgreSQL backends busy with it. Outcomes are
-    // disjoint (one per held matter), and each write-back locks its rows in id
-    // order, so they cannot deadlock. The first also renews the leases.
-    std::vector<std::jthread> committers;
-    for (int i = 0; i < kCommitters; ++i) committers.emplace_back([this, i] { commit(i == 0); });
+    // One committer: a second one, writing back on another connection, was
+    // ~15% slower (bench/results.md, round 3).
+    std::jthread committer([this] { commit(); });
     Sweeper sweeper(core_, kind_.name);
     std::jthread sweeping([&](std::stop_token st) { sweeper.run(st); });
 
@@ -343,7 +340,7 @@ Outcome WorkStreamEngine::release_of(const Item& item) const {
   return out;
 }
 
-void WorkStreamEngine::commit(bool renews) {
+void WorkStreamEngine::commit() {
   ErrorLog errors(*core_.logger);
   std::unique_ptr<pqxx::connection> conn;
   const auto renew_every = kind_.options.lease_ttl / 3;
@@ -355,10 +352,7 @@ void WorkStreamEngine::commit(bool renews) {
     bool exiting;
     {
       std::unique_lock lock(mu_);
-      if (renews)
-        done_cv_.wait_until(lock, next_renewal, [&] { return !done_.empty() || committer_exit_; });
-      else
-        done_cv_.wait(lock, [&] { return !done_.empty() || committer_exit_; });
+      done_cv_.wait_until(lock, next_renewal, [&] { return !done_.empty() || committer_exit_; });
       batch.swap(done_);
       exiting = committer_exit_;
     }
@@ -375,7 +369,7 @@ void WorkStreamEngine::commit(bool renews) {
         }
         room_cv_.notify_one();
       }
-      if (renews && Clock::now() >= next_renewal) {
+      if (Clock::now() >= next_renewal) {
         renew_leases(*conn);
         next_renewal = Clock::now() + renew_every;
         last_renewal = Clock::now();
@@ -388,7 +382,7 @@ void WorkStreamEngine::commit(bool renews) {
       if (failing_since == Clock::time_point{}) failing_since = Clock::now();
       // Leases not renewed for two thirds of their TTL may soon be taken over:
       // ask running attempts to stop rather than overlap with a new holder.
-      if (renews && Clock::now() - last_renewal > 2 * renew_every) abort_attempts("leases could not be renewed");
+      if (Clock::now() - last_renewal > 2 * renew_every) abort_attempts("leases could not be renewed");
       if (exiting && Clock::now() - failing_since > kind_.options.stop_grace) {
         core_.logger->error("bucket '{}' kind '{}': giving up on {} outcome(s) at stop; their leases expire in {}ms "
                             "and other workers take them over",
@@ -421,9 +415,10 @@ void WorkStreamEngine::renew_leases(pqxx::connection& conn) {
   std::lock_guard lock(mu_);
   for (auto id : lost) {
     auto it = held_.find(id);
-    // Its outcome is on the way (the write-back is fenced and tells), or it
-    // was written back by the other committer meanwhile, perhaps claimed again
-    // since (a new epoch): not a lease lost under a running attempt.
+    // Its outcome is on the way (the write-back is fenced and tells), or it is
+    // held under another epoch than the one asked about (written back and
+    // claimed again meanwhile, possible only if write-backs ran beside the
+    // heartbeat): not a lease lost under a running attempt.
     if (it == held_.end() || it->second->outcome_queued || it->second->row.epoch != sent[id]) continue;
     auto& item = *it->second;
     MatterLogScope scope(core_.options.name, kind_.name, item.row.identity);

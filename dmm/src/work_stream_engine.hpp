@@ -4,9 +4,8 @@
 // - dispatcher (the caller of work()): fetch tokens, claim their matters in one
 //   statement, ack the tokens, queue the claimed matters;
 // - executors (KindOptions::concurrency): run materialize/finalize;
-// - two committers: write outcomes back in batches (fenced by lease epoch),
-//   publish tokens owed; the first also renews every held lease each third of
-//   the TTL;
+// - committer: write outcomes back in batches (fenced by lease epoch), publish
+//   tokens owed, and renew every held lease each third of the TTL;
 // - sweeper: re-send tokens whose kick_at passed (sweeper.cpp).
 #pragma once
 
@@ -64,9 +63,7 @@ class WorkStreamEngine {
   void claim_tokens(pqxx::connection& conn, std::vector<Token>& tokens, int room);
   void execute();
   Outcome attempt(Item& item);
-  // One committer's loop; `renews`: this one renews the held leases.
-  void commit(bool renews);
-  static constexpr int kCommitters = 2;
+  void commit();
   void renew_leases(pqxx::connection& conn);
   // Requests the stop token of every running attempt.
   void abort_attempts(const char* why);
@@ -86,7 +83,7 @@ class WorkStreamEngine {
 
   std::mutex mu_;
   std::condition_variable ready_cv_;  // ready_ grew or executors_exit_
-  std::condition_variable done_cv_;   // done_ grew or committer_exit_ (waited on by every committer)
+  std::condition_variable done_cv_;   // done_ grew or committer_exit_
   std::condition_variable room_cv_;   // held_ shrank
   std::condition_variable idle_cv_;   // running_ dropped, or working_ ended
   std::deque<std::shared_ptr<Item>> ready_;                        // guarded by mu_
