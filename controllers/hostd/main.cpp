@@ -130,9 +130,10 @@ int run(Settings& s, const std::string& dir, const fs::path& state_dir, const st
   if (!dir.empty())
     desired = std::jthread([&](std::stop_token st) { watch_desired_dir(bucket, s.postgres, dir, st); });
   if (!http.empty()) spdlog::info("serving /metrics, /healthz, /readyz and the web view on port {}", bucket.serve_http(http));
-  std::jthread signals([&, set] {
+  std::jthread signals([&, set](std::stop_token st) {
     int sig = 0;
     sigwait(&set, &sig);
+    if (st.stop_requested()) return;  // woken by JoinWatcher below: run() has ended
     spdlog::info("received {}: stopping (managed processes keep running)", sig == SIGINT ? "SIGINT" : "SIGTERM");
     bucket.stop();
   });
@@ -142,6 +143,7 @@ int run(Settings& s, const std::string& dir, const fs::path& state_dir, const st
   struct JoinWatcher {
     std::jthread& t;
     ~JoinWatcher() {
+      t.request_stop();
       pthread_kill(t.native_handle(), SIGTERM);
       t.join();
     }
