@@ -104,12 +104,6 @@ std::optional<std::string_view> after_kind_prefix(std::string_view subject, std:
 
 }  // namespace
 
-std::optional<std::int64_t> parse_token_subject(std::string_view subject, std::string_view bucket,
-                                                std::string_view kind) {
-  const auto rest = after_kind_prefix(subject, bucket, kind);
-  return rest ? parse_row_id(*rest) : std::nullopt;
-}
-
 std::vector<TokenMessage> token_messages(std::string_view bucket, std::string_view kind,
                                          std::vector<std::int64_t> ids) {
   std::sort(ids.begin(), ids.end());

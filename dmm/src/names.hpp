@@ -28,10 +28,6 @@ std::string kind_subjects(std::string_view bucket, std::string_view kind);  // d
 // ascending order, comma-separated, `first` to `last` (one message instead of
 // one per matter is what makes bulk work cheap on the NATS side).
 std::string token_subject(std::string_view bucket, std::string_view kind, std::int64_t row_id);
-// Row id from a one-matter token subject of this bucket and kind; nullopt for
-// anything else.
-std::optional<std::int64_t> parse_token_subject(std::string_view subject, std::string_view bucket,
-                                                std::string_view kind);
 
 // Most row ids dmm puts into one token.
 inline constexpr std::size_t kMaxIdsPerToken = 64;

@@ -32,11 +32,7 @@ std::vector<Slow> versions(int n, long version) {
   return out;
 }
 
-std::int64_t leased(const std::string& bucket) {
-  pqxx::nontransaction tx(pg());
-  return tx.exec_params1("SELECT count(*) FROM dmm.matter WHERE bucket = $1 AND lease_owner IS NOT NULL", bucket)[0]
-      .as<std::int64_t>();
-}
+std::int64_t leased(const std::string& bucket) { return count_matters(bucket, "", "lease_owner IS NOT NULL"); }
 
 }  // namespace
 
