@@ -7,6 +7,7 @@
 #include <chrono>
 #include <csignal>
 #include <cstdio>
+#include <cstdlib>
 #include <dmm/dmm.hpp>
 #include <fmt/format.h>
 #include <fstream>
@@ -15,6 +16,7 @@
 #include <pqxx/pqxx>
 #include <spdlog/spdlog.h>
 #include <thread>
+#include <tuple>
 
 #include "process.hpp"
 
@@ -279,6 +281,7 @@ int run_latency(const Common& c, double rate, double seconds, int threads, const
   // started by then (the notifiers fell behind) are not sent.
   const long scheduled = std::max<long>(1, static_cast<long>(rate * seconds));
   std::atomic<long> next{0}, total{0};
+  LatencyLog notify_ns;  // how long each notify() call took
   const auto start = Clock::now() + 20ms;
   const auto stop_at = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
   std::vector<std::jthread> notifiers;
@@ -287,7 +290,9 @@ int run_latency(const Common& c, double rate, double seconds, int threads, const
       for (long k; (k = next++) < scheduled;) {
         std::this_thread::sleep_until(start + std::chrono::nanoseconds(static_cast<std::int64_t>(k * 1e9 / rate)));
         if (Clock::now() >= stop_at) break;
-        bucket.notify(Noop{fmt::format("l-{}", k), now_ns()});
+        const auto t0 = now_ns();
+        bucket.notify(Noop{fmt::format("l-{}", k), t0});
+        notify_ns.add(now_ns() - t0);
         ++total;
       }
     });
@@ -306,6 +311,8 @@ int run_latency(const Common& c, double rate, double seconds, int threads, const
   result("p50_ms", percentile(ns, 0.50));
   result("p99_ms", percentile(ns, 0.99));
   result("max_ms", percentile(ns, 1.0));
+  result("notify_p50_ms", percentile(notify_ns.ns, 0.50));
+  result("notify_p99_ms", percentile(notify_ns.ns, 0.99));
   drop_bucket_rows(conn, c.bucket);
   return ns.size() >= static_cast<std::size_t>(total.load()) ? 0 : 1;
 }
@@ -356,8 +363,11 @@ int main(int argc, char** argv) {
   app.require_subcommand(1);
   Common c;
   auto add_common = [&](CLI::App* sub) {
-    sub->add_option("--postgres", c.postgres)->envname("DMM_POSTGRES_URL")->required();
-    sub->add_option("--nats", c.nats)->envname("DMM_NATS_URL")->required();
+    // Not ->envname(): every subcommand binds the same Common, and CLI11
+    // 2.1 fills the options of the subcommands not used from the
+    // environment too, over the one given on the command line.
+    sub->add_option("--postgres", c.postgres, "PostgreSQL URL (default: $DMM_POSTGRES_URL)");
+    sub->add_option("--nats", c.nats, "NATS URL (default: $DMM_NATS_URL)");
     sub->add_option("--bucket", c.bucket)->required();
     sub->add_option("--concurrency", c.concurrency, "materializations at once per process")->capture_default_str();
     sub->add_option("--batch", c.batch, "tokens fetched and claimed per round trip")->capture_default_str();
@@ -399,6 +409,14 @@ int main(int argc, char** argv) {
   memory->add_option("--settle-ms", settle_ms)->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);
+  for (auto [value, env, option] : {std::tuple{&c.postgres, "DMM_POSTGRES_URL", "--postgres"},
+                                    std::tuple{&c.nats, "DMM_NATS_URL", "--nats"}}) {
+    if (value->empty() && std::getenv(env)) *value = std::getenv(env);
+    if (value->empty()) {
+      std::fprintf(stderr, "dmm_bench: %s is required (or set %s)\n", option, env);
+      return 2;
+    }
+  }
   spdlog::set_level(spdlog::level::warn);
   try {
     if (*worker) return run_worker(c, latency_out);
