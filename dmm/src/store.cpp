@@ -10,7 +10,12 @@ namespace {
 
 // Lock order: every statement that may wait for row locks takes them in id
 // order first (the `locked` CTEs, consumed whole by a scalar subquery before
-// any row changes), so concurrent batches cannot deadlock. A matter's
+// any row changes), so concurrent batches cannot deadlock. The exception is
+// the write-back in a bucket without dependency edges: it locks only its own
+// batch, as it updates it, in the order of its input (sorted by id, and read
+// by a nested loop: connect_pg turns merge and hash joins off). Should that
+// order ever break, PostgreSQL detects the deadlock and the committer
+// retries. A matter's
 // dmm.kick row is written only by a statement holding the matter's row lock,
 // or by the sweep, which never waits. Claim and sweep skip locked rows, whose
 // holder always leaves a token behind (a notify publishes, a write-back or
@@ -118,7 +123,14 @@ WITH r AS (
      -- Checked once: a bucket without any edge skips a probe per matter.
      AND EXISTS (SELECT 1 FROM dmm.dependency WHERE bucket = $4)
 ), locked AS (
-  SELECT id FROM dmm.matter WHERE id IN (SELECT id FROM r UNION SELECT id FROM dependents) ORDER BY id FOR UPDATE
+  -- Only with dependency edges: the dependents must be locked together with
+  -- the batch, in id order. Without, the statements below lock the batch's
+  -- rows themselves, in the order of $1, which write_back sorts by id
+  -- (locking every row first cost ~20% of a write-back).
+  SELECT id FROM dmm.matter
+   WHERE id IN (SELECT id FROM r UNION SELECT id FROM dependents)
+     AND EXISTS (SELECT 1 FROM dmm.dependency WHERE bucket = $4)
+   ORDER BY id FOR UPDATE
 ), gone AS (
   DELETE FROM dmm.matter m USING r
    WHERE r.outcome = 'finalized' AND m.id = r.id AND m.lease_epoch = r.epoch AND m.generation = r.gen
@@ -410,8 +422,16 @@ std::vector<Claimed> claim(pqxx::connection& conn, const std::string& bucket, co
 std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
                                      std::chrono::milliseconds grace, const std::string& wake_payload,
                                      const HistoryWrite& history) {
+  // In id order: the statement locks the rows in the order it reads them
+  // (kWriteBack, `locked`), and every other statement that waits for row
+  // locks takes them in id order too.
+  std::vector<const Outcome*> sorted;
+  sorted.reserve(outcomes.size());
+  for (const auto& o : outcomes) sorted.push_back(&o);
+  std::sort(sorted.begin(), sorted.end(), [](const Outcome* a, const Outcome* b) { return a->id < b->id; });
   auto rows = nlohmann::json::array();
-  for (const auto& o : outcomes) {
+  for (const auto* p : sorted) {
+    const auto& o = *p;
     nlohmann::json row = {{"id", o.id}, {"epoch", o.epoch}, {"gen", o.generation}, {"outcome", to_string(o.kind)}};
     if (o.state) row["state"] = *o.state;
     if (o.delay_ms) row["delay_ms"] = o.delay_ms;
