@@ -226,47 +226,67 @@ const std::string& kind_of(const BucketCore& core, std::type_index type, std::st
   return it->second;
 }
 
+namespace {
+
+// Stores `chunk` (distinct identities, in identity order) and publishes the
+// tokens owed. `what` names the call in errors.
+void store_notifies(BucketCore& core, const std::string& kind, const std::vector<JsonMatter>& chunk,
+                    const std::vector<MatterDependencies>& deps, const std::string& what) {
+  // Without dependencies the upsert is the whole notify: one statement,
+  // committed on its own, saves the BEGIN and COMMIT round trips (single
+  // notifies/s +25–40%, bench/results.md). Repeating it is harmless.
+  auto owed = in_postgres(
+      core, what,
+      [&](pqxx::connection& conn) {
+        if (deps.empty()) {
+          pqxx::nontransaction tx(conn);
+          return upsert_matters(tx, core.options.name, kind, chunk, core.options.token_grace);
+        }
+        pqxx::work tx(conn);
+        auto ids = upsert_matters(tx, core.options.name, kind, chunk, core.options.token_grace);
+        record_dependencies(tx, core, kind, deps);
+        tx.commit();
+        return ids;
+      },
+      deps.empty());
+  core.publish(kind, owed);
+}
+
+}  // namespace
+
 void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> matters) {
   const auto& k = core.kind(kind);
+  for (const auto& m : matters) validate_matter(core, kind, m);
+  if (matters.size() == 1 && !k.hooks.dependencies) {
+    // Written together with concurrent notifies of the kind (notify_group.hpp).
+    core.notify_groups.notify(kind, std::move(matters.front()), [&](std::vector<JsonMatter>& batch) {
+      store_notifies(core, kind, batch, {},
+                     batch.size() == 1 ? about("notify", kind, batch.front().identity)
+                                       : fmt::format("notify of {} matters of kind '{}' (concurrent notify calls, "
+                                                     "written together)",
+                                                     batch.size(), kind));
+    });
+    return;
+  }
   // Last state wins within one call; ON CONFLICT cannot touch a row twice.
   std::map<std::string, std::size_t> last;
-  for (std::size_t i = 0; i < matters.size(); ++i) {
-    validate_matter(core, kind, matters[i]);
-    last[matters[i].identity] = i;
-  }
+  for (std::size_t i = 0; i < matters.size(); ++i) last[matters[i].identity] = i;
   // In identity order, so concurrent bulk inserts take index locks in one order.
   std::vector<JsonMatter> unique;
   unique.reserve(last.size());
   for (auto& [identity, index] : last) unique.push_back(std::move(matters[index]));
 
-  constexpr std::size_t kChunk = 2000;
+  constexpr std::size_t kChunk = NotifyGroups::kMaxBatch;  // matters per statement
   for (std::size_t begin = 0; begin < unique.size(); begin += kChunk) {
     std::vector<JsonMatter> chunk(std::make_move_iterator(unique.begin() + begin),
                                   std::make_move_iterator(unique.begin() + std::min(unique.size(), begin + kChunk)));
     const auto deps = dependencies_of(k, chunk);
-    const auto what =
-        unique.size() == 1
-            ? about("notify", kind, chunk.front().identity)
-            : fmt::format("notify of {} matters of kind '{}' (matters {}-{}{})", unique.size(), kind, begin + 1,
-                          begin + chunk.size(), begin > 0 ? "; the ones before were stored" : "");
-    // Without dependencies the upsert is the whole notify: one statement,
-    // committed on its own, saves the BEGIN and COMMIT round trips (single
-    // notifies/s +25–40%, bench/results.md). Repeating it is harmless.
-    auto owed = in_postgres(
-        core, what,
-        [&](pqxx::connection& conn) {
-          if (deps.empty()) {
-            pqxx::nontransaction tx(conn);
-            return upsert_matters(tx, core.options.name, kind, chunk, core.options.token_grace);
-          }
-          pqxx::work tx(conn);
-          auto ids = upsert_matters(tx, core.options.name, kind, chunk, core.options.token_grace);
-          record_dependencies(tx, core, kind, deps);
-          tx.commit();
-          return ids;
-        },
-        deps.empty());
-    core.publish(kind, owed);
+    store_notifies(core, kind, chunk, deps,
+                   unique.size() == 1
+                       ? about("notify", kind, chunk.front().identity)
+                       : fmt::format("notify of {} matters of kind '{}' (matters {}-{}{})", unique.size(), kind,
+                                     begin + 1, begin + chunk.size(),
+                                     begin > 0 ? "; the ones before were stored" : ""));
   }
 }
 

@@ -13,6 +13,7 @@
 #include "dmm/options.hpp"
 #include "dmm/work_stream.hpp"
 #include "metrics.hpp"
+#include "notify_group.hpp"
 #include "pg.hpp"
 #include "store.hpp"
 #include "tokens.hpp"
@@ -40,6 +41,7 @@ class BucketCore {
   Metrics metrics;             // thread-safe
   PgPool pool;                 // thread-safe
   std::unique_ptr<Nats> nats;  // thread-safe; set once in the constructor
+  NotifyGroups notify_groups;  // thread-safe
 
   // The registered kind `name`; InvalidArgument if unknown.
   Kind& kind(const std::string& name);

@@ -1,6 +1,8 @@
 // Notify: durability, no-op on identical state, bulk and transactional notify,
 // and the get/update/remove basics.
+#include <atomic>
 #include <catch2/catch.hpp>
+#include <fmt/format.h>
 
 #include "harness.hpp"
 #include "probe.hpp"
@@ -45,6 +47,55 @@ TEST_CASE("a notify that returned is durable", "[notify]") {
   CHECK(row->generation >= 1);
   CHECK(row->phase == "pending");
   CHECK(row->materialized_generation < row->generation);
+}
+
+TEST_CASE("concurrent notifies, written together, are each durable when they return; a bad one fails alone",
+          "[notify]") {
+  Fixture f;
+  constexpr int kThreads = 16, kEach = 25;
+  std::atomic<int> missing{0}, failed{0}, refused{0};
+  std::mutex message_mu;
+  std::string refusal;
+  {
+    std::vector<std::jthread> threads;
+    for (int t = 0; t < kThreads; ++t)
+      threads.emplace_back([&, t] {
+        for (int k = 0; k < kEach; ++k) {
+          const auto id = fmt::format("t{}-{}", t, k);
+          try {
+            f.bucket.notify(Note{.id = id, .text = "x", .seq = k});
+            // Shared by every thread: the same identity in one write at most once.
+            f.bucket.notify(Note{.id = fmt::format("shared-{}", k % 3), .text = "s", .seq = t * 1000 + k});
+          } catch (const std::exception&) {
+            ++failed;
+            continue;
+          }
+          // Committed before notify returned, whoever wrote it.
+          auto row = query_matter(f.name, "note", id);
+          if (!row || row->state.at("seq") != k) ++missing;
+          if (t == 0 && k == kEach / 2) {
+            try {  // a string PostgreSQL's jsonb refuses (\u0000), among the concurrent ones
+              f.bucket.notify(Note{.id = "refused", .text = std::string("nul\0inside", 10), .seq = 1});
+            } catch (const dmm::DatabaseError& e) {
+              ++refused;
+              std::lock_guard lock(message_mu);
+              refusal = e.what();
+            }
+          }
+        }
+      });
+  }
+  CHECK(failed == 0);
+  CHECK(missing == 0);
+  CHECK(refused == 1);
+  CHECK_THAT(refusal, Catch::Contains("note") && Catch::Contains("refused"));
+  CHECK_FALSE(query_matter(f.name, "note", "refused").has_value());
+  CHECK(count_matters(f.name, "note") == kThreads * kEach + 3);
+
+  // Their tokens (many matters a token when written together) reach a worker.
+  Runner runner(f.bucket);
+  wait_until([&] { return count_converged(f.name, "note") == kThreads * kEach + 3; }, 30s,
+             "every notified matter to become ready", [&] { return describe_unconverged(f.name); });
 }
 
 TEST_CASE("a notify that returned survives a SIGKILL of the notifying process", "[notify]") {

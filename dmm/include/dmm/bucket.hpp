@@ -85,6 +85,9 @@ class Bucket {
   }
 
   // Stores the absolute state of one matter and schedules its materialization.
+  // Committed when it returns. Concurrent notifies of one kind (without
+  // dependencies) are written together in one statement and commit; a
+  // refused one fails alone.
   template <Materializer T>
   void notify(const T& obj) {
     std::vector<detail::JsonMatter> one;
