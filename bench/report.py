@@ -51,7 +51,8 @@ throughput = [
     ("dmm, 2 worker processes", "dmm-2p", "materialize_per_s", "materializations/s"),
     (f"graphile-worker {meta.get('graphile_version', '')}", "graphile", "process_per_s", "jobs/s"),
     (f"pg-boss {meta.get('pgboss_version', '')}", "pgboss", "process_per_s", "jobs/s"),
-    ("ceiling: dmm's claim + write-back as plain SQL (pgbench, 2 clients, 256/batch)", "sql-ceiling", "rows_per_s", "rows/s"),
+    (f"ceiling: dmm's claim + write-back as plain SQL (pgbench, 2 clients, {meta.get('batch', '?')}/batch)",
+     "sql-ceiling", "rows_per_s", "rows/s"),
     ("ceiling: JetStream async publish", "nats-ceiling", "publish_per_s", "msgs/s"),
     ("ceiling: JetStream fetch 256 + async ack", "nats-ceiling", "fetch_ack_per_s", "msgs/s"),
 ]
