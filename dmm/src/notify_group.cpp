@@ -24,7 +24,11 @@ void NotifyGroups::notify(const std::string& kind, JsonMatter matter, const Writ
     queue.waiting.erase(queue.waiting.begin(), queue.waiting.begin() + static_cast<std::ptrdiff_t>(n));
     ++queue.writers;
     lock.unlock();
-    write_all(batch, write);
+    try {
+      write_all(batch, write);
+    } catch (...) {  // out of memory preparing the write: fail the batch, never strand its callers
+      for (auto* call : batch) call->error = std::current_exception();
+    }
     lock.lock();
     --queue.writers;
     for (auto* call : batch) call->done = true;
