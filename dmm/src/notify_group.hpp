@@ -29,8 +29,8 @@ class NotifyGroups {
   // write failed with.
   using Write = std::function<void(std::vector<JsonMatter>&)>;
 
-  // Writers of one kind at a time: two keep both ends busy (one statement
-  // runs while the other commits).
+  // Writes of one kind at a time. Against one, two gave the same latency
+  // and a higher most notifies/s (bench/results.md, round 4, item 15).
   static constexpr int kWriters = 2;
   // Matters per statement at most (as notify_many's chunks).
   static constexpr std::size_t kMaxBatch = 2000;

@@ -323,8 +323,8 @@ void TokenSource::pull(int max, bool no_wait, std::chrono::milliseconds timeout,
 // batch fills or the request expires, and the tokens that arrived meanwhile
 // wait in it: at low rates every token would wait out the timeout. So take
 // what is pending now; if nothing is, wait for one token only and return it
-// at once: whatever came with it is taken by the next fetch, while this one
-// is being claimed. (Asking for the rest first cost every token that woke an
+// at once: whatever arrived with it is taken by the next fetch, right after
+// this one's claim. (Asking for the rest first cost every token that woke an
 // idle worker a round trip to the server before its claim.)
 std::vector<Token> TokenSource::fetch(int max, std::chrono::milliseconds timeout) {
   std::vector<Token> tokens;
