@@ -265,6 +265,8 @@ void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> m
                                        : fmt::format("notify of {} matters of kind '{}' (concurrent notify calls, "
                                                      "written together)",
                                                      batch.size(), kind));
+      if (batch.size() > 1)
+        core.metrics.kind(kind).notifies_grouped.fetch_add(batch.size(), std::memory_order_relaxed);
     });
     return;
   }

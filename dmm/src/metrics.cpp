@@ -90,6 +90,9 @@ std::string Metrics::render(const std::string& bucket, const std::map<std::strin
           [](KindMetrics& m) { return m.publish_errors.load(); });
   counter("dmm_token_ack_errors_total", "Token acks that failed (the token is redelivered; harmless).",
           [](KindMetrics& m) { return m.ack_errors.load(); });
+  counter("dmm_notifies_grouped_total",
+          "Single notifies written in one statement and commit with concurrent notifies of the kind.",
+          [](KindMetrics& m) { return m.notifies_grouped.load(); });
 
   header("dmm_due", "gauge", "Matters whose work is owed now (due_at <= now()), from PostgreSQL.");
   for (auto& [k, g] : gauges) out += fmt::format("dmm_due{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k), g.due);

@@ -30,6 +30,7 @@ struct KindMetrics {
   std::atomic<std::uint64_t> leases_lost{0};      // expired or taken over by another worker
   std::atomic<std::uint64_t> publish_errors{0};   // token publishes NATS refused or never confirmed
   std::atomic<std::uint64_t> ack_errors{0};
+  std::atomic<std::uint64_t> notifies_grouped{0};  // single notifies written with others (notify_group.hpp)
 
   // One finished attempt: its outcome (index into kOutcomeNames) and duration.
   void observe(std::size_t outcome, std::int64_t duration_us, int attempt);

@@ -377,7 +377,8 @@ TEST_CASE("the HTTP endpoint serves metrics, health, readiness and a web view Ch
   CHECK_THAT(text, Catch::Contains("dmm_due{bucket=\"" + scene.name() + "\",kind=\"idle\"} 2"));
   CHECK_THAT(text, Catch::Contains("dmm_matters{bucket=\"" + scene.name() + "\",kind=\"idle\",phase=\"deleting\"} 1"));
   for (const char* name : {"dmm_retries_total{", "dmm_lease_takeovers_total{", "dmm_token_publish_errors_total{",
-                           "dmm_token_ack_errors_total{", "# TYPE dmm_materialization_duration_seconds histogram"})
+                           "dmm_token_ack_errors_total{", "dmm_notifies_grouped_total{",
+                           "# TYPE dmm_materialization_duration_seconds histogram"})
     CHECK_THAT(text, Catch::Contains(name));
 
   auto page = http.Get("/?kind=op");

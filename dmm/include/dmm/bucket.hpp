@@ -21,7 +21,8 @@
 //             {outcome}, dmm_materialization_duration_seconds (histogram),
 //             dmm_in_flight, dmm_due, dmm_matters{phase}, dmm_retries_total,
 //             dmm_lease_takeovers_total, dmm_token_publish_errors_total,
-//             dmm_token_ack_errors_total (counters are this process's);
+//             dmm_token_ack_errors_total, dmm_notifies_grouped_total
+//             (counters are this process's);
 //   /healthz  200 while the process is alive;
 //   /readyz   200 when PostgreSQL answers, NATS is connected and every
 //             registered kind's consumer is bound (its work() runs), else 503
