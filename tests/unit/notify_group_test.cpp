@@ -49,6 +49,25 @@ struct Writes {
   }
 };
 
+// Notifies of kind "k" whose writes hold every writer until release().
+struct BusyWriters {
+  NotifyGroups groups;
+  Writes writes;
+  NotifyGroups::Write write = [this](std::vector<JsonMatter>& b) { writes(b); };
+  std::vector<std::jthread> threads;  // declared last: joined first
+
+  BusyWriters() {
+    for (int i = 0; i < NotifyGroups::kWriters; ++i)
+      threads.emplace_back([this, i] { groups.notify("k", matter("hold-" + std::to_string(i)), write); });
+    writes.wait_holding(NotifyGroups::kWriters);
+  }
+  ~BusyWriters() { release(); }
+  void release() {
+    writes.release();
+    threads.clear();
+  }
+};
+
 // Polls `groups` until `n` calls of kind "k" are queued.
 void wait_waiting(NotifyGroups& groups, std::size_t n) {
   const auto deadline = std::chrono::steady_clock::now() + 10s;
@@ -73,13 +92,8 @@ TEST_CASE("a notify alone is written at once, by its own call", "[notify-group]"
 }
 
 TEST_CASE("notifies queued while the writers are busy are written in one write", "[notify-group]") {
-  NotifyGroups groups;
-  Writes writes;
-  auto write = [&](std::vector<JsonMatter>& b) { writes(b); };
-  std::vector<std::jthread> threads;
-  for (int i = 0; i < NotifyGroups::kWriters; ++i)
-    threads.emplace_back([&, i] { groups.notify("k", matter("hold-" + std::to_string(i)), write); });
-  writes.wait_holding(NotifyGroups::kWriters);
+  BusyWriters busy;
+  auto& [groups, writes, write, threads] = busy;
   // Another kind is not held up by these writers.
   groups.notify("other", matter("free"), write);
 
@@ -88,8 +102,7 @@ TEST_CASE("notifies queued while the writers are busy are written in one write",
     threads.emplace_back([&, i] { groups.notify("k", matter(queued[i], static_cast<int>(i)), write); });
     wait_waiting(groups, i + 1);
   }
-  writes.release();
-  threads.clear();
+  busy.release();
 
   // The held writes, the other kind's, and one write of the queued calls:
   // one matter per identity (the later q-1), in identity order.
@@ -104,13 +117,8 @@ TEST_CASE("notifies queued while the writers are busy are written in one write",
 }
 
 TEST_CASE("a refused group is written one by one and only the bad notify fails", "[notify-group]") {
-  NotifyGroups groups;
-  Writes writes;
-  auto write = [&](std::vector<JsonMatter>& b) { writes(b); };
-  std::vector<std::jthread> threads;
-  for (int i = 0; i < NotifyGroups::kWriters; ++i)
-    threads.emplace_back([&, i] { groups.notify("k", matter("hold-" + std::to_string(i)), write); });
-  writes.wait_holding(NotifyGroups::kWriters);
+  BusyWriters busy;
+  auto& [groups, writes, write, threads] = busy;
 
   std::atomic<int> ok{0};
   std::string error;
@@ -126,8 +134,7 @@ TEST_CASE("a refused group is written one by one and only the bad notify fails",
       }
     });
   wait_waiting(groups, 3);
-  writes.release();
-  threads.clear();
+  busy.release();
 
   CHECK(ok == 2);
   CHECK(error == "refused: bad");
