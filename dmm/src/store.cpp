@@ -229,10 +229,12 @@ WITH notified AS (
 ), e AS (
   SELECT * FROM jsonb_to_recordset($4::jsonb) AS e(identity text, dep_kind text, dep_identity text)
 ), dropped AS (
+  -- NOT IN, a hashed subplan: dmm's sessions turn hash joins off (connect_pg),
+  -- and NOT EXISTS would then compare every stored edge with every new one.
+  -- No NULLs on either side (names are validated), so the two mean the same.
   DELETE FROM dmm.dependency d
-   WHERE d.bucket = $1 AND d.kind = $2 AND d.identity IN (SELECT identity FROM notified)
-     AND NOT EXISTS (SELECT 1 FROM e WHERE e.identity = d.identity AND e.dep_kind = d.dep_kind
-                                        AND e.dep_identity = d.dep_identity)
+   WHERE d.bucket = $1 AND d.kind = $2 AND d.identity = ANY (ARRAY(SELECT identity FROM notified))
+     AND (d.identity, d.dep_kind, d.dep_identity) NOT IN (SELECT identity, dep_kind, dep_identity FROM e)
 )
 INSERT INTO dmm.dependency (bucket, kind, identity, dep_kind, dep_identity)
 SELECT DISTINCT $1, $2, e.identity, e.dep_kind, e.dep_identity FROM e
@@ -241,11 +243,14 @@ ON CONFLICT DO NOTHING
 
 // A path of edges from one of the notified matters back to itself, if any
 // (kinds have no spaces, so "kind identity" names a matter unambiguously).
+// The notified identities are one index scan (= ANY of an array): as a
+// semi-join (IN) the first step took ~350 ms for 2,000 notified matters with
+// an edge each, against ~30 ms.
 constexpr const char* kFindCycle = R"sql(
 WITH RECURSIVE walk(kind, identity, path) AS (
   SELECT d.dep_kind, d.dep_identity, ARRAY[d.kind || ' ' || d.identity, d.dep_kind || ' ' || d.dep_identity]
     FROM dmm.dependency d
-   WHERE d.bucket = $1 AND d.kind = $2 AND d.identity IN (SELECT jsonb_array_elements_text($3::jsonb))
+   WHERE d.bucket = $1 AND d.kind = $2 AND d.identity = ANY (ARRAY(SELECT jsonb_array_elements_text($3::jsonb)))
   UNION ALL
   SELECT d.dep_kind, d.dep_identity, w.path || (d.dep_kind || ' ' || d.dep_identity)
     FROM walk w JOIN dmm.dependency d ON d.bucket = $1 AND d.kind = w.kind AND d.identity = w.identity
