@@ -305,7 +305,7 @@ class Run {
   int down_node_ = -1;
   std::map<std::string, long> expected_;  // identity -> last notified seq; guarded by expected_mu_
   std::mutex expected_mu_;
-  long notify_retries_ = 0;
+  std::atomic<long> notify_retries_{0};
 
   const Settings& s_;
   const Scenario& sc_;
@@ -372,6 +372,35 @@ void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
   };
   auto next = [&](const std::string& id) { return Checked{id, ++seq[id]}; };
   auto name = [](int i) { return "m" + std::to_string(i); };
+  // Besides the batches: single notifies from a few threads at once, which
+  // dmm writes together (group commit, dmm/src/notify_group.hpp), under the
+  // same faults. Each thread owns its identities, so the last state of each
+  // is known.
+  constexpr int kSingleThreads = 3, kSingleIds = 20;
+  std::vector<std::map<std::string, long>> single_seq(kSingleThreads);
+  std::vector<std::jthread> singles;
+  for (int t = 0; t < kSingleThreads; ++t)
+    singles.emplace_back([&, t] {
+      auto& seqs = single_seq[static_cast<std::size_t>(t)];
+      auto one = [&](const std::string& id) {
+        const Checked state{id, ++seqs[id]};
+        while (true) {
+          try {
+            bucket.notify(state);
+            return;
+          } catch (const std::exception&) {
+            ++notify_retries_;  // the same absolute state again
+            std::this_thread::sleep_for(100ms);
+          }
+        }
+      };
+      for (long k = 0; running; ++k) {
+        one("s" + std::to_string(t) + "-" + std::to_string(k * 7 % kSingleIds));
+        std::this_thread::sleep_for(5ms);
+      }
+      for (const auto& [id, n] : std::map<std::string, long>(seqs))  // never end on a terminal seq
+        if (sc_.terminal_every && n % sc_.terminal_every == 0) one(id);
+    });
   // Every matter exists from the start.
   std::vector<Checked> all;
   for (int i = 0; i < sc_.matters; ++i) all.push_back(next(name(i)));
@@ -388,6 +417,8 @@ void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
   for (auto& [id, n] : seq)
     if (sc_.terminal_every && n % sc_.terminal_every == 0) last.push_back(next(id));
   if (!last.empty()) notify(last);
+  singles.clear();  // joins: they stop with `running`
+  for (const auto& seqs : single_seq) seq.insert(seqs.begin(), seqs.end());
   std::lock_guard lock(expected_mu_);
   expected_ = seq;
 }
@@ -523,7 +554,7 @@ SELECT count(*) FROM (
               "last fault; lost=%ld overlaps=%ld unconverged=%ld (leases left %ld) [setup %.0fs, stop and checks "
               "%.0fs, all %.0fs]\n",
               sc_.name.c_str(), runs, unfinished, closed_late, kills, graceful_stops, restarts, faults_injected, injection_failures,
-              notify_retries_, recovery_text.c_str(), converge_s, lost, overlaps, unconverged, leases_left, setup_s,
+              notify_retries_.load(), recovery_text.c_str(), converge_s, lost, overlaps, unconverged, leases_left, setup_s,
               seconds_since(checks_start), seconds_since(t0));
   if (!s_.report.empty()) {
     std::ofstream out(s_.report, std::ios::app);
