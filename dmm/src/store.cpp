@@ -112,6 +112,10 @@ WITH r AS (
   SELECT * FROM jsonb_to_recordset($1::jsonb)
     AS r(id bigint, epoch bigint, gen bigint, outcome text, state jsonb, delay_ms bigint, error text,
          attempt integer, started_ms bigint, duration_ms bigint)
+), edges AS (
+  -- Whether the bucket has any dependency edge, probed once: without, the
+  -- dependents join below (a probe per matter) and the up-front lock are skipped.
+  SELECT EXISTS (SELECT 1 FROM dmm.dependency WHERE bucket = $4) AS present
 ), dependents AS (
   SELECT DISTINCT dm.id
     FROM r
@@ -119,17 +123,14 @@ WITH r AS (
                      AND m.materialized_generation <> r.gen
     JOIN dmm.dependency d ON d.bucket = m.bucket AND d.dep_kind = m.kind AND d.dep_identity = m.identity
     JOIN dmm.matter dm ON dm.bucket = d.bucket AND dm.kind = d.kind AND dm.identity = d.identity
-   WHERE r.outcome IN ('done', 'requeue')
-     -- Checked once: a bucket without any edge skips a probe per matter.
-     AND EXISTS (SELECT 1 FROM dmm.dependency WHERE bucket = $4)
+   WHERE r.outcome IN ('done', 'requeue') AND (SELECT present FROM edges)
 ), locked AS (
   -- Only with dependency edges: the dependents must be locked together with
   -- the batch, in id order. Without, the statements below lock the batch's
   -- rows themselves, in the order of $1, which write_back sorts by id
   -- (locking every row first cost ~20% of a write-back).
   SELECT id FROM dmm.matter
-   WHERE id IN (SELECT id FROM r UNION SELECT id FROM dependents)
-     AND EXISTS (SELECT 1 FROM dmm.dependency WHERE bucket = $4)
+   WHERE id IN (SELECT id FROM r UNION SELECT id FROM dependents) AND (SELECT present FROM edges)
    ORDER BY id FOR UPDATE
 ), gone AS (
   DELETE FROM dmm.matter m USING r
