@@ -359,17 +359,20 @@ void Run::start_cluster() {
 void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
   std::mt19937 rng(rng_());
   std::map<std::string, long> seq;
-  auto notify = [&](const std::vector<Checked>& batch) {
+  // Calls `send` until it succeeds: while PostgreSQL is down, the same
+  // absolute states again.
+  auto retrying = [&](const auto& send) {
     while (true) {
       try {
-        bucket.notify_many(batch);
+        send();
         return;
       } catch (const std::exception&) {
-        ++notify_retries_;  // PostgreSQL down: the same absolute states again
+        ++notify_retries_;
         std::this_thread::sleep_for(100ms);
       }
     }
   };
+  auto notify = [&](const std::vector<Checked>& batch) { retrying([&] { bucket.notify_many(batch); }); };
   auto next = [&](const std::string& id) { return Checked{id, ++seq[id]}; };
   auto name = [](int i) { return "m" + std::to_string(i); };
   // Besides the batches: single notifies from a few threads at once, which
@@ -384,15 +387,7 @@ void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
       auto& seqs = single_seq[static_cast<std::size_t>(t)];
       auto one = [&](const std::string& id) {
         const Checked state{id, ++seqs[id]};
-        while (true) {
-          try {
-            bucket.notify(state);
-            return;
-          } catch (const std::exception&) {
-            ++notify_retries_;  // the same absolute state again
-            std::this_thread::sleep_for(100ms);
-          }
-        }
+        retrying([&] { bucket.notify(state); });
       };
       for (long k = 0; running; ++k) {
         one("s" + std::to_string(t) + "-" + std::to_string(k * 7 % kSingleIds));
