@@ -8,14 +8,25 @@
 namespace dmm::detail {
 namespace {
 
+// Plans: dmm's connections keep one generic plan per statement (connect_pg),
+// made from the statistics of the moment; dmm.kick in particular is often
+// empty and vacuumed when a burst arrives. A join of a batch to a table can
+// then be planned with the table outside, scanned whole for every row of the
+// batch: one sweep of 100,000 due kicks took 20 s (bench/results.md, round 5).
+// So no statement here joins a batch to a table: rows are found by
+// `id = ANY (ARRAY(...))`, by LATERAL lookups (OFFSET 0 keeps each a probe of
+// its own), or by correlated subqueries, and per-row inputs are looked up by
+// key in a jsonb object. tests/integration/plans_test.cpp plans every
+// statement on empty, vacuumed tables and checks that each scan of a dmm
+// table has an index condition.
+//
 // Lock order: every statement that may wait for row locks takes them in id
 // order first (the `locked` CTEs, consumed whole by a scalar subquery before
 // any row changes), so concurrent batches cannot deadlock. The exception is
 // the write-back in a bucket without dependency edges: it locks only its own
-// batch, as it updates it, in the order of its input (sorted by id, and read
-// by a nested loop: connect_pg turns merge and hash joins off). Should that
-// order ever break, PostgreSQL detects the deadlock and the committer
-// retries. A matter's
+// batch, as it updates it, in the order it finds the rows (an index scan for
+// `id = ANY (...)` reads them in id order). Should that order ever break,
+// PostgreSQL detects the deadlock and the committer retries. A matter's
 // dmm.kick row is written only by a statement holding the matter's row lock,
 // or by the sweep, which never waits. Claim and sweep skip locked rows, whose
 // holder always leaves a token behind (a notify publishes, a write-back or
@@ -93,7 +104,7 @@ UPDATE dmm.matter m SET
   leased_at = now(),
   phase = CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'reconciling' END,
   updated_at = now()
-FROM free WHERE m.id = free.id
+WHERE m.id = ANY (ARRAY(SELECT id FROM free))
 RETURNING m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attempts, m.deleted_at IS NOT NULL
 )sql";
 
@@ -107,74 +118,104 @@ RETURNING m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attemp
 // marks materialized at a new generation: their generation is bumped as by a
 // notify of their stored state, so they run again even if they are leased
 // right now. Dependents are locked with the batch, in id order.
+// The batch travels as parallel arrays sorted by id ($1 ids, $2 epochs, $3
+// generations, $4 outcome codes (1 done, 2 requeue, 3 retry, 4 failed,
+// 5 finalized, 6 release), $5 delays, $6 start times (0: never ran),
+// $7 durations, $8 attempt numbers), plus $9 {"<id>": {"state": ..., "error":
+// ...}} for the outcomes that carry either. The rows are found by
+// `id = ANY ($1)`, and each finds its place in the arrays by a binary search
+// (width_bucket over the sorted ids), so there is no join between the batch
+// and dmm.matter for the planner to get wrong (see "Plans" above). Measured
+// (psql, 100,000 lookups): a binary search and three subscripts ~0.2 µs per
+// matter, against ~1.6 µs for jsonb_to_record of a jsonb object keyed by id.
 constexpr const char* kWriteBack = R"sql(
 WITH r AS (
-  SELECT * FROM jsonb_to_recordset($1::jsonb)
-    AS r(id bigint, epoch bigint, gen bigint, outcome text, state jsonb, delay_ms bigint, error text,
-         attempt integer, started_ms bigint, duration_ms bigint)
+  SELECT u.id, u.epoch, u.gen, (ARRAY['done', 'requeue', 'retry', 'failed', 'finalized', 'release'])[u.code] AS outcome
+    FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::smallint[]) AS u(id, epoch, gen, code)
 ), edges AS (
   -- Whether the bucket has any dependency edge, probed once: without, the
-  -- dependents join below (a probe per matter) and the up-front lock are skipped.
-  SELECT EXISTS (SELECT 1 FROM dmm.dependency WHERE bucket = $4) AS present
+  -- dependents probes below (three per matter) and the up-front lock are skipped.
+  SELECT EXISTS (SELECT 1 FROM dmm.dependency WHERE bucket = $12) AS present
 ), dependents AS (
   SELECT DISTINCT dm.id
     FROM r
-    JOIN dmm.matter m ON m.id = r.id AND m.lease_epoch = r.epoch AND m.generation = r.gen
-                     AND m.materialized_generation <> r.gen
-    JOIN dmm.dependency d ON d.bucket = m.bucket AND d.dep_kind = m.kind AND d.dep_identity = m.identity
-    JOIN dmm.matter dm ON dm.bucket = d.bucket AND dm.kind = d.kind AND dm.identity = d.identity
+   CROSS JOIN LATERAL (
+     SELECT bucket, kind, identity FROM dmm.matter
+      WHERE id = r.id AND lease_epoch = r.epoch AND generation = r.gen AND materialized_generation <> r.gen
+     OFFSET 0) m
+   CROSS JOIN LATERAL (
+     SELECT kind, identity FROM dmm.dependency
+      WHERE bucket = m.bucket AND dep_kind = m.kind AND dep_identity = m.identity OFFSET 0) d
+   CROSS JOIN LATERAL (
+     SELECT id FROM dmm.matter WHERE bucket = m.bucket AND kind = d.kind AND identity = d.identity OFFSET 0) dm
    WHERE r.outcome IN ('done', 'requeue') AND (SELECT present FROM edges)
 ), locked AS (
   -- Only with dependency edges: the dependents must be locked together with
   -- the batch, in id order. Without, the statements below lock the batch's
-  -- rows themselves, in the order of $1, which write_back sorts by id
-  -- (locking every row first cost ~20% of a write-back).
+  -- rows themselves, in id order (an index scan for `id = ANY (...)` reads
+  -- the ids sorted; locking every row first cost ~20% of a write-back).
   SELECT id FROM dmm.matter
-   WHERE id IN (SELECT id FROM r UNION SELECT id FROM dependents) AND (SELECT present FROM edges)
+   WHERE id = ANY (ARRAY(SELECT id FROM r UNION SELECT id FROM dependents)) AND (SELECT present FROM edges)
    ORDER BY id FOR UPDATE
 ), gone AS (
-  DELETE FROM dmm.matter m USING r
-   WHERE r.outcome = 'finalized' AND m.id = r.id AND m.lease_epoch = r.epoch AND m.generation = r.gen
+  DELETE FROM dmm.matter m
+   WHERE m.id = ANY (ARRAY(SELECT id FROM r WHERE outcome = 'finalized'))
+     AND m.lease_epoch = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
+     AND m.generation = ($3::bigint[])[width_bucket(m.id, $1::bigint[])]
      AND (SELECT count(*) FROM locked) >= 0
-  RETURNING m.id, m.bucket, m.kind, m.identity
+  RETURNING m.id, m.kind, m.identity
 ), gone_edges AS (
-  DELETE FROM dmm.dependency d USING gone g
-   WHERE d.bucket = g.bucket AND d.kind = g.kind AND d.identity = g.identity
+  -- One write-back is of one kind, so kind and identity pin the edges down.
+  DELETE FROM dmm.dependency d
+   WHERE d.bucket = $12 AND d.kind = ANY (ARRAY(SELECT DISTINCT kind FROM gone))
+     AND d.identity = ANY (ARRAY(SELECT identity FROM gone))
+     AND d.kind || ' ' || d.identity = ANY (ARRAY(SELECT kind || ' ' || identity FROM gone))
 ), kept AS (
   UPDATE dmm.matter m SET
-    state = CASE WHEN m.generation = r.gen AND r.outcome IN ('done', 'requeue') AND r.state IS NOT NULL
-                 THEN r.state ELSE m.state END,
-    generation = m.generation + CASE WHEN r.woken THEN 1 ELSE 0 END,
-    materialized_generation = CASE WHEN m.generation = r.gen AND r.outcome IN ('done', 'requeue')
-                                   THEN r.gen ELSE m.materialized_generation END,
-    attempts = CASE WHEN m.generation <> r.gen OR r.woken THEN 0
-                    WHEN r.outcome IN ('retry', 'failed') THEN m.attempts + 1
-                    WHEN r.outcome = 'release' THEN m.attempts
-                    ELSE 0 END,
-    last_error = CASE WHEN m.generation <> r.gen OR r.woken THEN NULL
-                      WHEN r.outcome IN ('retry', 'failed') THEN r.error
-                      WHEN r.outcome = 'release' THEN m.last_error
-                      ELSE NULL END,
-    phase = CASE WHEN m.generation <> r.gen OR r.woken OR r.outcome = 'release'
-                   THEN CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'pending' END
-                 WHEN r.outcome IN ('done', 'requeue') THEN 'ready'
-                 WHEN r.outcome = 'retry' THEN CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'retrying' END
-                 ELSE 'failed' END,
-    due_at = CASE WHEN m.generation <> r.gen OR r.woken OR r.outcome = 'release' THEN now()
-                  WHEN r.outcome IN ('done', 'failed') THEN NULL
-                  ELSE now() + r.delay_ms * interval '1 millisecond' END,
-    lease_owner = NULL,
-    lease_until = NULL,
-    lease_epoch = m.lease_epoch + 1,
-    attempt_seq = m.attempt_seq + CASE WHEN r.started_ms IS NULL THEN 0 ELSE 1 END,
-    updated_at = now()
-  FROM (SELECT r.*, r.id IN (SELECT id FROM dependents) AS woken FROM r) r
-  WHERE m.id = r.id AND m.lease_epoch = r.epoch AND (r.outcome <> 'finalized' OR m.generation <> r.gen)
+    (state, generation, materialized_generation, attempts, last_error, phase, due_at, lease_owner, lease_until,
+     lease_epoch, attempt_seq, updated_at) = (
+    SELECT
+      CASE WHEN m.generation = r.gen AND r.outcome IN ('done', 'requeue')
+           THEN coalesce(nullif($9::jsonb #> ARRAY[m.id::text, 'state'], 'null'), m.state) ELSE m.state END,
+      m.generation + CASE WHEN w.woken THEN 1 ELSE 0 END,
+      CASE WHEN m.generation = r.gen AND r.outcome IN ('done', 'requeue')
+           THEN r.gen ELSE m.materialized_generation END,
+      CASE WHEN m.generation <> r.gen OR w.woken THEN 0
+           WHEN r.outcome IN ('retry', 'failed') THEN m.attempts + 1
+           WHEN r.outcome = 'release' THEN m.attempts
+           ELSE 0 END,
+      CASE WHEN m.generation <> r.gen OR w.woken THEN NULL
+           WHEN r.outcome IN ('retry', 'failed') THEN $9::jsonb #>> ARRAY[m.id::text, 'error']
+           WHEN r.outcome = 'release' THEN m.last_error
+           ELSE NULL END,
+      CASE WHEN m.generation <> r.gen OR w.woken OR r.outcome = 'release'
+             THEN CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'pending' END
+           WHEN r.outcome IN ('done', 'requeue') THEN 'ready'
+           WHEN r.outcome = 'retry' THEN CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'retrying' END
+           ELSE 'failed' END,
+      CASE WHEN m.generation <> r.gen OR w.woken OR r.outcome = 'release' THEN now()
+           WHEN r.outcome IN ('done', 'failed') THEN NULL
+           ELSE now() + r.delay_ms * interval '1 millisecond' END,
+      NULL,
+      NULL::timestamptz,
+      m.lease_epoch + 1,
+      m.attempt_seq + CASE WHEN r.started_ms > 0 THEN 1 ELSE 0 END,
+      now()
+    FROM (SELECT width_bucket(m.id, $1::bigint[]) AS p OFFSET 0) x
+   CROSS JOIN LATERAL (
+     SELECT ($3::bigint[])[x.p] AS gen,
+            (ARRAY['done', 'requeue', 'retry', 'failed', 'finalized', 'release'])[($4::smallint[])[x.p]] AS outcome,
+            ($5::bigint[])[x.p] AS delay_ms, ($6::bigint[])[x.p] AS started_ms) r
+   CROSS JOIN LATERAL (SELECT m.id = ANY (ARRAY(SELECT id FROM dependents)) AS woken) w)
+  WHERE m.id = ANY ($1::bigint[])
+    AND m.lease_epoch = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
+    -- finalized (5) at the generation it saw: deleted by `gone` instead
+    AND (($4::smallint[])[width_bucket(m.id, $1::bigint[])] <> 5
+         OR m.generation <> ($3::bigint[])[width_bucket(m.id, $1::bigint[])])
     AND (SELECT count(*) FROM locked) >= 0
-  RETURNING m.id, m.kind, m.due_at <= now() AS owed_now, m.attempt_seq, r.gen, r.attempt, r.started_ms,
-            r.duration_ms, r.outcome, r.error,
+  RETURNING m.id, m.kind, m.due_at <= now() AS owed_now, m.attempt_seq,
             CASE WHEN m.due_at > now() THEN m.due_at
-                 WHEN m.due_at IS NOT NULL THEN now() + $2 * interval '1 millisecond' END AS next_kick
+                 WHEN m.due_at IS NOT NULL THEN now() + $10 * interval '1 millisecond' END AS next_kick
 ), woken AS (
   -- As a notify of the stored state: a leased dependent keeps its phase, and
   -- its holder's write-back sees the new generation.
@@ -186,16 +227,16 @@ WITH r AS (
     last_error = NULL,
     due_at = now(),
     updated_at = now()
-  FROM dependents w
-  WHERE m.id = w.id AND m.id NOT IN (SELECT id FROM kept) AND (SELECT count(*) FROM locked) >= 0
+  WHERE m.id = ANY (ARRAY(SELECT id FROM dependents)) AND m.id NOT IN (SELECT id FROM kept)
+    AND (SELECT count(*) FROM locked) >= 0
   RETURNING m.id, m.kind, m.lease_until IS NULL OR m.lease_until < now() AS owed_now,
             CASE WHEN m.lease_until >= now() THEN m.lease_until
-                 ELSE now() + $2 * interval '1 millisecond' END AS next_kick
+                 ELSE now() + $10 * interval '1 millisecond' END AS next_kick
 ), kick_set AS (
   -- When the sweeper looks at them next: the retry's due time, or a grace
   -- after now for the tokens published at once, or the lease's end.
   INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at)
-  SELECT id, $4, kind, next_kick
+  SELECT id, $12, kind, next_kick
     FROM (SELECT id, kind, next_kick FROM kept WHERE next_kick IS NOT NULL
           UNION ALL SELECT id, kind, next_kick FROM woken) s
    ORDER BY id
@@ -207,9 +248,13 @@ WITH r AS (
 ), history AS (
   INSERT INTO dmm.attempt AS a
     (matter_id, slot, seq, bucket, generation, attempt, started_at, duration_ms, outcome, error, worker)
-  SELECT k.id, (k.attempt_seq % $3)::integer, k.attempt_seq, $4, k.gen, coalesce(k.attempt, 0),
-         to_timestamp(k.started_ms / 1000.0), coalesce(k.duration_ms, 0), k.outcome, k.error, $5
-    FROM kept k WHERE $3 > 0 AND k.started_ms IS NOT NULL
+  SELECT k.id, (k.attempt_seq % $11)::integer, k.attempt_seq, $12, ($3::bigint[])[x.p], ($8::integer[])[x.p],
+         to_timestamp(($6::bigint[])[x.p] / 1000.0), ($7::bigint[])[x.p],
+         (ARRAY['done', 'requeue', 'retry', 'failed', 'finalized', 'release'])[($4::smallint[])[x.p]],
+         $9::jsonb #>> ARRAY[k.id::text, 'error'], $13
+    FROM kept k
+   CROSS JOIN LATERAL (SELECT width_bucket(k.id, $1::bigint[]) AS p OFFSET 0) x
+   WHERE $11 > 0 AND ($6::bigint[])[x.p] > 0
    ORDER BY k.id
   ON CONFLICT (matter_id, slot) DO UPDATE SET
     seq = EXCLUDED.seq, bucket = EXCLUDED.bucket, generation = EXCLUDED.generation, attempt = EXCLUDED.attempt,
@@ -271,16 +316,19 @@ WITH old AS (
 DELETE FROM dmm.attempt a USING old WHERE a.matter_id = old.matter_id AND a.slot = old.slot
 )sql";
 
+// Renews the leases of $1 (ids, sorted) still held under the epochs $2 (in
+// the same order); returns the ids that were not renewed (lost). Each row
+// finds its epoch by a binary search in $1 (width_bucket), not by a join.
 constexpr const char* kHeartbeat = R"sql(
-WITH h AS (SELECT unnest($1::bigint[]) AS id, unnest($2::bigint[]) AS epoch),
-locked AS (SELECT id FROM dmm.matter WHERE id IN (SELECT id FROM h) ORDER BY id FOR UPDATE),
+WITH locked AS (SELECT id FROM dmm.matter WHERE id = ANY ($1::bigint[]) ORDER BY id FOR UPDATE),
 renewed AS (
   UPDATE dmm.matter m SET
     lease_until = now() + $3 * interval '1 millisecond'
-  FROM h WHERE m.id = h.id AND m.lease_epoch = h.epoch AND (SELECT count(*) FROM locked) >= 0
+   WHERE m.id = ANY ($1::bigint[]) AND m.lease_epoch = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
+     AND (SELECT count(*) FROM locked) >= 0
   RETURNING m.id
 )
-SELECT h.id FROM h WHERE h.id NOT IN (SELECT id FROM renewed)
+SELECT id FROM unnest($1::bigint[]) AS id WHERE id NOT IN (SELECT id FROM renewed)
 )sql";
 
 // The sweeper's statement. Of the kicks that came due (skipping rows locked by
@@ -290,6 +338,10 @@ SELECT h.id FROM h WHERE h.id NOT IN (SELECT id FROM renewed)
 // the kick of a matter that owes nothing (or is gone) is deleted. The matter
 // rows are read, not locked: a writer changing one at the same time waits
 // for this statement's kick row lock and then writes its own kick.
+// No joins against a table (see "Plans" above): the matter is read by a
+// LATERAL probe, the kick rows are changed by `= ANY (ARRAY(...))`, and a
+// re-armed kick reads its matter again (same snapshot, same answer) in a
+// correlated probe.
 constexpr const char* kSweep = R"sql(
 WITH due AS (
   SELECT matter_id FROM dmm.kick
@@ -299,18 +351,27 @@ WITH due AS (
    FOR UPDATE SKIP LOCKED
 ), looked AS (
   SELECT d.matter_id, m.due_at IS NOT NULL AS owed,
-         CASE WHEN m.lease_until >= now() THEN m.lease_until
-              WHEN m.due_at > now() THEN m.due_at END AS later
-    FROM due d LEFT JOIN dmm.matter m ON m.id = d.matter_id
+         m.due_at <= now() AND (m.lease_until IS NULL OR m.lease_until < now()) AS publish
+    FROM due d LEFT JOIN LATERAL (
+      SELECT due_at, lease_until FROM dmm.matter WHERE id = d.matter_id OFFSET 0) m ON true
 ), dropped AS (
-  DELETE FROM dmm.kick k USING looked l WHERE k.matter_id = l.matter_id AND l.owed IS NOT TRUE
+  DELETE FROM dmm.kick
+   WHERE matter_id = ANY (ARRAY(SELECT matter_id FROM looked WHERE owed IS NOT TRUE))
+  RETURNING matter_id
+), published AS (
+  UPDATE dmm.kick SET kick_at = now() + $4 * interval '1 millisecond'
+   WHERE matter_id = ANY (ARRAY(SELECT matter_id FROM looked WHERE publish IS TRUE))
+  RETURNING matter_id
+), later AS (
+  UPDATE dmm.kick k SET kick_at = (
+    SELECT CASE WHEN m.lease_until >= now() THEN m.lease_until ELSE m.due_at END
+      FROM dmm.matter m WHERE m.id = k.matter_id)
+   WHERE k.matter_id = ANY (ARRAY(SELECT matter_id FROM looked WHERE owed AND publish IS NOT TRUE))
   RETURNING k.matter_id
-), rearmed AS (
-  UPDATE dmm.kick k SET kick_at = coalesce(l.later, now() + $4 * interval '1 millisecond')
-    FROM looked l WHERE k.matter_id = l.matter_id AND l.owed
-  RETURNING k.matter_id, l.later IS NULL AS publish
 )
-SELECT matter_id, publish FROM rearmed
+SELECT matter_id, true FROM published
+UNION ALL
+SELECT matter_id, false FROM later
 UNION ALL
 SELECT matter_id, false FROM dropped
 )sql";
@@ -331,6 +392,23 @@ void prepare_statements(pqxx::connection& conn) {
   conn.prepare("dmm_next_kick", kNextKick);
   conn.prepare("dmm_prune_history", kPruneHistory);
 }
+
+namespace {
+
+// The outcome's code in kWriteBack's $4 (an index into its ARRAY['done', ...]).
+std::int64_t outcome_code(OutcomeKind kind) {
+  switch (kind) {
+    case OutcomeKind::done: return 1;
+    case OutcomeKind::requeue: return 2;
+    case OutcomeKind::retry: return 3;
+    case OutcomeKind::failed: return 4;
+    case OutcomeKind::finalized: return 5;
+    case OutcomeKind::release: return 6;
+  }
+  return 3;
+}
+
+}  // namespace
 
 const char* to_string(OutcomeKind kind) {
   switch (kind) {
@@ -428,32 +506,39 @@ std::vector<Claimed> claim(pqxx::connection& conn, const std::string& bucket, co
 std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
                                      std::chrono::milliseconds grace, const std::string& wake_payload,
                                      const HistoryWrite& history) {
-  // In id order: the statement locks the rows in the order it reads them
-  // (kWriteBack, `locked`), and every other statement that waits for row
-  // locks takes them in id order too.
-  std::vector<const Outcome*> sorted;
-  sorted.reserve(outcomes.size());
-  for (const auto& o : outcomes) sorted.push_back(&o);
-  std::sort(sorted.begin(), sorted.end(), [](const Outcome* a, const Outcome* b) { return a->id < b->id; });
-  auto rows = nlohmann::json::array();
-  for (const auto* p : sorted) {
-    const auto& o = *p;
-    nlohmann::json row = {{"id", o.id}, {"epoch", o.epoch}, {"gen", o.generation}, {"outcome", to_string(o.kind)}};
-    if (o.state) row["state"] = *o.state;
-    if (o.delay_ms) row["delay_ms"] = o.delay_ms;
-    if (!o.error.empty()) row["error"] = o.error;
-    if (o.started_ms) {
-      row["started_ms"] = o.started_ms;
-      row["duration_ms"] = o.duration_ms;
-      row["attempt"] = o.attempt;
-    }
-    rows.push_back(std::move(row));
+  // Sorted by id, one outcome per matter (the arrays are binary-searched).
+  // Of two outcomes of one matter (an attempt abandoned when its lease was
+  // lost, and the next one, written back together) only the newer lease can
+  // still match: keep that one.
+  std::vector<const Outcome*> batch;
+  batch.reserve(outcomes.size());
+  for (const auto& o : outcomes) batch.push_back(&o);
+  std::sort(batch.begin(), batch.end(), [](const Outcome* a, const Outcome* b) {
+    return a->id != b->id ? a->id < b->id : a->epoch > b->epoch;
+  });
+  batch.erase(std::unique(batch.begin(), batch.end(), [](const Outcome* a, const Outcome* b) { return a->id == b->id; }),
+              batch.end());
+  std::vector<std::int64_t> ids, epochs, gens, codes, delays, started, durations, attempts;
+  auto extra = nlohmann::json::object();
+  for (const auto* o : batch) {
+    ids.push_back(o->id);
+    epochs.push_back(o->epoch);
+    gens.push_back(o->generation);
+    codes.push_back(outcome_code(o->kind));
+    delays.push_back(o->delay_ms);
+    started.push_back(o->started_ms);
+    durations.push_back(o->duration_ms);
+    attempts.push_back(o->attempt);
+    if (o->state) extra[std::to_string(o->id)]["state"] = *o->state;
+    if (!o->error.empty()) extra[std::to_string(o->id)]["error"] = o->error;
   }
   pqxx::nontransaction tx(conn);
   std::vector<TokenOwed> owed;
-  for (const auto& row : tx.exec_prepared("dmm_write_back",
-                                          rows.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace),
-                                          grace.count(), history.limit, history.bucket, history.worker))
+  for (const auto& row : tx.exec_prepared(
+           "dmm_write_back", bigint_array(ids), bigint_array(epochs), bigint_array(gens), bigint_array(codes),
+           bigint_array(delays), bigint_array(started), bigint_array(durations), bigint_array(attempts),
+           extra.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), grace.count(), history.limit,
+           history.bucket, history.worker))
     owed.push_back({row[0].as<std::int64_t>(), row[1].as<std::string>()});
   // A sweeper sleeping until the earliest kick_at it knew of must learn of the
   // retries and requeues just scheduled, or a short backoff becomes a long one.
@@ -466,8 +551,13 @@ std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outc
 
 std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<std::int64_t>& ids,
                                     const std::vector<std::int64_t>& epochs, std::chrono::milliseconds ttl) {
+  std::vector<std::pair<std::int64_t, std::int64_t>> held;  // (id, epoch), sorted by id
+  for (std::size_t i = 0; i < ids.size(); ++i) held.emplace_back(ids[i], epochs[i]);
+  std::sort(held.begin(), held.end());
+  std::vector<std::int64_t> sorted_ids, sorted_epochs;
+  for (const auto& [id, epoch] : held) sorted_ids.push_back(id), sorted_epochs.push_back(epoch);
   pqxx::nontransaction tx(conn);
-  return ids_of(tx.exec_prepared("dmm_heartbeat", bigint_array(ids), bigint_array(epochs), ttl.count()));
+  return ids_of(tx.exec_prepared("dmm_heartbeat", bigint_array(sorted_ids), bigint_array(sorted_epochs), ttl.count()));
 }
 
 Swept sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,

@@ -58,6 +58,7 @@ class BacklogWatch {
     return !draining() || SteadyClock::now() - last_sweep_ >= std::max(grace_, std::chrono::milliseconds(1000));
   }
   void swept() { last_sweep_ = SteadyClock::now(); }
+  std::uint64_t pending() const { return pending_; }
   // kick_at for swept rows: the grace, plus the estimated drain time.
   std::chrono::milliseconds rekick_grace() const {
     if (pending_ == 0 || per_ms_ <= 0) return grace_;
@@ -90,6 +91,12 @@ void Sweeper::run(std::stop_token stop) {
   // Soon after start, then about once a minute: history beyond the retention.
   auto next_prune = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   BacklogWatch backlog(core_.options.token_grace);
+  // Tokens the last sweep sent when it found a full batch (more are due),
+  // else 0. While no more than these are queued, the queue is this sweeper's
+  // own tail (matters whose only token it just sent: a transactional notify,
+  // or tokens that were lost): look again soon instead of in 250 ms, or such a
+  // backlog drains at only kSweepBatch matters per 250 ms.
+  std::uint64_t sent_by_full_sweep = 0;
   while (!stop.stop_requested()) {
     try {
       if (!conn) {
@@ -104,7 +111,8 @@ void Sweeper::run(std::stop_token stop) {
       }
       backlog.observe(core_.nats->backlog(kind_));
       if (!backlog.sweep_due()) {
-        conn->await_notification(0, 250 * 1000);
+        const bool own_tail = sent_by_full_sweep > 0 && backlog.pending() <= sent_by_full_sweep;
+        conn->await_notification(0, (own_tail ? 10 : 250) * 1000);
         continue;
       }
       backlog.swept();
@@ -113,6 +121,8 @@ void Sweeper::run(std::stop_token stop) {
         log.debug("bucket '{}' kind '{}': sweeper sends {} token(s)", core_.options.name, kind_, swept.owed.size());
         core_.publish(kind_, swept.owed);
       }
+      sent_by_full_sweep =
+          swept.looked == kSweepBatch ? (swept.owed.size() + kMaxIdsPerToken - 1) / kMaxIdsPerToken : 0;
       if (swept.looked == kSweepBatch) continue;
       if (std::chrono::steady_clock::now() >= next_prune) {
         next_prune = std::chrono::steady_clock::now() + kPruneEvery;
