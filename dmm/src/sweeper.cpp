@@ -13,7 +13,9 @@ namespace {
 
 constexpr int kSweepBatch = 1000;
 constexpr int kPruneBatch = 5000;
-constexpr auto kPruneEvery = std::chrono::seconds(60);
+// How often a process prunes a bucket's attempt history (one kind's sweeper
+// at a time, see BucketCore::take_prune_turn); the retention is days.
+constexpr auto kPruneEvery = std::chrono::minutes(10);
 constexpr std::int64_t kMaxIdleMs = 1000;
 // Longest a backlog's estimated drain time stretches the re-kick grace.
 constexpr auto kMaxDrainStretch = std::chrono::seconds(60);
@@ -88,8 +90,9 @@ void Sweeper::run(std::stop_token stop) {
   std::unique_ptr<pqxx::connection> conn;
   std::unique_ptr<Wake> wake;
   auto last_error_log = std::chrono::steady_clock::time_point{};
-  // Soon after start, then about once a minute: history beyond the retention.
-  auto next_prune = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+  // History beyond the retention: not before 5 s after start, then every
+  // kPruneEvery by one of the bucket's sweepers in this process.
+  const auto first_prune = std::chrono::steady_clock::now() + std::chrono::seconds(5);
   BacklogWatch backlog(core_.options.token_grace);
   // Tokens the last sweep sent when it found a full batch (more are due),
   // else 0. While no more than these are queued, the queue is this sweeper's
@@ -124,8 +127,8 @@ void Sweeper::run(std::stop_token stop) {
       sent_by_full_sweep =
           swept.looked == kSweepBatch ? (swept.owed.size() + kMaxIdsPerToken - 1) / kMaxIdsPerToken : 0;
       if (swept.looked == kSweepBatch) continue;
-      if (std::chrono::steady_clock::now() >= next_prune) {
-        next_prune = std::chrono::steady_clock::now() + kPruneEvery;
+      if (std::chrono::steady_clock::now() >= first_prune &&
+          core_.take_prune_turn(std::chrono::steady_clock::now(), kPruneEvery)) {
         std::int64_t pruned = 0;
         for (int round = 0; round < 20; ++round) {
           const auto n = prune_history(*conn, core_.options.name, core_.options.history_retention, kPruneBatch);
