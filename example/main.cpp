@@ -61,23 +61,6 @@ dmm::Bucket open_bucket(Settings& s) {
   return dmm::Bucket::open({.name = s.bucket, .postgres = s.postgres, .nats = s.nats});
 }
 
-// Blocks SIGINT/SIGTERM in every thread and calls `on_signal` from a thread
-// that waits for them.
-std::jthread watch_signals(std::function<void()> on_signal) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
-  return std::jthread([set, on_signal = std::move(on_signal)] {
-    int sig = 0;
-    sigwait(&set, &sig);
-    spdlog::info("received {}, stopping: in-flight work finishes or its leases are released",
-                 sig == SIGINT ? "SIGINT" : "SIGTERM");
-    on_signal();
-  });
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -124,15 +107,9 @@ int main(int argc, char** argv) {
   try {
     if (worker->parsed()) {
       spdlog::set_formatter(dmm::make_log_formatter(dmm::parse_log_format(log_format)));
-      // Signals are blocked before any thread starts, so only the watcher gets them.
-      dmm::Bucket* running = nullptr;
-      std::mutex mu;
-      bool stop_early = false;
-      auto watcher = watch_signals([&] {
-        std::lock_guard lock(mu);
-        stop_early = true;
-        if (running) running->stop();
-      });
+      // Before any thread starts; a Ctrl-C during start-up stops the worker
+      // as soon as it runs.
+      dmm::StopSignals signals;
       auto bucket = open_bucket(s);
       bucket.register_kind<MusicPlayer>(kKind, {.concurrency = concurrency});
       if (!http.empty()) bucket.serve_http(http);
@@ -141,18 +118,11 @@ int main(int argc, char** argv) {
       std::jthread observer([&](std::stop_token st) {
         example::observe_fleet(bucket, *fleet, std::chrono::milliseconds(observe_ms), st);
       });
-      {
-        std::lock_guard lock(mu);
-        if (stop_early) return 0;
-        running = &bucket;
-      }
-      bucket.run();
+      signals.run(bucket, [](int sig) {
+        spdlog::info("received {}, stopping: in-flight work finishes or its leases are released",
+                     sig == SIGINT ? "SIGINT" : "SIGTERM");
+      });
       observer.request_stop();
-      {
-        std::lock_guard lock(mu);
-        running = nullptr;
-      }
-      watcher.detach();  // still blocked in sigwait; the process exits now
       spdlog::info("worker stopped cleanly");
       return 0;
     }

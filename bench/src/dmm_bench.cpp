@@ -80,27 +80,13 @@ dmm::Bucket open_bucket(const Common& c) {
 // ---------------------------------------------------------------- worker
 
 int run_worker(const Common& c, const std::string& latency_out) {
-  // SIGTERM/SIGINT are taken by one thread that stops the bucket; block them
-  // before any thread exists so that every thread inherits the mask.
-  sigset_t stop_signals;
-  sigemptyset(&stop_signals);
-  sigaddset(&stop_signals, SIGTERM);
-  sigaddset(&stop_signals, SIGINT);
-  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
-
+  dmm::StopSignals signals;  // SIGTERM stops the bucket; before any thread starts
   auto bucket = open_bucket(c);
   auto latencies = std::make_shared<LatencyLog>();
   bucket.provide(latencies);
-  std::jthread signal_waiter([&] {
-    int sig = 0;
-    sigwait(&stop_signals, &sig);
-    bucket.stop();
-  });
   std::printf("running %lld\n", static_cast<long long>(now_ns()));
   std::fflush(stdout);
-  bucket.run();
-  kill(getpid(), SIGTERM);  // frees the waiter if run() ended on its own
-  signal_waiter.join();
+  signals.run(bucket);
   if (!latency_out.empty()) {
     std::ofstream out(latency_out);
     std::lock_guard lock(latencies->mu);

@@ -109,11 +109,7 @@ void watch_desired_dir(dmm::Bucket& bucket, const std::string& postgres, const f
 }
 
 int run(Settings& s, const std::string& dir, const fs::path& state_dir, const std::string& http) {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);  // before any thread starts: only the waiter below gets them
+  dmm::StopSignals signals;  // before any thread starts
 
   auto bucket = open_bucket(s);
   using controllers::files::FileObserver;
@@ -130,27 +126,11 @@ int run(Settings& s, const std::string& dir, const fs::path& state_dir, const st
   if (!dir.empty())
     desired = std::jthread([&](std::stop_token st) { watch_desired_dir(bucket, s.postgres, dir, st); });
   if (!http.empty()) spdlog::info("serving /metrics, /healthz, /readyz and the web view on port {}", bucket.serve_http(http));
-  std::jthread signals([&, set](std::stop_token st) {
-    int sig = 0;
-    sigwait(&set, &sig);
-    if (st.stop_requested()) return;  // woken by JoinWatcher below: run() has ended
-    spdlog::info("received {}: stopping (managed processes keep running)", sig == SIGINT ? "SIGINT" : "SIGTERM");
-    bucket.stop();
-  });
-  // Joined before `bucket` is destroyed, on every path: detached, it could
-  // still be inside bucket.stop() while the bucket goes. If run() ended (or
-  // threw) without a signal, wake its sigwait with one of its own.
-  struct JoinWatcher {
-    std::jthread& t;
-    ~JoinWatcher() {
-      t.request_stop();
-      pthread_kill(t.native_handle(), SIGTERM);
-      t.join();
-    }
-  } join_watcher{signals};
   spdlog::info("hostd running: bucket '{}', state dir {}{}", s.bucket, state_dir.string(),
                dir.empty() ? "" : ", desired state from " + dir);
-  bucket.run();
+  signals.run(bucket, [](int sig) {
+    spdlog::info("received {}: stopping (managed processes keep running)", sig == SIGINT ? "SIGINT" : "SIGTERM");
+  });
   desired = {};
   file_observer = {};
   process_observer = {};

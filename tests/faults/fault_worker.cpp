@@ -3,7 +3,7 @@
 //   fault_worker --postgres URL --nats URL --bucket B --worker-id W
 //                [--concurrency N] [--lease-ms N] [--work-ms N] [--fail-rate F]
 //                [--hang-rate F] [--hang-ms N] [--terminal-every N]
-#include <csignal>
+#include <dmm/signals.hpp>
 #include <iostream>
 #include <map>
 #include <spdlog/spdlog.h>
@@ -28,11 +28,7 @@ int main(int argc, char** argv) {
       std::cerr << "missing --" << required << "\n";
       return 2;
     }
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGTERM);
-  pthread_sigmask(SIG_BLOCK, &set, nullptr);
+  dmm::StopSignals signals;  // before any thread starts
   spdlog::set_pattern("[%H:%M:%S.%e] [" + flags["worker-id"] + "] [%l] %v");
   try {
     auto behavior = std::make_shared<dmm_faults::Behavior>();
@@ -56,23 +52,8 @@ int main(int argc, char** argv) {
                             .backoff = {.initial = std::chrono::milliseconds(50), .max = std::chrono::milliseconds(1000)},
                             .stop_grace = std::chrono::milliseconds(5000)});
     bucket.provide(behavior);
-    std::jthread signals([&] {
-      int sig = 0;
-      sigwait(&set, &sig);
-      bucket.stop();
-    });
-    // Joined before `bucket` is destroyed, on every path: detached, it could
-    // still be inside bucket.stop() while main() destroys the bucket. If run()
-    // ended (or threw) without a signal, wake its sigwait with one of its own.
-    struct JoinWatcher {
-      std::jthread& t;
-      ~JoinWatcher() {
-        pthread_kill(t.native_handle(), SIGTERM);
-        t.join();
-      }
-    } join_watcher{signals};
     std::cout << "ready" << std::endl;
-    bucket.run();
+    signals.run(bucket);
     return 0;
   } catch (const std::exception& e) {
     spdlog::error("fault_worker: {}", e.what());

@@ -52,20 +52,9 @@ std::shared_ptr<spdlog::logger> make_logger(const std::string& worker) {
   return logger;
 }
 
-sigset_t watched_signals() {
-  sigset_t set;
-  sigemptyset(&set);
-  sigaddset(&set, SIGTERM);
-  sigaddset(&set, SIGINT);
-  sigaddset(&set, SIGUSR1);  // our own wake-up when run() ends by itself
-  return set;
-}
-
 int run(const Flags& flags) {
-  // Block the signals before any thread exists, so every thread inherits the
-  // mask and only the watcher below receives them.
-  sigset_t signals = watched_signals();
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  // Before any thread exists, so that only its waiter receives SIGTERM/SIGINT.
+  dmm::StopSignals signals;
 
   auto bucket = dmm::Bucket::open({
       .name = flags.at("bucket"),
@@ -98,27 +87,18 @@ int run(const Flags& flags) {
   if (flags.at("mode") == "notify") {
     bucket.notify(dmm_test::Probe{.id = flags.at("identity"), .seq = number(flags, "seq")});
     std::cout << "notified" << std::endl;
+    sigset_t stop;  // blocked by `signals`
+    sigemptyset(&stop);
+    sigaddset(&stop, SIGTERM);
+    sigaddset(&stop, SIGINT);
     int sig = 0;
-    sigwait(&signals, &sig);
+    sigwait(&stop, &sig);
     return 0;
   }
   if (flags.at("mode") != "work") throw std::invalid_argument("unknown --mode " + flags.at("mode"));
 
-  std::jthread watcher([&bucket, signals](std::stop_token stop) {
-    for (;;) {
-      int sig = 0;
-      if (sigwait(&signals, &sig) != 0) continue;
-      if (sig == SIGUSR1 && stop.stop_requested()) return;
-      if (sig == SIGTERM || sig == SIGINT) {
-        bucket.stop();
-        return;
-      }
-    }
-  });
   std::cout << "ready" << std::endl;
-  bucket.run();
-  watcher.request_stop();
-  pthread_kill(watcher.native_handle(), SIGUSR1);
+  signals.run(bucket);
   return 0;
 }
 

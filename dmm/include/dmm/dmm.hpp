@@ -11,5 +11,6 @@
 #include "dmm/migrate.hpp"
 #include "dmm/options.hpp"
 #include "dmm/result.hpp"
+#include "dmm/signals.hpp"
 #include "dmm/url.hpp"
 #include "dmm/work_stream.hpp"
