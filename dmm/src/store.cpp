@@ -520,8 +520,8 @@ std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outc
   std::sort(batch.begin(), batch.end(), [](const Outcome* a, const Outcome* b) {
     return a->id != b->id ? a->id < b->id : a->epoch > b->epoch;
   });
-  batch.erase(std::unique(batch.begin(), batch.end(), [](const Outcome* a, const Outcome* b) { return a->id == b->id; }),
-              batch.end());
+  const auto same_matter = [](const Outcome* a, const Outcome* b) { return a->id == b->id; };
+  batch.erase(std::unique(batch.begin(), batch.end(), same_matter), batch.end());
   std::vector<std::int64_t> ids, epochs, gens, codes, delays, started, durations, attempts;
   auto extra = nlohmann::json::object();
   for (const auto* o : batch) {

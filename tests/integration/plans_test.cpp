@@ -11,12 +11,14 @@
 // (LATERAL lookups, `= ANY (ARRAY(...))`, correlated subqueries), and this test
 // plans each of them on empty, freshly vacuumed tables, the worst statistics
 // there are, and checks that every scan of a dmm table has an index condition.
+// The second test checks what the write-back's lookups by id must keep: the
+// lease fence, with two outcomes of one matter in one batch.
 #include <catch2/catch.hpp>
-#include <functional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
 #include "harness.hpp"
+#include "probe.hpp"
 #include "pg.hpp"
 #include "store.hpp"
 
@@ -24,20 +26,14 @@ using namespace dmm_test;
 
 namespace {
 
-struct Noop {
-  std::string id;
-  std::string identity() const { return id; }
-  dmm::Result materialize(dmm::Context&) { return dmm::Result::done(); }
-};
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Noop, id)
-
 // Every scan of a table in schema dmm without an index condition, as
 // "<node type> on <table> (<path in the plan>)".
 void unprobed_scans(const nlohmann::json& node, const std::string& path, std::vector<std::string>& out) {
   const std::string type = node.value("Node Type", "");
   const std::string table = node.value("Relation Name", "");
-  const std::string where = path + "/" + type + (node.contains("Subplan Name") ? " [" + node.value("Subplan Name", "") + "]" : "");
-  const bool scan = type == "Seq Scan" || type == "Index Scan" || type == "Index Only Scan" || type == "Bitmap Index Scan";
+  const std::string subplan = node.value("Subplan Name", "");
+  const std::string where = path + "/" + type + (subplan.empty() ? "" : " [" + subplan + "]");
+  const bool scan = type == "Seq Scan" || type == "Index Scan" || type == "Index Only Scan";
   if (scan && node.value("Schema", "") == "dmm" && !node.contains("Index Cond"))
     out.push_back(type + " on dmm." + table + " without an index condition (" + where + ")");
   if (node.contains("Plans"))
@@ -52,7 +48,7 @@ TEST_CASE("every statement of the hot path is planned as index probes, even on t
   {
     // Opening a bucket creates the schema (migrations).
     auto bucket = open_bucket(unique_name("plans"), [&](dmm::BucketOptions& o) { o.postgres = db.url(); });
-    bucket.register_kind<Noop>("noop", fast_kind());
+    bucket.register_kind<dmm_test::Probe>("noop", fast_kind());  // never run
   }
   {
     // Empty and vacuumed: reltuples 0 and no pages, what the planner reads as
@@ -92,4 +88,57 @@ TEST_CASE("every statement of the hot path is planned as index probes, even on t
     INFO("plan: " << plan.dump(1));
     CHECK(found.str() == "");
   }
+}
+
+// The write-back finds each outcome by a binary search in its id-sorted
+// arrays. Two outcomes of one matter in one batch happen when an attempt that
+// lost its lease and the next attempt's are written back together: only the
+// outcome of the current lease may count, in whichever order they come.
+TEST_CASE("a write-back counts only the outcome of the current lease, in any order and next to other matters",
+          "[notify][plans]") {
+  const std::string name = unique_name("fence");
+  auto bucket = open_bucket(name);
+  bucket.register_kind<dmm_test::Probe>("probe", fast_kind());
+  for (const char* id : {"a", "b", "c"}) bucket.notify(dmm_test::Probe{.id = id, .seq = 1});
+  const auto id_of = [&](const std::string& identity) {
+    pqxx::nontransaction tx(pg());
+    return tx.exec_params1("SELECT id FROM dmm.matter WHERE bucket = $1 AND identity = $2", name, identity)[0]
+        .as<std::int64_t>();
+  };
+  auto conn = dmm::detail::connect_pg(servers().postgres, "checking the write-back fence");
+  dmm::detail::prepare_statements(*conn);
+  const std::vector<std::int64_t> ids = {id_of("a"), id_of("b"), id_of("c")};
+  auto first = dmm::detail::claim(*conn, name, "probe", ids, "w1", std::chrono::seconds(30));
+  REQUIRE(first.size() == 3);
+  // "b"'s lease runs out and another worker takes it: a new epoch.
+  {
+    pqxx::nontransaction tx(pg());
+    tx.exec_params("UPDATE dmm.matter SET lease_until = now() - interval '1 s' WHERE id = $1", ids[1]);
+  }
+  auto second = dmm::detail::claim(*conn, name, "probe", {ids[1]}, "w2", std::chrono::seconds(30));
+  REQUIRE(second.size() == 1);
+  REQUIRE(second[0].epoch > first[1].epoch);
+
+  const auto outcome = [](const dmm::detail::Claimed& c, const char* seq) {
+    dmm::detail::Outcome o;
+    o.id = c.id, o.epoch = c.epoch, o.generation = c.generation;
+    o.kind = dmm::detail::OutcomeKind::done;
+    o.state = nlohmann::json{{"id", c.identity}, {"seq", std::stol(seq)}};
+    return o;
+  };
+  SECTION("the stale outcome first") {
+    dmm::detail::write_back(*conn, {outcome(first[1], "7"), outcome(second[0], "8"), outcome(first[0], "2")},
+                            std::chrono::milliseconds(500), name, {name, "w", 10});
+  }
+  SECTION("the stale outcome last") {
+    dmm::detail::write_back(*conn, {outcome(first[0], "2"), outcome(second[0], "8"), outcome(first[1], "7")},
+                            std::chrono::milliseconds(500), name, {name, "w", 10});
+  }
+  CHECK(query_matter(name, "probe", "a")->state["seq"] == 2);
+  CHECK(query_matter(name, "probe", "a")->phase == "ready");
+  CHECK(query_matter(name, "probe", "b")->state["seq"] == 8);
+  CHECK(query_matter(name, "probe", "b")->phase == "ready");
+  // Not written back: still leased to w1.
+  CHECK(query_matter(name, "probe", "c")->lease_owner == "w1");
+  CHECK(query_matter(name, "probe", "c")->state["seq"] == 1);
 }
