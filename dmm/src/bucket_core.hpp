@@ -59,16 +59,16 @@ class BucketCore {
   // The statement covers the whole bucket and scans dmm.attempt (no index on
   // age: it would cost every write-back), so the kinds of a bucket take turns.
   bool take_prune_turn(std::chrono::steady_clock::time_point now, std::chrono::steady_clock::duration every) {
-    auto due = next_prune_.load();
+    auto due = next_prune.load();
     const auto at = now.time_since_epoch().count();
-    return at >= due && next_prune_.compare_exchange_strong(due, (now + every).time_since_epoch().count());
+    return at >= due && next_prune.compare_exchange_strong(due, (now + every).time_since_epoch().count());
   }
+  std::atomic<std::chrono::steady_clock::rep> next_prune{0};  // take_prune_turn's, in steady_clock ticks
 
   std::mutex mu;                                                // protects the members below
   std::map<std::string, std::unique_ptr<Kind>> kinds_by_name;  // guarded by mu
   std::map<std::type_index, std::string> kind_names;            // guarded by mu
   std::map<std::type_index, std::shared_ptr<void>> services;    // guarded by mu
-  std::atomic<std::chrono::steady_clock::rep> next_prune_{0};  // steady_clock ticks
   // Declared last: stops serving before anything it reads is destroyed.
   std::shared_ptr<HttpServer> http;  // guarded by mu; set once by serve_http
 };

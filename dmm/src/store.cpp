@@ -15,10 +15,10 @@ namespace {
 // batch: one sweep of 100,000 due kicks took 20 s (bench/results.md, round 5).
 // So no statement here joins a batch to a table: rows are found by
 // `id = ANY (ARRAY(...))`, by LATERAL lookups (OFFSET 0 keeps each a probe of
-// its own), or by correlated subqueries, and per-row inputs are looked up by
-// key in a jsonb object. tests/integration/plans_test.cpp plans every
-// statement on empty, vacuumed tables and checks that each scan of a dmm
-// table has an index condition.
+// its own), or by correlated subqueries, and per-row inputs are looked up in
+// arrays sorted by id (see kWriteBack). tests/integration/plans_test.cpp
+// plans every statement on empty, vacuumed tables and checks that each scan
+// of a dmm table has an index condition.
 //
 // Lock order: every statement that may wait for row locks takes them in id
 // order first (the `locked` CTEs, consumed whole by a scalar subquery before
