@@ -303,6 +303,45 @@ int run_latency(const Common& c, double rate, double seconds, int threads, const
   return ns.size() >= static_cast<std::size_t>(total.load()) ? 0 : 1;
 }
 
+// ---------------------------------------------------------------- burst
+
+// A running worker, then N matters notified in one application transaction
+// (Bucket::notify_many(txn, ...)): their tokens come from the worker's sweeper,
+// woken by the commit. The worker starts while dmm.kick is empty and
+// vacuumed, as it is after every drain, so its statements are planned on
+// those statistics (bench/results.md, round 5: such a plan once made one
+// sweep of 100,000 kicks take 20-40 s).
+int run_burst(const Common& c, long n) {
+  pqxx::connection conn(c.postgres);
+  auto bucket = open_bucket(c);  // migrates first: the database may be new
+  drop_bucket_rows(conn, c.bucket);
+  pqxx::nontransaction(conn).exec("VACUUM ANALYZE dmm.kick");
+  bench::Child worker(worker_argv(c));
+  wait_running(worker);
+  // Its sweeper's first sweep, which plans the statement, runs at once; a
+  // second is enough for it (a bench run, not a test: nothing to wait on).
+  std::this_thread::sleep_for(1s);
+  const auto t0 = Clock::now();
+  {
+    pqxx::work txn(conn);
+    std::vector<Noop> chunk;
+    for (long i = 0; i < n;) {
+      chunk.clear();
+      for (long j = 0; j < 10'000 && i < n; ++j, ++i) chunk.push_back({fmt::format("b-{}", i), 0});
+      bucket.notify_many(txn, chunk);
+    }
+    txn.commit();
+  }
+  const auto committed = Clock::now();
+  const auto done = wait_all_ready(conn, c.bucket, n, std::chrono::seconds(600));
+  worker.stop();
+  result("notify_in_txn_per_s", n / seconds_between(t0, committed));
+  result("drain_per_s", n / seconds_between(committed, done));
+  result("drain_seconds", seconds_between(committed, done));
+  drop_bucket_rows(conn, c.bucket);
+  return 0;
+}
+
 // ---------------------------------------------------------------- memory
 
 // Worker RSS with `sizes` matters stored (ready: written as a finished
@@ -345,7 +384,7 @@ SELECT $1, $2, 'm-' || g, jsonb_build_object('id', 'm-' || g, 't_ns', 0), 1, 1, 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"dmm benchmark: worker, throughput, latency, memory (run by scripts/bench)"};
+  CLI::App app{"dmm benchmark: worker, throughput, latency, memory (run by scripts/bench), burst"};
   app.require_subcommand(1);
   Common c;
   auto add_common = [&](CLI::App* sub) {
@@ -387,6 +426,10 @@ int main(int argc, char** argv) {
   latency->add_option("--threads", threads, "notifying threads")->capture_default_str();
   latency->add_option("--tmp", tmp)->capture_default_str();
 
+  auto* burst = app.add_subcommand("burst", "a running worker, then N notified in one transaction (sweeper's tokens)");
+  add_common(burst);
+  burst->add_option("--n", n)->capture_default_str();
+
   auto* memory = app.add_subcommand("memory", "worker RSS with many stored matters, few due");
   add_common(memory);
   memory->add_option("--sizes", sizes)->delimiter(',')->capture_default_str();
@@ -409,6 +452,7 @@ int main(int argc, char** argv) {
     if (*throughput) return run_throughput(c, n, workers, analyze, discard_new);
     if (*latency) return run_latency(c, rate, seconds, threads, tmp);
     if (*memory) return run_memory(c, sizes, due, runs, settle_ms);
+    if (*burst) return run_burst(c, n);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dmm_bench: %s\n", e.what());
     return 1;

@@ -228,6 +228,19 @@ const std::string& kind_of(const BucketCore& core, std::type_index type, std::st
 
 namespace {
 
+constexpr std::size_t kChunk = NotifyGroups::kMaxBatch;  // matters per statement of a bulk notify
+
+// The last state of each identity (ON CONFLICT cannot touch a row twice), in
+// identity order, so concurrent bulk inserts take index locks in one order.
+std::vector<JsonMatter> last_state_wins(std::vector<JsonMatter> matters) {
+  std::map<std::string, std::size_t> last;
+  for (std::size_t i = 0; i < matters.size(); ++i) last[matters[i].identity] = i;
+  std::vector<JsonMatter> unique;
+  unique.reserve(last.size());
+  for (auto& [identity, index] : last) unique.push_back(std::move(matters[index]));
+  return unique;
+}
+
 // Stores `chunk` (distinct identities, in identity order) and publishes the
 // tokens owed. `what` names the call in errors.
 void store_notifies(BucketCore& core, const std::string& kind, const std::vector<JsonMatter>& chunk,
@@ -270,15 +283,7 @@ void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> m
     });
     return;
   }
-  // Last state wins within one call; ON CONFLICT cannot touch a row twice.
-  std::map<std::string, std::size_t> last;
-  for (std::size_t i = 0; i < matters.size(); ++i) last[matters[i].identity] = i;
-  // In identity order, so concurrent bulk inserts take index locks in one order.
-  std::vector<JsonMatter> unique;
-  unique.reserve(last.size());
-  for (auto& [identity, index] : last) unique.push_back(std::move(matters[index]));
-
-  constexpr std::size_t kChunk = NotifyGroups::kMaxBatch;  // matters per statement
+  auto unique = last_state_wins(std::move(matters));
   for (std::size_t begin = 0; begin < unique.size(); begin += kChunk) {
     std::vector<JsonMatter> chunk(std::make_move_iterator(unique.begin() + begin),
                                   std::make_move_iterator(unique.begin() + std::min(unique.size(), begin + kChunk)));
@@ -292,15 +297,19 @@ void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> m
   }
 }
 
-void notify_in(BucketCore& core, pqxx::transaction_base& txn, const std::string& kind, JsonMatter matter) {
+void notify_in(BucketCore& core, pqxx::transaction_base& txn, const std::string& kind,
+               std::vector<JsonMatter> matters) {
   const auto& k = core.kind(kind);
-  validate_matter(core, kind, matter);
-  std::vector<JsonMatter> one;
-  one.push_back(std::move(matter));
-  const auto deps = dependencies_of(k, one);
-  // Kicked now: a sweeper woken by the NOTIFY at commit publishes its token.
-  upsert_matters(txn, core.options.name, kind, one, std::chrono::milliseconds(0), false);
-  record_dependencies(txn, core, kind, deps);
+  for (const auto& m : matters) validate_matter(core, kind, m);
+  const auto unique = last_state_wins(std::move(matters));
+  for (std::size_t begin = 0; begin < unique.size(); begin += kChunk) {
+    const auto end = std::min(unique.size(), begin + kChunk);
+    const std::vector<JsonMatter> chunk(unique.begin() + static_cast<std::ptrdiff_t>(begin),
+                                        unique.begin() + static_cast<std::ptrdiff_t>(end));
+    // Kicked now: a sweeper woken by the NOTIFY at commit publishes the tokens.
+    upsert_matters(txn, core.options.name, kind, chunk, std::chrono::milliseconds(0), false);
+    record_dependencies(txn, core, kind, dependencies_of(k, chunk));
+  }
   txn.exec_params("SELECT pg_notify($1, $2)", std::string(kWakeChannel), core.options.name);
 }
 

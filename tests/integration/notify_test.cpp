@@ -203,6 +203,39 @@ TEST_CASE("a transactional notify commits or rolls back with the caller's transa
   runner.stop();
 }
 
+TEST_CASE("a transactional notify_many commits or rolls back as a whole, and every matter converges",
+          "[notify]") {
+  Fixture f;
+  pqxx::connection app(servers().postgres);
+  // More than one statement's worth (2000), and one identity twice: the last wins.
+  std::vector<Note> bulk;
+  for (int i = 0; i < 2500; ++i) bulk.push_back({.id = "tx-" + std::to_string(i), .text = "first", .seq = i});
+  bulk.push_back({.id = "tx-7", .text = "last", .seq = 7});
+
+  {
+    pqxx::work txn(app);
+    f.bucket.notify_many(txn, bulk);
+    txn.abort();
+  }
+  CHECK(count_matters(f.name, "note") == 0);
+
+  Runner runner(f.bucket);
+  {
+    pqxx::work txn(app);
+    f.bucket.notify_many(txn, bulk);
+    CHECK(count_matters(f.name, "note") == 0);  // not visible before the commit
+    txn.commit();
+  }
+  CHECK(count_matters(f.name, "note") == 2500);
+  // No token was published by the call: the sweeper, woken by the commit,
+  // sends them.
+  wait_until([&] { return count_converged(f.name, "note") == 2500; }, 30s, "all 2500 matters to become ready",
+             [&] { return describe_unconverged(f.name); });
+  CHECK(query_matter(f.name, "note", "tx-7")->state.at("text") == "last");
+  CHECK(f.recorder->entries("tx-7").back().value == "last");
+  runner.stop();
+}
+
 TEST_CASE("get returns the stored state, or nothing", "[notify]") {
   Fixture f;
   CHECK_FALSE(f.bucket.get<Note>("nobody").has_value());

@@ -115,7 +115,23 @@ class Bucket {
   // the bucket's channel (in any worker process) publishes the token.
   template <Materializer T>
   void notify(pqxx::transaction_base& txn, const T& obj) {
-    detail::notify_in(*core_, txn, kind<T>(), {std::string(obj.identity()), nlohmann::json(obj)});
+    std::vector<detail::JsonMatter> one;
+    one.push_back({std::string(obj.identity()), nlohmann::json(obj)});
+    detail::notify_in(*core_, txn, kind<T>(), std::move(one));
+  }
+  // Many matters in the caller's transaction, in few statements (as
+  // notify_many; the last state of an identity wins). One notify(txn, obj)
+  // per matter costs a statement each (~0.75 ms here: 1,300/s).
+  template <Materializer T>
+  void notify_many(pqxx::transaction_base& txn, std::span<const T> objs) {
+    std::vector<detail::JsonMatter> many;
+    many.reserve(objs.size());
+    for (const T& obj : objs) many.push_back({std::string(obj.identity()), nlohmann::json(obj)});
+    detail::notify_in(*core_, txn, kind<T>(), std::move(many));
+  }
+  template <Materializer T>
+  void notify_many(pqxx::transaction_base& txn, const std::vector<T>& objs) {
+    notify_many(txn, std::span<const T>(objs));
   }
 
   // The stored state of a matter, or nullopt if there is none. A state that

@@ -64,7 +64,7 @@ WorkStream& register_kind(BucketCore&, std::string name, KindOptions, KindHooks)
 // `type_name` is called only to build the error message.
 const std::string& kind_of(const BucketCore&, std::type_index type, std::string (*type_name)());
 void notify(BucketCore&, const std::string& kind, std::vector<JsonMatter>);
-void notify_in(BucketCore&, pqxx::transaction_base&, const std::string& kind, JsonMatter);
+void notify_in(BucketCore&, pqxx::transaction_base&, const std::string& kind, std::vector<JsonMatter>);
 std::optional<nlohmann::json> get(BucketCore&, const std::string& kind, std::string_view identity);
 bool update(BucketCore&, const std::string& kind, std::string_view identity,
             const std::function<void(nlohmann::json&)>& change);
