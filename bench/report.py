@@ -105,6 +105,14 @@ lines.append("| --- | --- | --- | --- |")
 lines.append("| dmm Notify→materialize start, saturated | " + fmt(stat("dmm-lat-max", "achieved_per_s")) + " | "
              + " | ".join(fmt(stat("dmm-lat-max", m), "", 1) for m in ("p50_ms", "p99_ms")) + " |")
 lines.append("")
+if stat("dmm-burst", "drain_per_s"):
+    lines.append("| a running worker, then N notified in one transaction (tokens from its sweeper) "
+                 "| median (min–max, runs) |")
+    lines.append("| --- | --- |")
+    notified = fmt(stat("dmm-burst", "notify_in_txn_per_s"), "/s")
+    lines.append(f"| dmm notify_many(txn, ...) (10k per call) | {notified} |")
+    lines.append(f"| dmm drain after the commit | {fmt(stat('dmm-burst', 'drain_per_s'), ' materializations/s')} |")
+    lines.append("")
 lines.append("| matters stored (100 due) | worker RSS MiB | worker peak RSS (VmHWM) MiB |")
 lines.append("| --- | --- | --- |")
 for size in memory_sizes:
