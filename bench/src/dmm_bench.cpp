@@ -180,6 +180,15 @@ double seconds_between(Clock::time_point a, Clock::time_point b) { return std::c
 
 // ---------------------------------------------------------------- throughput
 
+// The next up to 10,000 no-op matters "<prefix><i>" of n, advancing i: the
+// size of one bulk notify call.
+std::vector<Noop> next_chunk(const char* prefix, long& i, long n) {
+  std::vector<Noop> chunk;
+  for (long j = 0; j < 10'000 && i < n; ++j, ++i) chunk.push_back({fmt::format("{}{}", prefix, i), 0});
+  return chunk;
+}
+
+
 // Creates the bucket's stream as dmm would (WorkQueue, MaxMsgsPerSubject = 1)
 // but with DiscardNewPerSubject: a publish for a matter whose token is still
 // pending is rejected instead of replacing it (FACTS.md). dmm accepts such a
@@ -214,12 +223,9 @@ int run_throughput(const Common& c, long n, int workers, bool analyze_during_not
   {
     auto bucket = open_bucket(c);  // migrates, creates the stream and consumer
     drop_bucket_rows(conn, c.bucket);
-    std::vector<Noop> chunk;
     const auto t0 = Clock::now();
     for (long i = 0; i < n;) {
-      chunk.clear();
-      for (long j = 0; j < 10'000 && i < n; ++j, ++i) chunk.push_back({fmt::format("m-{}", i), 0});
-      bucket.notify_many(chunk);
+      bucket.notify_many(next_chunk("m-", i, n));
       // What the bench did until dmm's connections stopped using sequential
       // scans (bench/results.md, round 2, items 5 and 6); no user
       // does this, so it is off unless asked for.
@@ -324,12 +330,7 @@ int run_burst(const Common& c, long n) {
   const auto t0 = Clock::now();
   {
     pqxx::work txn(conn);
-    std::vector<Noop> chunk;
-    for (long i = 0; i < n;) {
-      chunk.clear();
-      for (long j = 0; j < 10'000 && i < n; ++j, ++i) chunk.push_back({fmt::format("b-{}", i), 0});
-      bucket.notify_many(txn, chunk);
-    }
+    for (long i = 0; i < n;) bucket.notify_many(txn, next_chunk("b-", i, n));
     txn.commit();
   }
   const auto committed = Clock::now();
@@ -384,7 +385,7 @@ SELECT $1, $2, 'm-' || g, jsonb_build_object('id', 'm-' || g, 't_ns', 0), 1, 1, 
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"dmm benchmark: worker, throughput, latency, memory (run by scripts/bench), burst"};
+  CLI::App app{"dmm benchmark: worker, throughput, latency, burst, memory (run by scripts/bench)"};
   app.require_subcommand(1);
   Common c;
   auto add_common = [&](CLI::App* sub) {

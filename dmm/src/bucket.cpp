@@ -241,6 +241,18 @@ std::vector<JsonMatter> last_state_wins(std::vector<JsonMatter> matters) {
   return unique;
 }
 
+// Calls `each(chunk, first)` for the matters in statements of kChunk, moving
+// them (states can be large); `first` is the index of the chunk's first one.
+template <typename F>
+void for_each_chunk(std::vector<JsonMatter> matters, const F& each) {
+  for (std::size_t begin = 0; begin < matters.size(); begin += kChunk) {
+    const auto end = std::min(matters.size(), begin + kChunk);
+    std::vector<JsonMatter> chunk(std::make_move_iterator(matters.begin() + static_cast<std::ptrdiff_t>(begin)),
+                                  std::make_move_iterator(matters.begin() + static_cast<std::ptrdiff_t>(end)));
+    each(chunk, begin);
+  }
+}
+
 // Stores `chunk` (distinct identities, in identity order) and publishes the
 // tokens owed. `what` names the call in errors.
 void store_notifies(BucketCore& core, const std::string& kind, const std::vector<JsonMatter>& chunk,
@@ -284,32 +296,25 @@ void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> m
     return;
   }
   auto unique = last_state_wins(std::move(matters));
-  for (std::size_t begin = 0; begin < unique.size(); begin += kChunk) {
-    std::vector<JsonMatter> chunk(std::make_move_iterator(unique.begin() + begin),
-                                  std::make_move_iterator(unique.begin() + std::min(unique.size(), begin + kChunk)));
-    const auto deps = dependencies_of(k, chunk);
-    store_notifies(core, kind, chunk, deps,
-                   unique.size() == 1
-                       ? about("notify", kind, chunk.front().identity)
-                       : fmt::format("notify of {} matters of kind '{}' (matters {}-{}{})", unique.size(), kind,
-                                     begin + 1, begin + chunk.size(),
-                                     begin > 0 ? "; the ones before were stored" : ""));
-  }
+  const auto total = unique.size();
+  for_each_chunk(std::move(unique), [&](const std::vector<JsonMatter>& chunk, std::size_t begin) {
+    store_notifies(core, kind, chunk, dependencies_of(k, chunk),
+                   total == 1 ? about("notify", kind, chunk.front().identity)
+                              : fmt::format("notify of {} matters of kind '{}' (matters {}-{}{})", total, kind,
+                                            begin + 1, begin + chunk.size(),
+                                            begin > 0 ? "; the ones before were stored" : ""));
+  });
 }
 
 void notify_in(BucketCore& core, pqxx::transaction_base& txn, const std::string& kind,
                std::vector<JsonMatter> matters) {
   const auto& k = core.kind(kind);
   for (const auto& m : matters) validate_matter(core, kind, m);
-  const auto unique = last_state_wins(std::move(matters));
-  for (std::size_t begin = 0; begin < unique.size(); begin += kChunk) {
-    const auto end = std::min(unique.size(), begin + kChunk);
-    const std::vector<JsonMatter> chunk(unique.begin() + static_cast<std::ptrdiff_t>(begin),
-                                        unique.begin() + static_cast<std::ptrdiff_t>(end));
+  for_each_chunk(last_state_wins(std::move(matters)), [&](const std::vector<JsonMatter>& chunk, std::size_t) {
     // Kicked now: a sweeper woken by the NOTIFY at commit publishes the tokens.
     upsert_matters(txn, core.options.name, kind, chunk, std::chrono::milliseconds(0), false);
     record_dependencies(txn, core, kind, dependencies_of(k, chunk));
-  }
+  });
   txn.exec_params("SELECT pg_notify($1, $2)", std::string(kWakeChannel), core.options.name);
 }
 
