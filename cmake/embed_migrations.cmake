@@ -12,7 +12,7 @@ foreach(f IN LISTS files)
   string(APPEND entries "    {${version}, \"${f}\", R\"dmm_sql(${sql})dmm_sql\"},\n")
 endforeach()
 file(WRITE "${OUTPUT}.tmp" "// Generated from migrations/*.sql by cmake/embed_migrations.cmake. Do not edit.
-#include \"migrations.hpp\"
+#include \"store/migrations.hpp\"
 
 #include <array>
 

@@ -19,8 +19,8 @@
 
 #include "harness.hpp"
 #include "probe.hpp"
-#include "pg.hpp"
-#include "store.hpp"
+#include "store/pg.hpp"
+#include "store/store.hpp"
 
 using namespace dmm_test;
 

@@ -14,11 +14,11 @@
 #include "dmm/detail/core.hpp"
 #include "dmm/options.hpp"
 #include "dmm/work_stream.hpp"
-#include "metrics.hpp"
-#include "notify_group.hpp"
-#include "pg.hpp"
-#include "store.hpp"
-#include "tokens.hpp"
+#include "engine/metrics.hpp"
+#include "engine/notify_group.hpp"
+#include "store/pg.hpp"
+#include "store/store.hpp"
+#include "tokens/tokens.hpp"
 
 namespace dmm::detail {
 

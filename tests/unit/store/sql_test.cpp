@@ -1,5 +1,5 @@
 // Array parameters as text literals (libpqxx 6.4 cannot bind std::vector).
-#include "sql.hpp"
+#include "store/sql.hpp"
 
 #include <catch2/catch.hpp>
 #include <cstdint>

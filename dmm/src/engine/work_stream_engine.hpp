@@ -20,10 +20,10 @@
 #include <vector>
 
 #include "dmm/options.hpp"
-#include "metrics.hpp"
-#include "names.hpp"
-#include "store.hpp"
-#include "tokens.hpp"
+#include "engine/metrics.hpp"
+#include "protocol/names.hpp"
+#include "store/store.hpp"
+#include "tokens/tokens.hpp"
 
 namespace dmm::detail {
 

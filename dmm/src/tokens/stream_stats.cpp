@@ -6,7 +6,7 @@
 #include "dmm/errors.hpp"
 #include "dmm/inspect.hpp"
 #include "dmm/url.hpp"
-#include "names.hpp"
+#include "protocol/names.hpp"
 
 namespace dmm {
 

@@ -1,4 +1,4 @@
-#include "tokens.hpp"
+#include "tokens/tokens.hpp"
 
 #include <algorithm>
 #include <fmt/format.h>
@@ -7,8 +7,8 @@
 
 #include "dmm/errors.hpp"
 #include "dmm/url.hpp"
-#include "metrics.hpp"
-#include "names.hpp"
+#include "engine/metrics.hpp"
+#include "protocol/names.hpp"
 
 namespace dmm::detail {
 namespace {

@@ -1,4 +1,4 @@
-#include "sql.hpp"
+#include "store/sql.hpp"
 
 #include <pqxx/pqxx>
 

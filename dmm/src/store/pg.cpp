@@ -1,10 +1,10 @@
-#include "pg.hpp"
+#include "store/pg.hpp"
 
 #include <fmt/format.h>
 
 #include "dmm/errors.hpp"
 #include "dmm/url.hpp"
-#include "store.hpp"
+#include "store/store.hpp"
 
 namespace dmm::detail {
 

@@ -1,4 +1,4 @@
-#include "notify_group.hpp"
+#include "engine/notify_group.hpp"
 
 #include <algorithm>
 #include <utility>

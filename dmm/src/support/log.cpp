@@ -8,7 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "dmm/errors.hpp"
-#include "log_scope.hpp"
+#include "support/log_scope.hpp"
 
 namespace dmm {
 namespace detail {

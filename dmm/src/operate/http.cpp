@@ -1,18 +1,18 @@
 // The embedded HTTP endpoint (cpp-httplib): metrics, health, readiness and the
 // web view. Handlers run on httplib's small thread pool and only read.
-#include "http.hpp"
+#include "operate/http.hpp"
 
 #include <httplib.h>
 
 #include <fmt/format.h>
 #include <thread>
 
-#include "bucket_core.hpp"
+#include "bucket/bucket_core.hpp"
 #include "dmm/errors.hpp"
 #include "dmm/inspect.hpp"
 #include "dmm/url.hpp"
-#include "web_view.hpp"
-#include "work_stream_engine.hpp"
+#include "operate/web_view.hpp"
+#include "engine/work_stream_engine.hpp"
 
 namespace dmm::detail {
 namespace {

@@ -8,14 +8,14 @@
 #include <thread>
 #include <unistd.h>
 
-#include "bucket_core.hpp"
+#include "bucket/bucket_core.hpp"
 #include "dmm/migrate.hpp"
 #include "dmm/url.hpp"
-#include "http.hpp"
-#include "names.hpp"
-#include "sql.hpp"
-#include "store.hpp"
-#include "work_stream_engine.hpp"
+#include "operate/http.hpp"
+#include "protocol/names.hpp"
+#include "store/sql.hpp"
+#include "store/store.hpp"
+#include "engine/work_stream_engine.hpp"
 
 namespace dmm {
 namespace detail {

@@ -8,8 +8,8 @@
 #include "dmm/dependency.hpp"
 #include "dmm/errors.hpp"
 #include "dmm/url.hpp"
-#include "sql.hpp"
-#include "store.hpp"
+#include "store/sql.hpp"
+#include "store/store.hpp"
 
 namespace dmm {
 namespace {

@@ -1,6 +1,6 @@
 // Applying the embedded migrations: under an advisory lock, in one
 // transaction, refusing to start when an applied migration was edited.
-#include "migrations.hpp"
+#include "store/migrations.hpp"
 
 #include <fmt/format.h>
 #include <map>

@@ -9,9 +9,9 @@
 #include "dmm/errors.hpp"
 #include "dmm/inspect.hpp"
 #include "dmm/log.hpp"
-#include "log_scope.hpp"
-#include "metrics.hpp"
-#include "web_view.hpp"
+#include "support/log_scope.hpp"
+#include "engine/metrics.hpp"
+#include "operate/web_view.hpp"
 
 TEST_CASE("the web view escapes stored strings and encodes links", "[operate]") {
   CHECK(dmm::detail::html_escape("a<b>&\"'ü") == "a&lt;b&gt;&amp;&quot;&#39;ü");

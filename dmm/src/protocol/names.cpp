@@ -1,4 +1,4 @@
-#include "names.hpp"
+#include "protocol/names.hpp"
 
 #include <algorithm>
 #include <charconv>

@@ -1,5 +1,5 @@
 // HTML of the web view (see web_view.hpp).
-#include "web_view.hpp"
+#include "operate/web_view.hpp"
 
 #include <cctype>
 #include <fmt/format.h>

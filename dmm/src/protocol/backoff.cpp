@@ -1,4 +1,4 @@
-#include "backoff.hpp"
+#include "protocol/backoff.hpp"
 
 #include <algorithm>
 #include <cmath>

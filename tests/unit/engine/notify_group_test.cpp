@@ -8,7 +8,7 @@
 #include <thread>
 
 #include "dmm/errors.hpp"
-#include "notify_group.hpp"
+#include "engine/notify_group.hpp"
 
 using dmm::detail::JsonMatter;
 using dmm::detail::NotifyGroups;

@@ -6,15 +6,15 @@
 #include <spdlog/spdlog.h>
 #include <thread>
 
-#include "backoff.hpp"
-#include "bucket_core.hpp"
+#include "protocol/backoff.hpp"
+#include "bucket/bucket_core.hpp"
 #include "dmm/context.hpp"
 #include "dmm/errors.hpp"
 #include "dmm/work_stream.hpp"
-#include "log_scope.hpp"
-#include "names.hpp"
-#include "sweeper.hpp"
-#include "work_stream_engine.hpp"
+#include "support/log_scope.hpp"
+#include "protocol/names.hpp"
+#include "engine/sweeper.hpp"
+#include "engine/work_stream_engine.hpp"
 
 namespace dmm {
 

@@ -1,9 +1,9 @@
-#include "store.hpp"
+#include "store/store.hpp"
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
-#include "sql.hpp"
+#include "store/sql.hpp"
 
 namespace dmm::detail {
 namespace {

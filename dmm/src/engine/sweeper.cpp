@@ -1,12 +1,12 @@
-#include "sweeper.hpp"
+#include "engine/sweeper.hpp"
 
 #include <algorithm>
 #include <spdlog/spdlog.h>
 
-#include "bucket_core.hpp"
-#include "store.hpp"
-#include "tokens.hpp"
-#include "work_stream_engine.hpp"
+#include "bucket/bucket_core.hpp"
+#include "store/store.hpp"
+#include "tokens/tokens.hpp"
+#include "engine/work_stream_engine.hpp"
 
 namespace dmm::detail {
 namespace {

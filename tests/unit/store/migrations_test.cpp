@@ -1,5 +1,5 @@
 // The migrations embedded at build time, and their checksums.
-#include "migrations.hpp"
+#include "store/migrations.hpp"
 
 #include <algorithm>
 #include <catch2/catch.hpp>

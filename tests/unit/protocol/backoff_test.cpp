@@ -1,5 +1,5 @@
 // Retry delays: capped exponential growth, jitter bounds, option validation.
-#include "backoff.hpp"
+#include "protocol/backoff.hpp"
 
 #include <catch2/catch.hpp>
 

@@ -1,5 +1,5 @@
 // Bucket/kind names, identities, and how they map onto JetStream subjects.
-#include "names.hpp"
+#include "protocol/names.hpp"
 
 #include <algorithm>
 #include <catch2/catch.hpp>

@@ -1,5 +1,5 @@
 // The metrics registry and its Prometheus text rendering.
-#include "metrics.hpp"
+#include "engine/metrics.hpp"
 
 #include <fmt/format.h>
 #include <algorithm>
