@@ -20,7 +20,7 @@
 #include "harness.hpp"
 #include "probe.hpp"
 #include "store/pg.hpp"
-#include "store/store.hpp"
+#include "store/matters.hpp"
 
 using namespace dmm_test;
 

@@ -119,7 +119,12 @@ struct KindStats {
 std::vector<KindStats> kind_stats(const std::string& postgres, const std::string& bucket);
 // Fills the NATS fields of `stats` from the bucket's stream and each kind's
 // durable consumer (read-only: creates nothing).
-void stream_stats(std::vector<KindStats>& stats, const std::string& nats, const std::string& bucket);
+// TLS files for NATS (empty: none), as in BucketOptions::nats_ca_file etc.
+struct NatsTls {
+  std::string ca_file{}, cert_file{}, key_file{};
+};
+void stream_stats(std::vector<KindStats>& stats, const std::string& nats, const std::string& bucket,
+                  const NatsTls& tls = {});
 
 // Runs matching `failed` or `retrying` matters again now, attempts reset.
 // Returns how many.

@@ -17,7 +17,7 @@
 #include "engine/metrics.hpp"
 #include "engine/notify_group.hpp"
 #include "store/pg.hpp"
-#include "store/store.hpp"
+#include "store/matters.hpp"
 #include "tokens/tokens.hpp"
 
 namespace dmm::detail {

@@ -58,9 +58,9 @@ std::string Metrics::render(const std::string& bucket, const std::map<std::strin
 
   header("dmm_materializations_total", "counter", "Attempts finished in this process, by outcome.");
   for (auto& [k, m] : kinds)
-    for (std::size_t i = 0; i < kOutcomeNames.size(); ++i)
+    for (std::size_t i = 0; i < kOutcomes.size(); ++i)
       out += fmt::format("dmm_materializations_total{{bucket=\"{}\",kind=\"{}\",outcome=\"{}\"}} {}\n", b, label(k),
-                         kOutcomeNames[i], m->outcomes[i].load());
+                         kOutcomes[i].name, m->outcomes[i].load());
 
   header("dmm_materialization_duration_seconds", "histogram",
          "Duration of materialize/finalize calls in this process.");
@@ -98,7 +98,7 @@ std::string Metrics::render(const std::string& bucket, const std::map<std::strin
   for (auto& [k, g] : gauges) out += fmt::format("dmm_due{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k), g.due);
   header("dmm_matters", "gauge", "Stored matters by phase, from PostgreSQL.");
   for (auto& [k, g] : gauges)
-    for (const char* phase : {"pending", "reconciling", "retrying", "ready", "deleting", "failed"}) {
+    for (const auto& [_, phase] : kPhases) {
       auto it = g.matters_by_phase.find(phase);
       out += fmt::format("dmm_matters{{bucket=\"{}\",kind=\"{}\",phase=\"{}\"}} {}\n", b, label(k), phase,
                          it == g.matters_by_phase.end() ? 0 : it->second);

@@ -12,17 +12,16 @@
 #include <mutex>
 #include <string>
 
+#include "protocol/vocabulary.hpp"
+
 namespace dmm::detail {
 
 // Upper bounds (seconds) of the duration histogram's buckets; +Inf is implied.
 inline constexpr std::array<double, 14> kDurationBuckets = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                                             0.5,   1,     2.5,  5,     10,   30,  60};
-// Outcome labels, indexed like OutcomeKind (store.hpp).
-inline constexpr std::array<const char*, 6> kOutcomeNames = {"done",   "requeue",   "retry",
-                                                             "failed", "finalized", "release"};
 
 struct KindMetrics {
-  std::array<std::atomic<std::uint64_t>, kOutcomeNames.size()> outcomes{};
+  std::array<std::atomic<std::uint64_t>, kOutcomes.size()> outcomes{};
   std::array<std::atomic<std::uint64_t>, kDurationBuckets.size() + 1> duration_buckets{};  // not cumulative
   std::atomic<std::uint64_t> duration_sum_us{0};
   std::atomic<std::int64_t> in_flight{0};
@@ -32,7 +31,7 @@ struct KindMetrics {
   std::atomic<std::uint64_t> ack_errors{0};
   std::atomic<std::uint64_t> notifies_grouped{0};  // single notifies written with others (notify_group.hpp)
 
-  // One finished attempt: its outcome (index into kOutcomeNames) and duration.
+  // One finished attempt: its outcome (index_of(OutcomeKind)) and duration.
   void observe(std::size_t outcome, std::int64_t duration_us, int attempt);
 };
 

@@ -4,7 +4,9 @@
 #include <spdlog/spdlog.h>
 
 #include "bucket/bucket_core.hpp"
-#include "store/store.hpp"
+#include "store/history.hpp"
+#include "store/kicks.hpp"
+#include "store/matters.hpp"
 #include "tokens/tokens.hpp"
 #include "engine/work_stream_engine.hpp"
 

@@ -54,16 +54,6 @@ class ErrorLog {
 
 }  // namespace
 
-void validate_kind_options(const KindOptions& o, const std::string& kind) {
-  auto bad = [&](const std::string& what) { throw InvalidArgument("kind '" + kind + "': " + what); };
-  if (o.concurrency < 1 || o.concurrency > 4096) bad("concurrency must be in 1..4096 (default 4)");
-  if (o.batch < 1 || o.batch > 10000) bad("batch must be in 1..10000 (default 256)");
-  if (o.prefetch < 0 || o.prefetch > 100000) bad("prefetch must be in 0..100000 (default 0: 2 x max(concurrency, batch))");
-  if (o.lease_ttl < std::chrono::milliseconds(300)) bad("lease_ttl must be at least 300ms (default 15s)");
-  if (o.stop_grace.count() < 0) bad("stop_grace must not be negative (default 10s)");
-  if (o.history_limit < 0 || o.history_limit > 1000) bad("history_limit must be in 0..1000 (default 10)");
-  validate_backoff(o.backoff, kind);
-}
 
 bool sleep_for(std::stop_token stop, std::chrono::milliseconds d) {
   std::mutex mu;

@@ -22,16 +22,13 @@
 #include "dmm/options.hpp"
 #include "engine/metrics.hpp"
 #include "protocol/names.hpp"
-#include "store/store.hpp"
+#include "store/matters.hpp"
 #include "tokens/tokens.hpp"
 
 namespace dmm::detail {
 
 class BucketCore;
 struct Kind;
-
-// InvalidArgument naming `kind` and the field for an unusable option.
-void validate_kind_options(const KindOptions& options, const std::string& kind);
 
 // Sleeps up to `d`, returning early (false) when `stop` is requested.
 bool sleep_for(std::stop_token stop, std::chrono::milliseconds d);

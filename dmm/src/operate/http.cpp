@@ -79,11 +79,7 @@ struct HttpServer::Impl {
     bool ready = true;
     std::string out;
     try {
-      core.pool.with_connection([](pqxx::connection& conn) {
-        pqxx::nontransaction tx(conn);
-        tx.exec("SELECT 1");
-        return 0;
-      });
+      core.pool.ping();
       out += "postgres: ok\n";
     } catch (const std::exception& e) {
       ready = false;

@@ -1,124 +1,21 @@
-// Read-only views of matters and administrative actions for operating tools
-// (dmmctl, example debug, the web view). Sentences and text: explain.cpp.
-#include "dmm/inspect.hpp"
-
+// The administrative actions of dmm/inspect.hpp for operating tools (dmmctl,
+// example debug): each one of the store's transitions (store/transitions.hpp),
+// the same ones the Bucket API calls. Reads: store/views.cpp; sentences:
+// explain.cpp.
 #include <fmt/format.h>
 #include <pqxx/pqxx>
 
-#include "dmm/dependency.hpp"
 #include "dmm/errors.hpp"
-#include "dmm/url.hpp"
-#include "store/sql.hpp"
-#include "store/store.hpp"
+#include "dmm/inspect.hpp"
+#include "store/transitions.hpp"
+#include "store/views.hpp"
 
 namespace dmm {
 namespace {
 
-std::unique_ptr<pqxx::connection> connect(const std::string& url) {
-  try {
-    return std::make_unique<pqxx::connection>(url);
-  } catch (const std::exception& e) {
-    throw ConnectionError(
-        fmt::format("cannot connect to PostgreSQL at {}: {}", mask_url(url), mask_url(e.what())));
-  }
-}
-
-// UTC ISO 8601 with milliseconds; '' for NULL.
-std::string iso(const char* column) {
-  return fmt::format(R"(coalesce(to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), ''))", column);
-}
-
-// The WHERE clause every query shares: $1 bucket, $2 kind, $3 identity, $4 phase.
-constexpr const char* kMatch =
-    "bucket = $1 AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR identity = $3) "
-    "AND ($4::text IS NULL OR phase = $4)";
-
-MatterStatus status_of(const pqxx::row& r) {
-  MatterStatus m;
-  m.id = r[0].as<std::int64_t>();
-  m.kind = r[1].as<std::string>();
-  m.identity = r[2].as<std::string>();
-  m.phase = r[3].as<std::string>();
-  m.generation = r[4].as<std::int64_t>();
-  m.materialized_generation = r[5].as<std::int64_t>();
-  m.attempts = r[6].as<int>();
-  m.last_error = r[7].as<std::string>();
-  m.due_at = r[8].as<std::string>();
-  m.kick_at = r[9].as<std::string>();
-  m.lease_owner = r[10].as<std::string>();
-  m.lease_until = r[11].as<std::string>();
-  m.leased_at = r[12].as<std::string>();
-  m.created_at = r[13].as<std::string>();
-  m.updated_at = r[14].as<std::string>();
-  m.removing = r[15].as<bool>();
-  m.age_ms = r[16].as<std::int64_t>();
-  if (!r[17].is_null()) m.due_in_ms = r[17].as<std::int64_t>();
-  m.state = r[18].as<std::string>();
-  return m;
-}
-
-std::string wake_sql() { return fmt::format("SELECT pg_notify('{}', $1)", detail::kWakeChannel); }
+detail::Selection selection_of(const InspectQuery& q) { return {q.bucket, q.kind, q.identity, q.phase}; }
 
 }  // namespace
-
-std::vector<MatterStatus> inspect(const InspectQuery& q) {
-  auto conn = connect(q.postgres);
-  pqxx::read_transaction tx(*conn);
-  // An expired lease is shown as no lease: nobody holds it any more.
-  const auto sql = fmt::format(R"sql(
-SELECT id, kind, identity, phase, generation, materialized_generation, attempts,
-       coalesce(last_error, ''), {}, {},
-       CASE WHEN lease_until > now() THEN coalesce(lease_owner, '') ELSE '' END,
-       CASE WHEN lease_until > now() THEN {} ELSE '' END,
-       CASE WHEN lease_until > now() THEN {} ELSE '' END,
-       {}, {}, deleted_at IS NOT NULL,
-       (extract(epoch FROM now() - created_at) * 1000)::bigint,
-       (extract(epoch FROM due_at - now()) * 1000)::bigint,
-       state::text
-  FROM dmm.matter
- WHERE {}
- ORDER BY kind, identity
- LIMIT $5)sql",
-                               iso("due_at"), iso("(SELECT k.kick_at FROM dmm.kick k WHERE k.matter_id = matter.id)"),
-                               iso("lease_until"), iso("leased_at"), iso("created_at"), iso("updated_at"), kMatch);
-  auto rows = tx.exec_params(sql, q.bucket, q.kind, q.identity, q.phase, q.limit);
-  std::vector<MatterStatus> out;
-  out.reserve(rows.size());
-  for (const auto& r : rows) out.push_back(status_of(r));
-  return out;
-}
-
-std::int64_t count_matters(const InspectQuery& q) {
-  auto conn = connect(q.postgres);
-  pqxx::read_transaction tx(*conn);
-  return tx.exec_params(fmt::format("SELECT count(*) FROM dmm.matter WHERE {}", kMatch), q.bucket, q.kind,
-                        q.identity, q.phase)[0][0]
-      .as<std::int64_t>();
-}
-
-std::vector<std::string> list_buckets(const std::string& postgres) {
-  auto conn = connect(postgres);
-  pqxx::read_transaction tx(*conn);
-  std::vector<std::string> out;
-  for (const auto& r : tx.exec("SELECT DISTINCT bucket FROM dmm.matter ORDER BY bucket"))
-    out.push_back(r[0].as<std::string>());
-  return out;
-}
-
-std::vector<AttemptRecord> attempt_history(const std::string& postgres, std::int64_t matter_id, int limit) {
-  auto conn = connect(postgres);
-  pqxx::read_transaction tx(*conn);
-  auto rows = tx.exec_params(fmt::format(R"sql(
-SELECT seq, generation, attempt, {}, duration_ms, outcome, coalesce(error, ''), worker
-  FROM dmm.attempt WHERE matter_id = $1 ORDER BY seq DESC LIMIT $2)sql",
-                                         iso("started_at")),
-                             matter_id, limit);
-  std::vector<AttemptRecord> out;
-  for (const auto& r : rows)
-    out.push_back({r[0].as<std::int64_t>(), r[1].as<std::int64_t>(), r[2].as<int>(), r[3].as<std::string>(),
-                   r[4].as<std::int64_t>(), r[5].as<std::string>(), r[6].as<std::string>(), r[7].as<std::string>()});
-  return out;
-}
 
 std::optional<MatterDetail> describe(const std::string& postgres, const std::string& bucket, const std::string& kind,
                                      const std::string& identity, int history_limit) {
@@ -131,107 +28,35 @@ std::optional<MatterDetail> describe(const std::string& postgres, const std::str
   return d;
 }
 
-std::vector<KindStats> kind_stats(const std::string& postgres, const std::string& bucket) {
-  auto conn = connect(postgres);
-  pqxx::read_transaction tx(*conn);
-  auto rows = tx.exec_params(fmt::format(R"sql(
-WITH s AS (
-  SELECT kind, phase, due_at, (lease_until IS NOT NULL AND lease_until >= now()) AS leased
-    FROM dmm.matter WHERE bucket = $1
-)
-SELECT kind, phase, count(*),
-       count(*) FILTER (WHERE due_at <= now() AND NOT leased),
-       count(*) FILTER (WHERE leased),
-       {},
-       coalesce((extract(epoch FROM now() - min(due_at) FILTER (WHERE due_at <= now() AND NOT leased)) * 1000)::bigint, 0)
-  FROM s GROUP BY kind, phase ORDER BY kind, phase)sql",
-                                         iso("min(due_at) FILTER (WHERE due_at <= now() AND NOT leased)")),
-                             bucket);
-  std::vector<KindStats> out;
-  for (const auto& r : rows) {
-    const auto kind = r[0].as<std::string>();
-    if (out.empty() || out.back().kind != kind) out.push_back(KindStats{.kind = kind});
-    auto& k = out.back();
-    const auto n = r[2].as<std::int64_t>();
-    k.phases[r[1].as<std::string>()] = n;
-    k.total += n;
-    k.due_now += r[3].as<std::int64_t>();
-    k.in_flight += r[4].as<std::int64_t>();
-    const auto oldest = r[5].as<std::string>();
-    const auto age = r[6].as<std::int64_t>();
-    if (!oldest.empty() && (k.oldest_due.empty() || oldest < k.oldest_due)) {
-      k.oldest_due = oldest;
-      k.oldest_due_age_ms = age;
-    }
-  }
-  return out;
-}
-
 std::int64_t retry_matters(const InspectQuery& q) {
-  auto conn = connect(q.postgres);
+  auto conn = detail::connect_tool(q.postgres);
   pqxx::work tx(*conn);
-  auto rows = tx.exec_params(fmt::format(R"sql(
-UPDATE dmm.matter SET phase = CASE WHEN deleted_at IS NOT NULL THEN 'deleting' ELSE 'pending' END,
-  attempts = 0, due_at = now(), updated_at = now()
-WHERE {} AND phase IN ('failed', 'retrying')
-RETURNING id)sql",
-                                         kMatch),
-                             q.bucket, q.kind, q.identity, q.phase);
-  // Kicked now: the sweepers woken at commit send the tokens.
-  detail::arm_kicks(tx, detail::ids_of(rows), std::chrono::milliseconds(0));
-  if (!rows.empty()) tx.exec_params(wake_sql(), q.bucket);
+  // No grace: a tool has no NATS connection, so the sweepers woken at commit
+  // send the tokens.
+  const auto due = detail::retry_matters(tx, selection_of(q), detail::Kick{});
   tx.commit();
-  return static_cast<std::int64_t>(rows.size());
+  return static_cast<std::int64_t>(due.size());
 }
 
 std::int64_t remove_matters(const InspectQuery& q, bool skip_finalize) {
-  auto conn = connect(q.postgres);
+  auto conn = detail::connect_tool(q.postgres);
   pqxx::work tx(*conn);
+  const auto sel = selection_of(q);
   // As Bucket::remove: refused while a live matter outside the selection
   // depends on one inside it (dmm/dependency.hpp).
-  auto blocked = tx.exec_params(fmt::format(R"sql(
-WITH sel AS (SELECT kind, identity FROM dmm.matter WHERE {})
-SELECT d.dep_kind, d.dep_identity, d.kind, d.identity FROM dmm.dependency d
-  JOIN sel ON d.dep_kind = sel.kind AND d.dep_identity = sel.identity
-  JOIN dmm.matter dm ON dm.bucket = d.bucket AND dm.kind = d.kind AND dm.identity = d.identity
- WHERE d.bucket = $1 AND dm.deleted_at IS NULL
-   AND (d.kind, d.identity) NOT IN (SELECT kind, identity FROM sel)
- ORDER BY 1, 2, 3, 4 LIMIT 1)sql",
-                                            kMatch),
-                                q.bucket, q.kind, q.identity, q.phase);
-  if (!blocked.empty())
+  if (auto blocked = detail::blocking_dependents(tx, sel, 1); !blocked.empty()) {
+    const auto& b = blocked.front();
     throw DependencyError(fmt::format("bucket '{}': cannot remove {} '{}': {} '{}' depends on it; remove it (or "
                                       "include it in the selection) first; nothing was removed",
-                                      q.bucket, blocked[0][0].c_str(), blocked[0][1].c_str(), blocked[0][2].c_str(),
-                                      blocked[0][3].c_str()));
-  pqxx::result rows;
-  if (skip_finalize) {
-    rows = tx.exec_params(fmt::format(R"sql(
-WITH gone AS (DELETE FROM dmm.matter WHERE {} RETURNING id, bucket, kind, identity),
-edges AS (DELETE FROM dmm.dependency d USING gone g
-           WHERE d.bucket = g.bucket AND d.kind = g.kind AND d.identity = g.identity)
-SELECT id FROM gone)sql",
-                                      kMatch),
-                          q.bucket, q.kind, q.identity, q.phase);
-    detail::forget_kicks(tx, detail::ids_of(rows));
-  } else {
-    // Like Bucket::remove of a type with finalize: a new generation that owes
-    // a finalize; the worker deletes the row after it (at once without one).
-    rows = tx.exec_params(fmt::format(R"sql(
-UPDATE dmm.matter SET
-  deleted_at = coalesce(deleted_at, now()),
-  generation = generation + 1,
-  phase = CASE WHEN lease_until >= now() THEN phase ELSE 'deleting' END,
-  attempts = 0, last_error = NULL, due_at = now(), updated_at = now()
-WHERE {}
-RETURNING id)sql",
-                                      kMatch),
-                          q.bucket, q.kind, q.identity, q.phase);
-    detail::arm_kicks(tx, detail::ids_of(rows), std::chrono::milliseconds(0));
-    if (!rows.empty()) tx.exec_params(wake_sql(), q.bucket);
+                                      q.bucket, b.dependency.kind, b.dependency.identity, b.dependent.kind,
+                                      b.dependent.identity));
   }
+  // Marked, the worker runs the finalizer and deletes the row (at once for a
+  // kind without one).
+  const auto n = skip_finalize ? detail::delete_matters(tx, sel)
+                               : static_cast<std::int64_t>(detail::mark_for_deletion(tx, sel, detail::Kick{}).size());
   tx.commit();
-  return static_cast<std::int64_t>(rows.size());
+  return n;
 }
 
 }  // namespace dmm

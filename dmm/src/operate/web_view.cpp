@@ -1,6 +1,8 @@
 // HTML of the web view (see web_view.hpp).
 #include "operate/web_view.hpp"
 
+#include "protocol/vocabulary.hpp"
+
 #include <cctype>
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -8,7 +10,6 @@
 namespace dmm::detail {
 namespace {
 
-constexpr const char* kPhases[] = {"pending", "reconciling", "retrying", "ready", "deleting", "failed"};
 
 std::string page(const std::string& title, int refresh_s, const std::string& body) {
   return fmt::format(R"(<!DOCTYPE html>
@@ -84,11 +85,11 @@ std::string render_list_page(const std::string& bucket, const std::vector<KindSt
                              const std::vector<MatterStatus>& matters, const ListFilter& filter, int refresh_s) {
   std::string body = fmt::format("<h1>dmm bucket {}</h1>\n", html_escape(bucket));
   body += "<h2>Matters by kind and phase</h2>\n<table><tr><th>kind</th>";
-  for (const char* p : kPhases) body += fmt::format("<th>{}</th>", p);
+  for (const auto& [_, p] : detail::kPhases) body += fmt::format("<th>{}</th>", p);
   body += "<th>total</th><th>due now</th><th>in flight</th><th>oldest due</th></tr>\n";
   for (const auto& k : stats) {
     body += fmt::format("<tr><td>{}</td>", list_link(k.kind, std::nullopt, k.kind));
-    for (const char* p : kPhases) {
+    for (const auto& [_, p] : detail::kPhases) {
       auto it = k.phases.find(p);
       const auto n = it == k.phases.end() ? 0 : it->second;
       body += fmt::format("<td>{}</td>", n ? list_link(k.kind, std::string(p), std::to_string(n)) : "0");
@@ -104,7 +105,7 @@ std::string render_list_page(const std::string& bucket, const std::vector<KindSt
     body += fmt::format(R"(<option value="{}"{}>{}</option>)", html_escape(k.kind),
                         filter.kind == k.kind ? " selected" : "", html_escape(k.kind));
   body += R"(</select> phase <select name="phase"><option value="">(all)</option>)";
-  for (const char* p : kPhases)
+  for (const auto& [_, p] : detail::kPhases)
     body += fmt::format(R"(<option value="{}"{}>{}</option>)", p, filter.phase == std::string(p) ? " selected" : "", p);
   body += R"(</select> <button type="submit">filter</button></form>)";
 

@@ -16,14 +16,5 @@ milliseconds backoff_delay(const Backoff& backoff, int attempt, double unit_rand
   return milliseconds(static_cast<milliseconds::rep>(std::clamp(base * factor, 0.0, max)));
 }
 
-void validate_backoff(const Backoff& b, const std::string& kind) {
-  auto bad = [&](const std::string& what) {
-    throw InvalidArgument("kind '" + kind + "': backoff." + what);
-  };
-  if (b.initial.count() <= 0) bad("initial must be positive (e.g. 200ms)");
-  if (b.max < b.initial) bad("max must be at least backoff.initial");
-  if (!(b.multiplier >= 1.0) || !std::isfinite(b.multiplier)) bad("multiplier must be a finite number >= 1");
-  if (!(b.jitter >= 0.0 && b.jitter <= 1.0)) bad("jitter must be in [0, 1]");
-}
 
 }  // namespace dmm::detail

@@ -10,7 +10,4 @@ namespace dmm::detail {
 // and fixed ones in tests.
 milliseconds backoff_delay(const Backoff& backoff, int attempt, double unit_random);
 
-// Throws InvalidArgument naming `kind` and the field if `backoff` is unusable.
-void validate_backoff(const Backoff& backoff, const std::string& kind);
-
 }  // namespace dmm::detail

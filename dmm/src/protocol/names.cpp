@@ -75,6 +75,27 @@ void validate_identity(std::string_view kind, std::string_view identity) {
         identity.size()));
 }
 
+void check_state_size(const nlohmann::json& state, std::size_t limit, StateSource source, std::string_view kind,
+                      std::string_view identity) {
+  std::size_t size = 0;
+  try {
+    size = state.dump().size();
+  } catch (const nlohmann::json::exception& e) {
+    if (source == StateSource::materialize)
+      throw TerminalError(fmt::format("materialize left a state that cannot be stored as JSON ({})", e.what()));
+    throw InvalidArgument(fmt::format("kind '{}' identity '{}': state cannot be stored as JSON ({}); strings in a "
+                                      "state must be valid UTF-8",
+                                      kind, identity.substr(0, 64), e.what()));
+  }
+  if (size <= limit) return;
+  if (source == StateSource::materialize)
+    throw TerminalError(fmt::format("materialize left a state of {} bytes, over max_state_bytes ({})", size, limit));
+  throw InvalidArgument(fmt::format("kind '{}' identity '{}': state is {} bytes, over the bucket's limit of {} "
+                                    "(BucketOptions::max_state_bytes); keep large data elsewhere and store a "
+                                    "reference",
+                                    kind, identity.substr(0, 64), size, limit));
+}
+
 std::string stream_name(std::string_view bucket) { return fmt::format("DMM_{}", bucket); }
 std::string bucket_subjects(std::string_view bucket) { return fmt::format("dmm.{}.>", bucket); }
 std::string kind_subjects(std::string_view bucket, std::string_view kind) {

@@ -1,7 +1,9 @@
 // Names and identities: validation, and how they map onto JetStream.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -17,6 +19,16 @@ void validate_name(std::string_view what, std::string_view name);
 
 // 1-1024 bytes of valid UTF-8 without NUL; InvalidArgument naming the kind.
 void validate_identity(std::string_view kind, std::string_view identity);
+
+// Who left a state that is checked against BucketOptions::max_state_bytes:
+// a notify (InvalidArgument, nothing is stored) or a materializer
+// (TerminalError: retrying would leave the same state).
+enum class StateSource { notify, materialize };
+
+// Throws, naming the matter, if `state` cannot be stored as JSON (a string
+// that is not UTF-8) or is over `limit` bytes.
+void check_state_size(const nlohmann::json& state, std::size_t limit, StateSource source, std::string_view kind,
+                      std::string_view identity);
 
 std::string stream_name(std::string_view bucket);                 // DMM_<bucket>
 std::string bucket_subjects(std::string_view bucket);             // dmm.<bucket>.>

@@ -4,9 +4,17 @@
 
 #include "dmm/errors.hpp"
 #include "dmm/url.hpp"
-#include "store/store.hpp"
+#include "store/history.hpp"
+#include "store/kicks.hpp"
+#include "store/matters.hpp"
 
 namespace dmm::detail {
+
+void prepare_statements(pqxx::connection& conn) {
+  prepare_matter_statements(conn);
+  prepare_kick_statements(conn);
+  prepare_history_statements(conn);
+}
 
 std::unique_ptr<pqxx::connection> connect_pg(const std::string& url, std::string_view purpose) {
   std::unique_ptr<pqxx::connection> conn;
@@ -67,6 +75,13 @@ PgPool::Lease PgPool::acquire() {
     }
   }
   return Lease(*this, connect_pg(url_, "API calls"));
+}
+
+void PgPool::ping() {
+  with_connection([](pqxx::connection& conn) {
+    pqxx::nontransaction(conn).exec("SELECT 1");
+    return 0;
+  });
 }
 
 }  // namespace dmm::detail

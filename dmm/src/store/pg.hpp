@@ -12,6 +12,10 @@
 
 namespace dmm::detail {
 
+// Prepares every statement of the hot path, the sweep and the history on
+// `conn` (connect_pg does; plans_test checks them on a connection of its own).
+void prepare_statements(pqxx::connection& conn);
+
 // Opens a connection with every dmm statement prepared. ConnectionError that
 // names the URL (password masked) and `purpose` on failure.
 std::unique_ptr<pqxx::connection> connect_pg(const std::string& url, std::string_view purpose);
@@ -39,6 +43,9 @@ class PgPool {
   };
 
   Lease acquire();
+  const std::string& url() const { return url_; }
+  // Throws unless PostgreSQL answers a trivial statement (for /readyz).
+  void ping();
 
   // Runs fn(connection), again on a fresh connection if the pooled one had
   // gone stale (for example after a PostgreSQL restart), and again after a

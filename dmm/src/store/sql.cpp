@@ -21,4 +21,21 @@ std::vector<std::int64_t> ids_of(const pqxx::result& rows) {
   return ids;
 }
 
+std::string replace_all(std::string text, std::string_view from, std::string_view to) {
+  for (auto at = text.find(from); at != std::string::npos; at = text.find(from, at + to.size()))
+    text.replace(at, from.size(), to);
+  return text;
+}
+
+std::string new_generation_owed_now(std::string_view free_phase) {
+  return "generation = m.generation + 1,\n"
+         "    phase = CASE WHEN m.lease_until >= now() THEN m.phase ELSE " +
+         std::string(free_phase) +
+         " END,\n"
+         "    attempts = 0,\n"
+         "    last_error = NULL,\n"
+         "    due_at = now(),\n"
+         "    updated_at = now()";
+}
+
 }  // namespace dmm::detail

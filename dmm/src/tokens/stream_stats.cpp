@@ -1,5 +1,6 @@
 // The NATS half of kind_stats: tokens pending per kind, read from each kind's
-// durable consumer (read-only; creates nothing).
+// durable consumer (read-only; creates nothing). Connects as the engine does
+// (tokens.hpp: clusters, TLS).
 #include <fmt/format.h>
 #include <nats/nats.h>
 
@@ -7,19 +8,15 @@
 #include "dmm/inspect.hpp"
 #include "dmm/url.hpp"
 #include "protocol/names.hpp"
+#include "tokens/tokens.hpp"
 
 namespace dmm {
 
-void stream_stats(std::vector<KindStats>& stats, const std::string& nats, const std::string& bucket) {
-  natsConnection* conn = nullptr;
-  natsOptions* opts = nullptr;
-  natsStatus s = natsOptions_Create(&opts);
-  if (s == NATS_OK) s = natsOptions_SetURL(opts, nats.c_str());
-  if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 5000);
-  if (s == NATS_OK) s = natsConnection_Connect(&conn, opts);
-  natsOptions_Destroy(opts);
-  if (s != NATS_OK)
-    throw ConnectionError(fmt::format("cannot connect to NATS at {}: {}", mask_url(nats), natsStatus_GetText(s)));
+void stream_stats(std::vector<KindStats>& stats, const std::string& nats, const std::string& bucket,
+                  const NatsTls& tls) {
+  natsConnection* conn = detail::connect_nats({nats, tls.ca_file, tls.cert_file, tls.key_file}, "dmm stream_stats",
+                                              false, fmt::format("the stream stats of bucket '{}'", bucket));
+  natsStatus s = NATS_OK;
   jsCtx* js = nullptr;
   s = natsConnection_JetStream(&js, conn, nullptr);
   const auto stream = detail::stream_name(bucket);

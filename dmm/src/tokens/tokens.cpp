@@ -1,5 +1,7 @@
 #include "tokens/tokens.hpp"
 
+#include <nats/nats.h>
+
 #include <algorithm>
 #include <fmt/format.h>
 #include <string_view>
@@ -7,7 +9,6 @@
 
 #include "dmm/errors.hpp"
 #include "dmm/url.hpp"
-#include "engine/metrics.hpp"
 #include "protocol/names.hpp"
 
 namespace dmm::detail {
@@ -27,16 +28,11 @@ std::string nats_error(natsStatus s, jsErrCode jerr = static_cast<jsErrCode>(0))
 // such streams, but accepts one, e.g. the bench's --discard-new-per-subject).
 constexpr int kAlreadyPending = 10077;
 
-std::int64_t now_ms() {
-  using namespace std::chrono;
-  return duration_cast<milliseconds>(steady_clock::now().time_since_epoch()).count();
-}
-
 }  // namespace
 
-Nats::Nats(const std::string& url, const Tls& tls, int replicas, const std::string& bucket,
-           const std::string& client_name, spdlog::logger& log)
-    : bucket_(bucket), url_(mask_url(url)), replicas_(replicas), log_(log) {
+natsConnection* connect_nats(const NatsEndpoint& endpoint, const std::string& client_name, bool reconnect,
+                             const std::string& what) {
+  const auto& url = endpoint.url;
   natsOptions* opts = nullptr;
   natsStatus s = natsOptions_Create(&opts);
   // natsOptions_SetURL takes one URL; a cluster is a comma-separated list.
@@ -55,41 +51,56 @@ Nats::Nats(const std::string& url, const Tls& tls, int replicas, const std::stri
   if (s == NATS_OK)
     s = servers.size() == 1 ? natsOptions_SetURL(opts, servers[0])
                             : natsOptions_SetServers(opts, servers.data(), static_cast<int>(servers.size()));
-  if (s == NATS_OK && !tls.ca_file.empty()) {
+  if (s == NATS_OK && !endpoint.ca_file.empty()) {
     s = natsOptions_SetSecure(opts, true);
-    if (s == NATS_OK) s = natsOptions_LoadCATrustedCertificates(opts, tls.ca_file.c_str());
+    if (s == NATS_OK) s = natsOptions_LoadCATrustedCertificates(opts, endpoint.ca_file.c_str());
     if (s != NATS_OK) {
       natsOptions_Destroy(opts);
-      throw ConnectionError(fmt::format("bucket '{}': cannot load the NATS CA file '{}': {}", bucket_, tls.ca_file,
-                                        nats_error(s)));
+      throw ConnectionError(
+          fmt::format("{}: cannot load the NATS CA file '{}': {}", what, endpoint.ca_file, nats_error(s)));
     }
   }
-  if (s == NATS_OK && !tls.cert_file.empty()) {
-    s = natsOptions_LoadCertificatesChain(opts, tls.cert_file.c_str(), tls.key_file.c_str());
+  if (s == NATS_OK && !endpoint.cert_file.empty()) {
+    s = natsOptions_LoadCertificatesChain(opts, endpoint.cert_file.c_str(), endpoint.key_file.c_str());
     if (s != NATS_OK) {
       natsOptions_Destroy(opts);
-      throw ConnectionError(fmt::format("bucket '{}': cannot load the NATS client certificate '{}' / key '{}': {}",
-                                        bucket_, tls.cert_file, tls.key_file, nats_error(s)));
+      throw ConnectionError(fmt::format("{}: cannot load the NATS client certificate '{}' / key '{}': {}", what,
+                                        endpoint.cert_file, endpoint.key_file, nats_error(s)));
     }
   }
   if (s == NATS_OK) s = natsOptions_SetName(opts, client_name.c_str());
   if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 5000);
   // Keep trying forever once connected: tokens are an accelerator, and the
   // sweeper catches up after the server is back.
-  if (s == NATS_OK) s = natsOptions_SetMaxReconnect(opts, -1);
-  if (s == NATS_OK) s = natsOptions_SetReconnectWait(opts, 250);
-  if (s == NATS_OK) s = natsOptions_SetReconnectBufSize(opts, 8 * 1024 * 1024);
-  if (s == NATS_OK) s = natsConnection_Connect(&conn_, opts);
+  if (s == NATS_OK && reconnect) s = natsOptions_SetMaxReconnect(opts, -1);
+  if (s == NATS_OK && reconnect) s = natsOptions_SetReconnectWait(opts, 250);
+  if (s == NATS_OK && reconnect) s = natsOptions_SetReconnectBufSize(opts, 8 * 1024 * 1024);
+  natsConnection* conn = nullptr;
+  if (s == NATS_OK) s = natsConnection_Connect(&conn, opts);
   natsOptions_Destroy(opts);
   if (s != NATS_OK)
-    throw ConnectionError(fmt::format("cannot connect to NATS at {} for bucket '{}': {}; check the URL, that "
-                                      "nats-server runs with -js, the credentials, and TLS settings (tls:// URL, nats_ca_file)",
-                                      url_, bucket_, nats_error(s)));
+    throw ConnectionError(fmt::format("cannot connect to NATS at {} for {}: {}; check the URL, that "
+                                      "nats-server runs with -js, the credentials, and TLS settings (tls:// URL, "
+                                      "nats_ca_file)",
+                                      mask_url(url), what, nats_error(s)));
+  return conn;
+}
+
+// nats.c's callbacks, which reach the private members of Nats.
+struct NatsCallbacks {
+  static void on_publish_error(jsCtx* js, jsPubAckErr* pae, void* closure);
+};
+
+Nats::Nats(const NatsEndpoint& endpoint, int replicas, const std::string& bucket, const std::string& client_name,
+           spdlog::logger& log)
+    : bucket_(bucket), url_(mask_url(endpoint.url)), replicas_(replicas), log_(log), errors_(log) {
+  conn_ = connect_nats(endpoint, client_name, true, fmt::format("bucket '{}'", bucket_));
+  natsStatus s = NATS_OK;
   jsOptions jo;
   jsOptions_Init(&jo);
   jo.Wait = 5000;
   jo.PublishAsync.MaxPending = 65536;
-  jo.PublishAsync.ErrHandler = &Nats::on_publish_error;
+  jo.PublishAsync.ErrHandler = &NatsCallbacks::on_publish_error;
   jo.PublishAsync.ErrHandlerClosure = this;
   s = natsConnection_JetStream(&js_, conn_, &jo);
   if (s != NATS_OK) {
@@ -209,13 +220,10 @@ void Nats::publish(const std::string& kind, const std::vector<std::int64_t>& ids
                                            static_cast<int>(token.payload.size()), nullptr);
       if (s == NATS_OK) continue;
       ++publish_errors_;
-      if (metrics_) metrics_->kind(kind).publish_errors.fetch_add(1, std::memory_order_relaxed);
+      if (count_error_) count_error_(kind);
       // Rate-limited: when NATS is down every publish fails, and the sweeper
       // will resend them all anyway.
-      const auto now = now_ms();
-      auto last = last_error_log_ms_.load();
-      if (now - last > 5000 && last_error_log_ms_.compare_exchange_strong(last, now))
-        log_.warn("bucket '{}': cannot publish token {} to NATS at {}: {} (the sweeper will resend it)", bucket_,
+      errors_.warn("bucket '{}': cannot publish token {} to NATS at {}: {} (the sweeper will resend it)", bucket_,
                   token.subject, url_, nats_error(s));
     }
   } catch (const std::exception& e) {  // out of memory formatting the tokens
@@ -234,7 +242,7 @@ void Nats::flush(std::chrono::milliseconds timeout) noexcept {
   js_PublishAsyncComplete(js_, &po);
 }
 
-void Nats::on_publish_error(jsCtx*, jsPubAckErr* pae, void* closure) {
+void NatsCallbacks::on_publish_error(jsCtx*, jsPubAckErr* pae, void* closure) {
   auto* self = static_cast<Nats*>(closure);
   // "maximum messages per subject exceeded": the matter's token is still
   // pending, which is all a publish wants; not an error.
@@ -242,21 +250,30 @@ void Nats::on_publish_error(jsCtx*, jsPubAckErr* pae, void* closure) {
       (pae->ErrText && std::string_view(pae->ErrText).find("maximum messages per subject") != std::string_view::npos))
     return;
   ++self->publish_errors_;
-  if (self->metrics_ && pae->Msg) {
+  if (self->count_error_ && pae->Msg) {
     // dmm.<bucket>.<kind>.<row id> or dmm.<bucket>.<kind>.<first>.<last>
     const std::string subject = natsMsg_GetSubject(pae->Msg);
     const auto first = subject.find('.', subject.find('.') + 1);
     const auto last = first == std::string::npos ? first : subject.find('.', first + 1);
     if (last != std::string::npos)
-      self->metrics_->kind(subject.substr(first + 1, last - first - 1))
-          .publish_errors.fetch_add(1, std::memory_order_relaxed);
+      self->count_error_(std::string_view(subject).substr(first + 1, last - first - 1));
   }
-  const auto now = now_ms();
-  auto last = self->last_error_log_ms_.load();
-  if (now - last > 5000 && self->last_error_log_ms_.compare_exchange_strong(last, now))
-    self->log_.warn("bucket '{}': NATS did not accept a token: {} (the sweeper will resend it)", self->bucket_,
+  self->errors_.warn("bucket '{}': NATS did not accept a token: {} (the sweeper will resend it)", self->bucket_,
                     pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
 }
+
+Token::~Token() { natsMsg_Destroy(msg_); }
+
+std::string_view Token::subject() const { return natsMsg_GetSubject(msg_); }
+
+std::string_view Token::payload() const {
+  const char* data = natsMsg_GetData(msg_);
+  return data ? std::string_view(data, static_cast<std::size_t>(natsMsg_GetDataLength(msg_))) : std::string_view();
+}
+
+bool Token::ack() { return natsMsg_Ack(msg_, nullptr) == NATS_OK; }
+
+bool Token::nak() { return natsMsg_Nak(msg_, nullptr) == NATS_OK; }
 
 TokenSource::TokenSource(Nats& nats, const std::string& kind) : conn_(nats.connection()) {
   nats.ensure_consumer(kind);

@@ -7,30 +7,38 @@
 #include <chrono>
 #include <cstdint>
 #include <memory>
-#include <nats/nats.h>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
 
-namespace spdlog {
-class logger;
-}
+#include "support/rate_limited_log.hpp"
+
+// nats.c's handle types, declared as nats.h does: only tokens/*.cpp include
+// nats.h (docs/DESIGN.md, "Layout").
+typedef struct __natsConnection natsConnection;
+typedef struct __natsSubscription natsSubscription;
+typedef struct __natsMsg natsMsg;
+typedef struct __jsCtx jsCtx;
 
 namespace dmm::detail {
 
-class Metrics;
+// Where a NATS server or cluster is: a URL, or several comma-separated (a
+// cluster), and the TLS files (empty: none). One way to connect, for the
+// engine and for dmmctl alike.
+struct NatsEndpoint {
+  std::string url;
+  std::string ca_file, cert_file, key_file;
+};
 
 class Nats {
  public:
   // Connects (ConnectionError naming the masked URL on failure) and creates
   // or checks the bucket's stream.
-  struct Tls {
-    std::string ca_file, cert_file, key_file;
-  };
   // `replicas`: of the stream, when it is created.
-  Nats(const std::string& url, const Tls& tls, int replicas, const std::string& bucket,
-       const std::string& client_name, spdlog::logger& log);
+  Nats(const NatsEndpoint& endpoint, int replicas, const std::string& bucket, const std::string& client_name,
+       spdlog::logger& log);
   ~Nats();
   Nats(const Nats&) = delete;
   Nats& operator=(const Nats&) = delete;
@@ -58,9 +66,9 @@ class Nats {
   // Publish errors seen since the last call (the sweeper re-checks the
   // stream when there were any).
   std::uint64_t take_publish_errors() { return publish_errors_.exchange(0); }
-  // Counts publish errors per kind in `metrics` from now on (set once, before
-  // the first publish; it must outlive this connection).
-  void count_errors_in(Metrics* metrics) { metrics_ = metrics; }
+  // Called with the kind of every publish that fails from now on (set once,
+  // before the first publish; it must be thread-safe).
+  void on_publish_error(std::function<void(std::string_view kind)> count) { count_error_ = std::move(count); }
   // True while the connection to NATS is up (not reconnecting or closed).
   bool connected();
 
@@ -69,7 +77,7 @@ class Nats {
   natsConnection* connection() { return conn_; }
 
  private:
-  static void on_publish_error(jsCtx* js, jsPubAckErr* pae, void* closure);
+  friend struct NatsCallbacks;
 
   const std::string bucket_;
   const std::string url_;  // masked
@@ -78,8 +86,8 @@ class Nats {
   natsConnection* conn_ = nullptr;  // thread-safe per nats.c
   jsCtx* js_ = nullptr;
   std::atomic<std::uint64_t> publish_errors_{0};
-  Metrics* metrics_ = nullptr;  // set once before publishing; thread-safe
-  std::atomic<std::int64_t> last_error_log_ms_{0};
+  std::function<void(std::string_view kind)> count_error_;  // set once before publishing
+  RateLimitedLog errors_;
 };
 
 // A fetched token. Acking is asynchronous and idempotent.
@@ -88,16 +96,13 @@ class Token {
   explicit Token(natsMsg* msg) : msg_(msg) {}
   Token(Token&& o) noexcept : msg_(o.msg_) { o.msg_ = nullptr; }
   Token& operator=(Token&&) = delete;
-  ~Token() { natsMsg_Destroy(msg_); }
-  std::string_view subject() const { return natsMsg_GetSubject(msg_); }
-  std::string_view payload() const {
-    const char* data = natsMsg_GetData(msg_);
-    return data ? std::string_view(data, static_cast<std::size_t>(natsMsg_GetDataLength(msg_))) : std::string_view();
-  }
+  ~Token();
+  std::string_view subject() const;
+  std::string_view payload() const;
   // False if the ack could not be sent (the token comes back after AckWait).
-  bool ack() { return natsMsg_Ack(msg_, nullptr) == NATS_OK; }
+  bool ack();
   // Hands the token back for redelivery now (to this process or another).
-  bool nak() { return natsMsg_Nak(msg_, nullptr) == NATS_OK; }
+  bool nak();
 
  private:
   natsMsg* msg_;
@@ -122,5 +127,17 @@ class TokenSource {
   natsConnection* conn_ = nullptr;  // the bucket's; outlives this source
   natsSubscription* sub_ = nullptr;
 };
+
+}  // namespace dmm::detail
+
+namespace dmm::detail {
+
+// Opens a connection to `endpoint` (a cluster when the URL lists several),
+// with TLS when files are given; ConnectionError naming the masked URL and
+// `what` (e.g. "bucket 'music'") on failure. `reconnect`: keep reconnecting
+// forever once connected (the engine); else fail fast (tools). The caller
+// destroys it with natsConnection_Destroy.
+natsConnection* connect_nats(const NatsEndpoint& endpoint, const std::string& client_name, bool reconnect,
+                             const std::string& what);
 
 }  // namespace dmm::detail

@@ -1,4 +1,4 @@
-// Retry delays: capped exponential growth, jitter bounds, option validation.
+// Retry delays: capped exponential growth and jitter bounds.
 #include "protocol/backoff.hpp"
 
 #include <catch2/catch.hpp>
@@ -7,7 +7,6 @@
 
 using dmm::Backoff;
 using dmm::detail::backoff_delay;
-using dmm::detail::validate_backoff;
 using std::chrono::milliseconds;
 
 namespace {
@@ -76,43 +75,5 @@ TEST_CASE("the first retry waits the initial delay plus or minus jitter", "[back
     auto d = backoff_delay(b, 1, u);
     CHECK(d >= milliseconds(159));
     CHECK(d <= milliseconds(241));
-  }
-}
-
-TEST_CASE("the default backoff is valid", "[backoff]") {
-  CHECK_NOTHROW(validate_backoff(Backoff{}, "music-player"));
-  CHECK_NOTHROW(validate_backoff(no_jitter(), "music-player"));
-  Backoff full = no_jitter();
-  full.jitter = 1.0;
-  full.multiplier = 1.0;
-  CHECK_NOTHROW(validate_backoff(full, "music-player"));
-}
-
-TEST_CASE("an unusable backoff is rejected naming the kind and the field", "[backoff]") {
-  struct Bad {
-    const char* what;
-    const char* field;
-    Backoff backoff;
-  };
-  const Bad cases[] = {
-      {"zero initial", "initial", {.initial = milliseconds(0)}},
-      {"negative initial", "initial", {.initial = milliseconds(-5)}},
-      {"negative max", "max", {.max = milliseconds(-1)}},
-      {"zero max", "max", {.max = milliseconds(0)}},
-      {"multiplier below 1", "multiplier", {.multiplier = 0.5}},
-      {"negative multiplier", "multiplier", {.multiplier = -2.0}},
-      {"negative jitter", "jitter", {.jitter = -0.1}},
-      {"jitter above 1", "jitter", {.jitter = 1.5}},
-  };
-  for (const auto& c : cases) {
-    INFO(c.what);
-    try {
-      validate_backoff(c.backoff, "music-player");
-      FAIL_CHECK("accepted: " << c.what);
-    } catch (const dmm::InvalidArgument& e) {
-      std::string message = e.what();
-      CHECK_THAT(message, Catch::Contains("music-player"));
-      CHECK_THAT(message, Catch::Contains(c.field));
-    }
   }
 }

@@ -1,8 +1,9 @@
-#include "store/store.hpp"
+#include "store/matters.hpp"
 
 #include <algorithm>
 #include <nlohmann/json.hpp>
 
+#include "store/kicks.hpp"
 #include "store/sql.hpp"
 
 namespace dmm::detail {
@@ -48,7 +49,7 @@ namespace {
 // stay index probes whatever the statistics say. `identity IN (SELECT ...)`
 // was planned as a join over every row of the bucket while it grew
 // (bench/results.md, profile item 4).
-constexpr const char* kUpsert = R"sql(
+constexpr const char* kUpsertTemplate = R"sql(
 WITH r AS (
   SELECT * FROM jsonb_to_recordset($3::jsonb) AS r(identity text, state jsonb)
 ), found AS (
@@ -64,13 +65,8 @@ WITH r AS (
    ORDER BY r.identity
   ON CONFLICT (bucket, kind, identity) DO UPDATE SET
     state = EXCLUDED.state,
-    generation = m.generation + 1,
-    phase = CASE WHEN m.lease_until >= now() THEN m.phase ELSE 'pending' END,
-    attempts = 0,
-    last_error = NULL,
-    due_at = now(),
     deleted_at = NULL,
-    updated_at = now()
+    @NEW_GENERATION@
   WHERE m.state IS DISTINCT FROM EXCLUDED.state OR m.deleted_at IS NOT NULL
   RETURNING m.id, m.lease_until >= now() AS leased, m.lease_until
 ), kick AS (
@@ -128,9 +124,9 @@ RETURNING m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attemp
 // and dmm.matter for the planner to get wrong (see "Plans" above). Measured
 // (psql, 100,000 lookups): a binary search and three subscripts ~0.2 µs per
 // matter, against ~1.6 µs for jsonb_to_record of a jsonb object keyed by id.
-constexpr const char* kWriteBack = R"sql(
+constexpr const char* kWriteBackTemplate = R"sql(
 WITH r AS (
-  SELECT u.id, u.epoch, u.gen, (ARRAY['done', 'requeue', 'retry', 'failed', 'finalized', 'release'])[u.code] AS outcome
+  SELECT u.id, u.epoch, u.gen, (@OUTCOMES@)[u.code] AS outcome
     FROM unnest($1::bigint[], $2::bigint[], $3::bigint[], $4::smallint[]) AS u(id, epoch, gen, code)
 ), edges AS (
   -- Whether the bucket has any dependency edge, probed once: without, the
@@ -204,13 +200,13 @@ WITH r AS (
     FROM (SELECT width_bucket(m.id, $1::bigint[]) AS p OFFSET 0) x
    CROSS JOIN LATERAL (
      SELECT ($3::bigint[])[x.p] AS gen,
-            (ARRAY['done', 'requeue', 'retry', 'failed', 'finalized', 'release'])[($4::smallint[])[x.p]] AS outcome,
+            (@OUTCOMES@)[($4::smallint[])[x.p]] AS outcome,
             ($5::bigint[])[x.p] AS delay_ms, ($6::bigint[])[x.p] AS started_ms) r
    CROSS JOIN LATERAL (SELECT m.id = ANY (ARRAY(SELECT id FROM dependents)) AS woken) w)
   WHERE m.id = ANY ($1::bigint[])
     AND m.lease_epoch = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
-    -- finalized (5) at the generation it saw: deleted by `gone` instead
-    AND (($4::smallint[])[width_bucket(m.id, $1::bigint[])] <> 5
+    -- finalized at the generation it saw: deleted by `gone` instead
+    AND (($4::smallint[])[width_bucket(m.id, $1::bigint[])] <> @FINALIZED@
          OR m.generation <> ($3::bigint[])[width_bucket(m.id, $1::bigint[])])
     AND (SELECT count(*) FROM locked) >= 0
   RETURNING m.id, m.kind, m.due_at <= now() AS owed_now, m.attempt_seq,
@@ -220,13 +216,7 @@ WITH r AS (
   -- As a notify of the stored state: a leased dependent keeps its phase, and
   -- its holder's write-back sees the new generation.
   UPDATE dmm.matter m SET
-    generation = m.generation + 1,
-    phase = CASE WHEN m.lease_until >= now() THEN m.phase
-                 WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'pending' END,
-    attempts = 0,
-    last_error = NULL,
-    due_at = now(),
-    updated_at = now()
+    @NEW_GENERATION_KEEP_REMOVAL@
   WHERE m.id = ANY (ARRAY(SELECT id FROM dependents)) AND m.id NOT IN (SELECT id FROM kept)
     AND (SELECT count(*) FROM locked) >= 0
   RETURNING m.id, m.kind, m.lease_until IS NULL OR m.lease_until < now() AS owed_now,
@@ -250,7 +240,7 @@ WITH r AS (
     (matter_id, slot, seq, bucket, generation, attempt, started_at, duration_ms, outcome, error, worker)
   SELECT k.id, (k.attempt_seq % $11)::integer, k.attempt_seq, $12, ($3::bigint[])[x.p], ($8::integer[])[x.p],
          to_timestamp(($6::bigint[])[x.p] / 1000.0), ($7::bigint[])[x.p],
-         (ARRAY['done', 'requeue', 'retry', 'failed', 'finalized', 'release'])[($4::smallint[])[x.p]],
+         (@OUTCOMES@)[($4::smallint[])[x.p]],
          $9::jsonb #>> ARRAY[k.id::text, 'error'], $13
     FROM kept k
    CROSS JOIN LATERAL (SELECT width_bucket(k.id, $1::bigint[]) AS p OFFSET 0) x
@@ -264,60 +254,6 @@ WITH r AS (
 SELECT id, kind FROM kept WHERE owed_now
 UNION ALL
 SELECT id, kind FROM woken WHERE owed_now
-)sql";
-
-// Replaces the dependency edges of the notified matters ($3: their
-// identities) with $4's: deletes the edges that are gone, inserts the new
-// ones (no writes when nothing changed).
-constexpr const char* kStoreDependencies = R"sql(
-WITH notified AS (
-  SELECT jsonb_array_elements_text($3::jsonb) AS identity
-), e AS (
-  SELECT * FROM jsonb_to_recordset($4::jsonb) AS e(identity text, dep_kind text, dep_identity text)
-), dropped AS (
-  -- NOT IN, a hashed subplan: dmm's sessions turn hash joins off (connect_pg),
-  -- and NOT EXISTS would then compare every stored edge with every new one.
-  -- No NULLs on either side (names are validated), so the two mean the same.
-  DELETE FROM dmm.dependency d
-   WHERE d.bucket = $1 AND d.kind = $2 AND d.identity = ANY (ARRAY(SELECT identity FROM notified))
-     AND (d.identity, d.dep_kind, d.dep_identity) NOT IN (SELECT identity, dep_kind, dep_identity FROM e)
-)
-INSERT INTO dmm.dependency (bucket, kind, identity, dep_kind, dep_identity)
-SELECT DISTINCT $1, $2, e.identity, e.dep_kind, e.dep_identity FROM e
-ON CONFLICT DO NOTHING
-)sql";
-
-// A path of edges from one of the notified matters back to itself, if any
-// (kinds have no spaces, so "kind identity" names a matter unambiguously).
-// The notified identities are one index scan (= ANY of an array): as a
-// semi-join (IN) the first step took ~350 ms for 2,000 notified matters with
-// an edge each, against ~30 ms.
-constexpr const char* kFindCycle = R"sql(
-WITH RECURSIVE walk(kind, identity, path) AS (
-  SELECT d.dep_kind, d.dep_identity, ARRAY[d.kind || ' ' || d.identity, d.dep_kind || ' ' || d.dep_identity]
-    FROM dmm.dependency d
-   WHERE d.bucket = $1 AND d.kind = $2 AND d.identity = ANY (ARRAY(SELECT jsonb_array_elements_text($3::jsonb)))
-  UNION ALL
-  SELECT d.dep_kind, d.dep_identity, w.path || (d.dep_kind || ' ' || d.dep_identity)
-    FROM walk w JOIN dmm.dependency d ON d.bucket = $1 AND d.kind = w.kind AND d.identity = w.identity
-   WHERE w.kind || ' ' || w.identity <> ALL (w.path[1:cardinality(w.path) - 1]) AND cardinality(w.path) < 64
-)
-SELECT array_to_json(path)::text FROM walk WHERE kind || ' ' || identity = path[1] LIMIT 1
-)sql";
-
-// Prunes history older than the retention, a batch at a time. There is no
-// index on age (it would cost every write-back), so finding old rows scans
-// dmm.attempt: ~0.3 s per 2 million rows with nothing to prune, measured;
-// hence a bucket is pruned by one sweeper per process every few minutes
-// (BucketCore::take_prune_turn). The rows found are deleted by ctid, not
-// joined back to the table.
-constexpr const char* kPruneHistory = R"sql(
-WITH old AS (
-  SELECT ctid FROM dmm.attempt
-   WHERE bucket = $1 AND started_at < now() - $2 * interval '1 millisecond'
-   LIMIT $3 FOR UPDATE SKIP LOCKED
-)
-DELETE FROM dmm.attempt WHERE ctid = ANY (ARRAY(SELECT ctid FROM old))
 )sql";
 
 // Renews the leases of $1 (ids, sorted) still held under the epochs $2 (in
@@ -335,95 +271,30 @@ renewed AS (
 SELECT id FROM unnest($1::bigint[]) AS id WHERE id NOT IN (SELECT id FROM renewed)
 )sql";
 
-// The sweeper's statement. Of the kicks that came due (skipping rows locked by
-// a writer, who leaves a token behind), it publishes for the matters that are
-// due and not leased, and re-arms their kick a grace ($4) later; a leased
-// matter is looked at again when its lease ends, one not yet due when it is;
-// the kick of a matter that owes nothing (or is gone) is deleted. The matter
-// rows are read, not locked: a writer changing one at the same time waits
-// for this statement's kick row lock and then writes its own kick.
-// No joins against a table (see "Plans" above): the matter is read by a
-// LATERAL probe, the kick rows are changed by `= ANY (ARRAY(...))`, and a
-// re-armed kick reads its matter again (same snapshot, same answer) in a
-// correlated probe.
-constexpr const char* kSweep = R"sql(
-WITH due AS (
-  SELECT matter_id FROM dmm.kick
-   WHERE bucket = $1 AND kind = $2 AND kick_at <= now()
-   ORDER BY kick_at
-   LIMIT $3
-   FOR UPDATE SKIP LOCKED
-), looked AS (
-  SELECT d.matter_id, m.due_at IS NOT NULL AS owed,
-         m.due_at <= now() AND (m.lease_until IS NULL OR m.lease_until < now()) AS publish
-    FROM due d LEFT JOIN LATERAL (
-      SELECT due_at, lease_until FROM dmm.matter WHERE id = d.matter_id OFFSET 0) m ON true
-), dropped AS (
-  DELETE FROM dmm.kick
-   WHERE matter_id = ANY (ARRAY(SELECT matter_id FROM looked WHERE owed IS NOT TRUE))
-  RETURNING matter_id
-), published AS (
-  UPDATE dmm.kick SET kick_at = now() + $4 * interval '1 millisecond'
-   WHERE matter_id = ANY (ARRAY(SELECT matter_id FROM looked WHERE publish IS TRUE))
-  RETURNING matter_id
-), later AS (
-  UPDATE dmm.kick k SET kick_at = (
-    SELECT CASE WHEN m.lease_until >= now() THEN m.lease_until ELSE m.due_at END
-      FROM dmm.matter m WHERE m.id = k.matter_id)
-   WHERE k.matter_id = ANY (ARRAY(SELECT matter_id FROM looked WHERE owed AND publish IS NOT TRUE))
-  RETURNING k.matter_id
-)
-SELECT matter_id, true FROM published
-UNION ALL
-SELECT matter_id, false FROM later
-UNION ALL
-SELECT matter_id, false FROM dropped
-)sql";
+// The statements with the vocabulary and the shared "new generation, owed
+// now" filled in (store/sql.hpp), built once.
+const std::string& upsert_sql() {
+  static const std::string sql =
+      replace_all(kUpsertTemplate, "@NEW_GENERATION@", new_generation_owed_now("'pending'"));
+  return sql;
+}
 
-constexpr const char* kNextKick = R"sql(
-SELECT (extract(epoch FROM (min(kick_at) - clock_timestamp())) * 1000)::bigint
-  FROM dmm.kick WHERE bucket = $1 AND kind = $2
-)sql";
+const std::string& write_back_sql() {
+  static const std::string sql = [] {
+    auto s = replace_all(kWriteBackTemplate, "@OUTCOMES@", outcome_array_sql());
+    s = replace_all(s, "@FINALIZED@", std::to_string(outcome_code(OutcomeKind::finalized)));
+    return replace_all(s, "@NEW_GENERATION_KEEP_REMOVAL@", new_generation_owed_now(kPhaseKeepingRemoval));
+  }();
+  return sql;
+}
 
 }  // namespace
 
-void prepare_statements(pqxx::connection& conn) {
-  conn.prepare("dmm_upsert", kUpsert);
+void prepare_matter_statements(pqxx::connection& conn) {
+  conn.prepare("dmm_upsert", upsert_sql());
   conn.prepare("dmm_claim", kClaim);
-  conn.prepare("dmm_write_back", kWriteBack);
+  conn.prepare("dmm_write_back", write_back_sql());
   conn.prepare("dmm_heartbeat", kHeartbeat);
-  conn.prepare("dmm_sweep", kSweep);
-  conn.prepare("dmm_next_kick", kNextKick);
-  conn.prepare("dmm_prune_history", kPruneHistory);
-}
-
-namespace {
-
-// The outcome's code in kWriteBack's $4 (an index into its ARRAY['done', ...]).
-std::int64_t outcome_code(OutcomeKind kind) {
-  switch (kind) {
-    case OutcomeKind::done: return 1;
-    case OutcomeKind::requeue: return 2;
-    case OutcomeKind::retry: return 3;
-    case OutcomeKind::failed: return 4;
-    case OutcomeKind::finalized: return 5;
-    case OutcomeKind::release: return 6;
-  }
-  return 3;
-}
-
-}  // namespace
-
-const char* to_string(OutcomeKind kind) {
-  switch (kind) {
-    case OutcomeKind::done: return "done";
-    case OutcomeKind::requeue: return "requeue";
-    case OutcomeKind::retry: return "retry";
-    case OutcomeKind::failed: return "failed";
-    case OutcomeKind::finalized: return "finalized";
-    case OutcomeKind::release: return "release";
-  }
-  return "retry";
 }
 
 std::vector<std::int64_t> upsert_matters(pqxx::transaction_base& txn, const std::string& bucket,
@@ -435,61 +306,10 @@ std::vector<std::int64_t> upsert_matters(pqxx::transaction_base& txn, const std:
   // The caller's own transaction (notify(txn, obj)) runs on a connection dmm
   // did not prepare.
   auto result = prepared ? txn.exec_prepared("dmm_upsert", bucket, kind, rows.dump(), grace.count())
-                         : txn.exec_params(kUpsert, bucket, kind, rows.dump(), grace.count());
+                         : txn.exec_params(upsert_sql(), bucket, kind, rows.dump(), grace.count());
   for (const auto& row : result)
     if (row[1].as<bool>()) owed.push_back(row[0].as<std::int64_t>());
   return owed;
-}
-
-std::optional<std::vector<std::string>> store_dependencies(pqxx::transaction_base& txn, const std::string& bucket,
-                                                          const std::string& kind,
-                                                          const std::vector<MatterDependencies>& matters) {
-  auto identities = nlohmann::json::array();
-  auto edges = nlohmann::json::array();
-  for (const auto& m : matters) {
-    identities.push_back(m.identity);
-    for (const auto& dep : m.dependencies)
-      edges.push_back({{"identity", m.identity}, {"dep_kind", dep.kind}, {"dep_identity", dep.identity}});
-  }
-  txn.exec_params(kStoreDependencies, bucket, kind, identities.dump(), edges.dump());
-  if (edges.empty()) return std::nullopt;
-  auto rows = txn.exec_params(kFindCycle, bucket, kind, identities.dump());
-  if (rows.empty()) return std::nullopt;
-  return nlohmann::json::parse(rows[0][0].as<std::string>()).get<std::vector<std::string>>();
-}
-
-void arm_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& ids, std::chrono::milliseconds grace) {
-  if (ids.empty()) return;
-  txn.exec_params(R"sql(
-INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at)
-SELECT id, bucket, kind, CASE WHEN lease_until >= now() THEN lease_until ELSE now() + $2 * interval '1 millisecond' END
-  FROM dmm.matter WHERE id = ANY ($1::bigint[]) AND due_at IS NOT NULL
- ORDER BY id
-ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at))sql",
-                  bigint_array(ids), grace.count());
-}
-
-void forget_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& ids) {
-  if (!ids.empty()) txn.exec_params("DELETE FROM dmm.kick WHERE matter_id = ANY ($1::bigint[])", bigint_array(ids));
-}
-
-std::vector<Dependency> dependents_of(pqxx::transaction_base& txn, const std::string& bucket, const std::string& kind,
-                                      std::string_view identity, int limit) {
-  auto rows = txn.exec_params(R"sql(
-SELECT d.kind, d.identity FROM dmm.dependency d
-  JOIN dmm.matter m ON m.bucket = d.bucket AND m.kind = d.kind AND m.identity = d.identity
- WHERE d.bucket = $1 AND d.dep_kind = $2 AND d.dep_identity = $3 AND m.deleted_at IS NULL
- ORDER BY d.kind, d.identity LIMIT $4)sql",
-                              bucket, kind, std::string(identity), limit);
-  std::vector<Dependency> out;
-  for (const auto& row : rows) out.push_back({row[0].as<std::string>(), row[1].as<std::string>()});
-  return out;
-}
-
-void delete_dependencies(pqxx::transaction_base& txn, const std::string& bucket, const std::string& kind,
-                         std::string_view identity) {
-  txn.exec_params("DELETE FROM dmm.dependency WHERE bucket = $1 AND kind = $2 AND identity = $3", bucket, kind,
-                  std::string(identity));
 }
 
 std::vector<Claimed> claim(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
@@ -549,7 +369,7 @@ std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outc
   const bool scheduled = std::any_of(outcomes.begin(), outcomes.end(), [](const Outcome& o) {
     return o.kind == OutcomeKind::retry || o.kind == OutcomeKind::requeue;
   });
-  if (scheduled) tx.exec_params("SELECT pg_notify($1, $2)", std::string(kWakeChannel), wake_payload);
+  if (scheduled) wake_sweepers(tx, wake_payload);
   return owed;
 }
 
@@ -562,32 +382,6 @@ std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<st
   for (const auto& [id, epoch] : held) sorted_ids.push_back(id), sorted_epochs.push_back(epoch);
   pqxx::nontransaction tx(conn);
   return ids_of(tx.exec_prepared("dmm_heartbeat", bigint_array(sorted_ids), bigint_array(sorted_epochs), ttl.count()));
-}
-
-Swept sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,
-            std::chrono::milliseconds grace) {
-  pqxx::nontransaction tx(conn);
-  Swept swept;
-  for (const auto& row : tx.exec_prepared("dmm_sweep", bucket, kind, limit, grace.count())) {
-    ++swept.looked;
-    if (row[1].as<bool>()) swept.owed.push_back(row[0].as<std::int64_t>());
-  }
-  return swept;
-}
-
-std::int64_t prune_history(pqxx::connection& conn, const std::string& bucket, std::chrono::milliseconds retention,
-                           int limit) {
-  pqxx::nontransaction tx(conn);
-  return static_cast<std::int64_t>(
-      tx.exec_prepared("dmm_prune_history", bucket, retention.count(), limit).affected_rows());
-}
-
-std::optional<std::int64_t> next_kick_in_ms(pqxx::connection& conn, const std::string& bucket,
-                                            const std::string& kind) {
-  pqxx::nontransaction tx(conn);
-  auto rows = tx.exec_prepared("dmm_next_kick", bucket, kind);
-  if (rows.empty() || rows[0][0].is_null()) return std::nullopt;
-  return rows[0][0].as<std::int64_t>();
 }
 
 }  // namespace dmm::detail

@@ -1,0 +1,20 @@
+// Validation of BucketOptions, KindOptions and Backoff (dmm/options.hpp).
+#pragma once
+
+#include <string>
+
+#include "dmm/options.hpp"
+
+namespace dmm::detail {
+
+// `o` with defaults filled in (a worker id); InvalidArgument naming the
+// bucket and the field for an unusable value.
+BucketOptions validated(BucketOptions o);
+
+// InvalidArgument naming `kind` and the field for an unusable option.
+void validate_kind_options(const KindOptions& options, const std::string& kind);
+
+// InvalidArgument naming `kind` and the field if `backoff` is unusable.
+void validate_backoff(const Backoff& backoff, const std::string& kind);
+
+}  // namespace dmm::detail

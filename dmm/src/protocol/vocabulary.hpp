@@ -1,0 +1,78 @@
+// dmm's vocabulary, each word defined once: how an attempt ends (outcomes)
+// and where a matter stands (phases). Their names are what the store writes
+// (dmm.attempt.outcome, dmm.matter.phase), what /metrics labels and what
+// dmmctl shows; the SQL arrays that map wire codes to names are built from
+// these tables, never spelled by hand (docs/DESIGN.md, "Layout").
+#pragma once
+
+#include <array>
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+namespace dmm::detail {
+
+// How an attempt ended. The one place that maps an outcome to the next
+// stored state is the write-back statement (store/matters.cpp).
+enum class OutcomeKind { done, requeue, retry, failed, finalized, release };
+
+struct OutcomeName {
+  OutcomeKind kind;
+  const char* name;
+};
+// Indexed by OutcomeKind; the wire code of an outcome is its index + 1 (a
+// PostgreSQL array subscript).
+inline constexpr std::array<OutcomeName, 6> kOutcomes = {{
+    {OutcomeKind::done, "done"},
+    {OutcomeKind::requeue, "requeue"},
+    {OutcomeKind::retry, "retry"},
+    {OutcomeKind::failed, "failed"},
+    {OutcomeKind::finalized, "finalized"},
+    {OutcomeKind::release, "release"},
+}};
+
+constexpr bool outcomes_in_order() {
+  for (std::size_t i = 0; i < kOutcomes.size(); ++i)
+    if (static_cast<std::size_t>(kOutcomes[i].kind) != i) return false;
+  return true;
+}
+static_assert(outcomes_in_order(), "kOutcomes must list OutcomeKind in declaration order");
+
+constexpr std::size_t index_of(OutcomeKind kind) { return static_cast<std::size_t>(kind); }
+constexpr const char* to_string(OutcomeKind kind) { return kOutcomes[index_of(kind)].name; }
+// The outcome's code in the write-back's arrays: a 1-based subscript of
+// outcome_array_sql().
+constexpr int outcome_code(OutcomeKind kind) { return static_cast<int>(index_of(kind)) + 1; }
+
+// Where a matter stands (dmm.matter.phase; migration 0001's CHECK lists the
+// same words).
+enum class Phase { pending, reconciling, retrying, ready, deleting, failed };
+
+struct PhaseName {
+  Phase phase;
+  const char* name;
+};
+inline constexpr std::array<PhaseName, 6> kPhases = {{
+    {Phase::pending, "pending"},
+    {Phase::reconciling, "reconciling"},
+    {Phase::retrying, "retrying"},
+    {Phase::ready, "ready"},
+    {Phase::deleting, "deleting"},
+    {Phase::failed, "failed"},
+}};
+
+constexpr bool phases_in_order() {
+  for (std::size_t i = 0; i < kPhases.size(); ++i)
+    if (static_cast<std::size_t>(kPhases[i].phase) != i) return false;
+  return true;
+}
+static_assert(phases_in_order(), "kPhases must list Phase in declaration order");
+
+constexpr const char* to_string(Phase phase) { return kPhases[static_cast<std::size_t>(phase)].name; }
+
+// "ARRAY['done', 'requeue', ...]": outcome names by wire code, for SQL.
+std::string outcome_array_sql();
+// "('pending', 'reconciling', ...)": every phase, for SQL (IN lists, CHECKs).
+std::string phase_list_sql();
+
+}  // namespace dmm::detail

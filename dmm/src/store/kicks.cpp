@@ -1,0 +1,105 @@
+// dmm.kick: when the sweeper looks at a matter again, and the sweep itself
+// (docs/DESIGN.md, "Protocol (as built)").
+#include "store/kicks.hpp"
+
+#include "store/sql.hpp"
+
+namespace dmm::detail {
+namespace {
+
+// The sweeper's statement. Of the kicks that came due (skipping rows locked by
+// a writer, who leaves a token behind), it publishes for the matters that are
+// due and not leased, and re-arms their kick a grace ($4) later; a leased
+// matter is looked at again when its lease ends, one not yet due when it is;
+// the kick of a matter that owes nothing (or is gone) is deleted. The matter
+// rows are read, not locked: a writer changing one at the same time waits
+// for this statement's kick row lock and then writes its own kick.
+// No joins against a table (see "Plans" above): the matter is read by a
+// LATERAL probe, the kick rows are changed by `= ANY (ARRAY(...))`, and a
+// re-armed kick reads its matter again (same snapshot, same answer) in a
+// correlated probe.
+constexpr const char* kSweep = R"sql(
+WITH due AS (
+  SELECT matter_id FROM dmm.kick
+   WHERE bucket = $1 AND kind = $2 AND kick_at <= now()
+   ORDER BY kick_at
+   LIMIT $3
+   FOR UPDATE SKIP LOCKED
+), looked AS (
+  SELECT d.matter_id, m.due_at IS NOT NULL AS owed,
+         m.due_at <= now() AND (m.lease_until IS NULL OR m.lease_until < now()) AS publish
+    FROM due d LEFT JOIN LATERAL (
+      SELECT due_at, lease_until FROM dmm.matter WHERE id = d.matter_id OFFSET 0) m ON true
+), dropped AS (
+  DELETE FROM dmm.kick
+   WHERE matter_id = ANY (ARRAY(SELECT matter_id FROM looked WHERE owed IS NOT TRUE))
+  RETURNING matter_id
+), published AS (
+  UPDATE dmm.kick SET kick_at = now() + $4 * interval '1 millisecond'
+   WHERE matter_id = ANY (ARRAY(SELECT matter_id FROM looked WHERE publish IS TRUE))
+  RETURNING matter_id
+), later AS (
+  UPDATE dmm.kick k SET kick_at = (
+    SELECT CASE WHEN m.lease_until >= now() THEN m.lease_until ELSE m.due_at END
+      FROM dmm.matter m WHERE m.id = k.matter_id)
+   WHERE k.matter_id = ANY (ARRAY(SELECT matter_id FROM looked WHERE owed AND publish IS NOT TRUE))
+  RETURNING k.matter_id
+)
+SELECT matter_id, true FROM published
+UNION ALL
+SELECT matter_id, false FROM later
+UNION ALL
+SELECT matter_id, false FROM dropped
+)sql";
+
+constexpr const char* kNextKick = R"sql(
+SELECT (extract(epoch FROM (min(kick_at) - clock_timestamp())) * 1000)::bigint
+  FROM dmm.kick WHERE bucket = $1 AND kind = $2
+)sql";
+
+}  // namespace
+
+void prepare_kick_statements(pqxx::connection& conn) {
+  conn.prepare("dmm_sweep", kSweep);
+  conn.prepare("dmm_next_kick", kNextKick);
+}
+
+void arm_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& ids, std::chrono::milliseconds grace) {
+  if (ids.empty()) return;
+  txn.exec_params(R"sql(
+INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at)
+SELECT id, bucket, kind, CASE WHEN lease_until >= now() THEN lease_until ELSE now() + $2 * interval '1 millisecond' END
+  FROM dmm.matter WHERE id = ANY ($1::bigint[]) AND due_at IS NOT NULL
+ ORDER BY id
+ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at))sql",
+                  bigint_array(ids), grace.count());
+}
+
+void forget_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& ids) {
+  if (!ids.empty()) txn.exec_params("DELETE FROM dmm.kick WHERE matter_id = ANY ($1::bigint[])", bigint_array(ids));
+}
+
+Swept sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,
+            std::chrono::milliseconds grace) {
+  pqxx::nontransaction tx(conn);
+  Swept swept;
+  for (const auto& row : tx.exec_prepared("dmm_sweep", bucket, kind, limit, grace.count())) {
+    ++swept.looked;
+    if (row[1].as<bool>()) swept.owed.push_back(row[0].as<std::int64_t>());
+  }
+  return swept;
+}
+
+std::optional<std::int64_t> next_kick_in_ms(pqxx::connection& conn, const std::string& bucket,
+                                            const std::string& kind) {
+  pqxx::nontransaction tx(conn);
+  auto rows = tx.exec_prepared("dmm_next_kick", bucket, kind);
+  if (rows.empty() || rows[0][0].is_null()) return std::nullopt;
+  return rows[0][0].as<std::int64_t>();
+}
+
+void wake_sweepers(pqxx::transaction_base& txn, const std::string& bucket) {
+  txn.exec_params("SELECT pg_notify($1, $2)", std::string(kWakeChannel), bucket);
+}
+
+}  // namespace dmm::detail

@@ -1,0 +1,47 @@
+// dmm.kick, one row per matter that may be owed a token: when the sweeper
+// looks at it again. The invariant every writer keeps: a matter with due_at
+// set has a kick row (docs/DESIGN.md, "Protocol (as built)").
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <pqxx/pqxx>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace dmm::detail {
+
+// The channel sweepers LISTEN on; the payload is the bucket.
+inline constexpr const char* kWakeChannel = "dmm_wake";
+
+void prepare_kick_statements(pqxx::connection& conn);
+
+// After a statement that made the matters `ids` due (remove, retry): the
+// sweeper looks at each no later than `grace` from now (a leased one at its
+// lease's end), so a token lost on the way is sent again.
+void arm_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& ids, std::chrono::milliseconds grace);
+// After deleting the matters `ids`: their kicks go too.
+void forget_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& ids);
+
+// Wakes every sweeper of `bucket` at commit (NOTIFY on kWakeChannel).
+void wake_sweepers(pqxx::transaction_base& txn, const std::string& bucket);
+
+struct Swept {
+  int looked = 0;                  // kicks that came due and were handled
+  std::vector<std::int64_t> owed;  // of those, the matters whose token is owed now
+};
+
+// Handles up to `limit` kicks of (bucket, kind) that came due (dmm.kick):
+// a matter due and not leased is owed a token and looked at again `grace`
+// later; a leased one at its lease's end, one due later at its due time; the
+// kick of a matter that owes nothing is deleted.
+Swept sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,
+            std::chrono::milliseconds grace);
+
+// Milliseconds until the next kick of (bucket, kind); nullopt if none.
+std::optional<std::int64_t> next_kick_in_ms(pqxx::connection& conn, const std::string& bucket,
+                                            const std::string& kind);
+
+}  // namespace dmm::detail

@@ -1,0 +1,89 @@
+// The hot path of the protocol in PostgreSQL: the notify upsert, the claim,
+// the write-back and the heartbeat, each one batched statement (one round
+// trip for many matters). Functions take the caller's connection and keep no
+// state. The operator transitions are in store/transitions.hpp.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <pqxx/pqxx>
+#include <string>
+#include <vector>
+
+#include "dmm/detail/core.hpp"
+#include "protocol/vocabulary.hpp"
+
+namespace dmm::detail {
+
+void prepare_matter_statements(pqxx::connection& conn);
+
+// A matter whose token is owed after commit.
+struct TokenOwed {
+  std::int64_t id;
+  std::string kind;
+};
+
+// Upserts absolute states (identities unique within `matters`). Returns the
+// rows that changed and are not leased: their tokens are owed now. With
+// `grace` zero the sweeper publishes instead (its kick is now()). `prepared`:
+// the connection is one of dmm's (connect_pg), with statements prepared.
+std::vector<std::int64_t> upsert_matters(pqxx::transaction_base& txn, const std::string& bucket,
+                                         const std::string& kind, const std::vector<JsonMatter>& matters,
+                                         std::chrono::milliseconds grace, bool prepared = true);
+
+
+// A matter claimed by this worker: the lease is ours until `epoch` changes.
+struct Claimed {
+  std::int64_t id = 0;
+  std::string identity;
+  std::string state;  // JSON text
+  std::int64_t generation = 0;
+  std::int64_t epoch = 0;
+  int attempts = 0;  // failed attempts so far
+  bool deleting = false;
+};
+
+std::vector<Claimed> claim(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
+                           const std::vector<std::int64_t>& ids, const std::string& owner,
+                           std::chrono::milliseconds ttl);
+
+
+struct Outcome {
+  std::int64_t id = 0;
+  std::int64_t epoch = 0;
+  std::int64_t generation = 0;
+  OutcomeKind kind = OutcomeKind::done;
+  std::optional<nlohmann::json> state;  // only when the materializer changed it
+  std::int64_t delay_ms = 0;         // requeue or retry
+  std::string error;                 // retry or failed
+  // For the attempt history; started_ms 0: the attempt never ran (a release
+  // of a queued matter) and is not recorded.
+  std::int64_t started_ms = 0;   // system clock, ms since the Unix epoch
+  std::int64_t duration_ms = 0;
+  int attempt = 0;  // Context::attempt() of this attempt
+};
+
+// Where write_back records attempts: `limit` slots per matter (0: none).
+struct HistoryWrite {
+  std::string bucket;
+  std::string worker;
+  int limit = 0;
+};
+
+// Writes outcomes back, fenced by lease epoch, and notifies the dependents of
+// matters it marks materialized at a new generation. Returns rows whose token
+// is owed now (their state changed while they were leased, they were released,
+// or they are woken dependents, of any kind).
+// Wakes the sweepers (NOTIFY with `wake_payload`) when it scheduled a delay.
+std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
+                                     std::chrono::milliseconds grace, const std::string& wake_payload,
+                                     const HistoryWrite& history = {});
+
+// Extends leases we still hold; returns the ids whose lease was lost.
+std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<std::int64_t>& ids,
+                                    const std::vector<std::int64_t>& epochs, std::chrono::milliseconds ttl);
+
+
+
+}  // namespace dmm::detail
