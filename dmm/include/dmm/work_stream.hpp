@@ -40,8 +40,6 @@ class WorkStream {
 
   const std::string& kind() const;
 
-  detail::WorkStreamEngine& engine() { return *engine_; }
-
  private:
   std::unique_ptr<detail::WorkStreamEngine> engine_;
 };

@@ -18,7 +18,7 @@ namespace {
 
 void validate_matter(const BucketCore& core, const std::string& kind, const JsonMatter& m) {
   validate_identity(kind, m.identity);
-  check_state_size(m.state, core.options.max_state_bytes, StateSource::notify, kind, m.identity);
+  check_state_size(m.state, core.options().max_state_bytes, StateSource::notify, kind, m.identity);
 }
 
 std::string describe_matter(const std::string& kind_and_identity) {
@@ -52,13 +52,13 @@ std::vector<MatterDependencies> dependencies_of(const Kind& k, const std::vector
 void record_dependencies(pqxx::transaction_base& tx, const BucketCore& core, const std::string& kind,
                          const std::vector<MatterDependencies>& deps) {
   if (deps.empty()) return;
-  auto cycle = store_dependencies(tx, core.options.name, kind, deps);
+  auto cycle = store_dependencies(tx, core.options().name, kind, deps);
   if (!cycle) return;
   std::string path;
   for (const auto& step : *cycle) path += (path.empty() ? "" : " -> ") + describe_matter(step);
   throw DependencyError(fmt::format("bucket '{}': dependency cycle {}; a matter cannot depend on itself, directly or "
                                     "not; nothing was stored",
-                                    core.options.name, path));
+                                    core.options().name, path));
 }
 
 std::string about(const std::string& call, const std::string& kind, std::string_view identity) {
@@ -110,14 +110,14 @@ void store_notifies(BucketCore& core, const std::string& kind, const std::vector
   // committed on its own, saves the BEGIN and COMMIT round trips (single
   // notifies/s +25–40%, bench/results.md). Repeating it is harmless.
   auto owed = in_postgres(
-      core.pool, core.options.name, what,
+      core.pool(), core.options().name, what,
       [&](pqxx::connection& conn) {
         if (deps.empty()) {
           pqxx::nontransaction tx(conn);
-          return upsert_matters(tx, core.options.name, kind, chunk, core.options.token_grace);
+          return upsert_matters(tx, core.options().name, kind, chunk, core.options().token_grace);
         }
         pqxx::work tx(conn);
-        auto ids = upsert_matters(tx, core.options.name, kind, chunk, core.options.token_grace);
+        auto ids = upsert_matters(tx, core.options().name, kind, chunk, core.options().token_grace);
         record_dependencies(tx, core, kind, deps);
         tx.commit();
         return ids;
@@ -133,14 +133,14 @@ void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> m
   for (const auto& m : matters) validate_matter(core, kind, m);
   if (matters.size() == 1 && !k.hooks.dependencies) {
     // Written together with concurrent notifies of the kind (notify_group.hpp).
-    core.notify_groups.notify(kind, std::move(matters.front()), [&](std::vector<JsonMatter>& batch) {
+    core.notify_groups().notify(kind, std::move(matters.front()), [&](std::vector<JsonMatter>& batch) {
       store_notifies(core, kind, batch, {},
                      batch.size() == 1 ? about("notify", kind, batch.front().identity)
                                        : fmt::format("notify of {} matters of kind '{}' (concurrent notify calls, "
                                                      "written together)",
                                                      batch.size(), kind));
       if (batch.size() > 1)
-        core.metrics.kind(kind).notifies_grouped.fetch_add(batch.size(), std::memory_order_relaxed);
+        core.metrics().kind(kind).notifies_grouped.fetch_add(batch.size(), std::memory_order_relaxed);
     });
     return;
   }
@@ -161,18 +161,18 @@ void notify_in(BucketCore& core, pqxx::transaction_base& txn, const std::string&
   for (const auto& m : matters) validate_matter(core, kind, m);
   for_each_chunk(last_state_wins(std::move(matters)), [&](const std::vector<JsonMatter>& chunk, std::size_t) {
     // Kicked now: a sweeper woken by the NOTIFY at commit publishes the tokens.
-    upsert_matters(txn, core.options.name, kind, chunk, std::chrono::milliseconds(0), false);
+    upsert_matters(txn, core.options().name, kind, chunk, std::chrono::milliseconds(0), false);
     record_dependencies(txn, core, kind, dependencies_of(k, chunk));
   });
-  wake_sweepers(txn, core.options.name);
+  wake_sweepers(txn, core.options().name);
 }
 
 std::optional<nlohmann::json> get(BucketCore& core, const std::string& kind, std::string_view identity) {
   core.kind(kind);
   validate_identity(kind, identity);
-  auto state = in_postgres(core.pool, core.options.name, about("get", kind, identity), [&](pqxx::connection& conn) {
+  auto state = in_postgres(core.pool(), core.options().name, about("get", kind, identity), [&](pqxx::connection& conn) {
     pqxx::nontransaction tx(conn);
-    return read_state(tx, core.options.name, kind, identity);
+    return read_state(tx, core.options().name, kind, identity);
   });
   if (!state) return std::nullopt;
   return nlohmann::json::parse(*state);
@@ -183,17 +183,17 @@ bool update(BucketCore& core, const std::string& kind, std::string_view identity
   const auto& k = core.kind(kind);
   validate_identity(kind, identity);
   std::optional<std::vector<std::int64_t>> owed = in_postgres(
-      core.pool, core.options.name, about("update", kind, identity), [&](pqxx::connection& conn) -> std::optional<std::vector<std::int64_t>> {
+      core.pool(), core.options().name, about("update", kind, identity), [&](pqxx::connection& conn) -> std::optional<std::vector<std::int64_t>> {
         pqxx::work tx(conn);
-        auto stored = read_state(tx, core.options.name, kind, identity, true);
+        auto stored = read_state(tx, core.options().name, kind, identity, true);
         if (!stored) return std::nullopt;
         JsonMatter m{std::string(identity), nlohmann::json::parse(*stored)};
         change(m.state);
-        check_state_size(m.state, core.options.max_state_bytes, StateSource::notify, kind, m.identity);
+        check_state_size(m.state, core.options().max_state_bytes, StateSource::notify, kind, m.identity);
         std::vector<JsonMatter> one;
         one.push_back(std::move(m));
         const auto deps = dependencies_of(k, one);
-        auto ids = upsert_matters(tx, core.options.name, kind, one, core.options.token_grace);
+        auto ids = upsert_matters(tx, core.options().name, kind, one, core.options().token_grace);
         record_dependencies(tx, core, kind, deps);
         tx.commit();
         return ids;
@@ -207,11 +207,11 @@ bool remove(BucketCore& core, const std::string& kind, std::string_view identity
   auto& k = core.kind(kind);
   validate_identity(kind, identity);
   const bool finalize = static_cast<bool>(k.hooks.finalize);
-  const Selection sel{core.options.name, kind, std::string(identity), std::nullopt};
-  auto due = in_postgres(core.pool, core.options.name, about("remove", kind, identity),
+  const Selection sel{core.options().name, kind, std::string(identity), std::nullopt};
+  auto due = in_postgres(core.pool(), core.options().name, about("remove", kind, identity),
                          [&](pqxx::connection& conn) -> std::optional<std::vector<MadeDue>> {
     pqxx::work tx(conn);
-    if (!read_state(tx, core.options.name, kind, identity, true)) return std::nullopt;
+    if (!read_state(tx, core.options().name, kind, identity, true)) return std::nullopt;
     if (auto blocked = blocking_dependents(tx, sel, 6); !blocked.empty()) {
       std::string names;
       for (std::size_t i = 0; i < std::min<std::size_t>(blocked.size(), 5); ++i)
@@ -220,12 +220,12 @@ bool remove(BucketCore& core, const std::string& kind, std::string_view identity
       if (blocked.size() > 5) names += ", ...";
       throw DependencyError(fmt::format("bucket '{}': cannot remove {} '{}': {} depend(s) on it; remove them, or "
                                         "change their dependencies, first (nothing was removed)",
-                                        core.options.name, kind, identity.substr(0, 200), names));
+                                        core.options().name, kind, identity.substr(0, 200), names));
     }
     // With a finalizer: a new generation that owes the finalize.
     std::vector<MadeDue> out;
     if (finalize)
-      out = mark_for_deletion(tx, sel, Kick{core.options.token_grace});
+      out = mark_for_deletion(tx, sel, Kick{core.options().token_grace});
     else
       delete_matters(tx, sel);
     tx.commit();
@@ -239,10 +239,10 @@ bool remove(BucketCore& core, const std::string& kind, std::string_view identity
 bool retry(BucketCore& core, const std::string& kind, std::string_view identity) {
   core.kind(kind);
   validate_identity(kind, identity);
-  const Selection sel{core.options.name, kind, std::string(identity), std::nullopt};
-  auto due = in_postgres(core.pool, core.options.name, about("retry", kind, identity), [&](pqxx::connection& conn) {
+  const Selection sel{core.options().name, kind, std::string(identity), std::nullopt};
+  auto due = in_postgres(core.pool(), core.options().name, about("retry", kind, identity), [&](pqxx::connection& conn) {
     pqxx::work tx(conn);
-    auto out = retry_matters(tx, sel, Kick{core.options.token_grace});
+    auto out = retry_matters(tx, sel, Kick{core.options().token_grace});
     tx.commit();
     return out;
   });
@@ -254,26 +254,13 @@ bool retry(BucketCore& core, const std::string& kind, std::string_view identity)
 bool ready(BucketCore& core, const Dependency& dep) {
   validate_name("kind", dep.kind);
   validate_identity(dep.kind, dep.identity);
-  return in_postgres(core.pool, core.options.name, about("ready", dep.kind, dep.identity),
+  return in_postgres(core.pool(), core.options().name, about("ready", dep.kind, dep.identity),
                      [&](pqxx::connection& conn) {
                        pqxx::nontransaction tx(conn);
-                       return is_ready(tx, core.options.name, dep);
+                       return is_ready(tx, core.options().name, dep);
                      });
 }
 
-void provide(BucketCore& core, std::type_index type, std::shared_ptr<void> service) {
-  std::lock_guard lock(core.mu);
-  core.services[type] = std::move(service);
-}
-
-void* service(BucketCore& core, std::type_index type, std::string (*type_name)()) {
-  std::lock_guard lock(core.mu);
-  auto it = core.services.find(type);
-  if (it == core.services.end())
-    throw InvalidArgument(fmt::format("bucket '{}': no service of type {}; call bucket.provide(...) before work()",
-                                      core.options.name, type_name()));
-  return it->second.get();
-}
 
 
 }  // namespace dmm::detail

@@ -11,87 +11,125 @@
 #include "dmm/migrate.hpp"
 #include "dmm/url.hpp"
 #include "engine/work_stream_engine.hpp"
+#include "bucket/status.hpp"
 #include "operate/http.hpp"
 #include "protocol/names.hpp"
 
 namespace dmm {
 namespace detail {
 BucketCore::BucketCore(BucketOptions o)
-    : options(validated(std::move(o))),
-      logger(options.logger ? options.logger : spdlog::default_logger()),
-      worker_id(options.worker_id),
-      pool(options.postgres) {
-  if (options.migrate) {
-    int applied = migrate(options.postgres);
-    if (applied > 0) logger->info("bucket '{}': applied {} migration(s) to {}", options.name, applied,
-                                  mask_url(options.postgres));
+    : options_(validated(std::move(o))),
+      logger_(options_.logger ? options_.logger : spdlog::default_logger()),
+      pool_(options_.postgres),
+      pruner_(options_.name, options_.history_retention, *logger_) {
+  if (options_.migrate) {
+    int applied = migrate(options_.postgres);
+    if (applied > 0)
+      logger_->info("bucket '{}': applied {} migration(s) to {}", options_.name, applied, mask_url(options_.postgres));
   } else {
-    for (const auto& m : migration_status(options.postgres))
+    for (const auto& m : migration_status(options_.postgres))
       if (!m.applied)
         throw MigrationError(fmt::format("bucket '{}': migration {} is not applied to {} and migrate=false; run the "
                                          "migrations (open once with migrate=true)",
-                                         options.name, m.name, mask_url(options.postgres)));
+                                         options_.name, m.name, mask_url(options_.postgres)));
   }
-  pool.acquire();  // fail now, not at the first notify, if the URL is unusable
-  nats = std::make_unique<Nats>(NatsEndpoint{options.nats, options.nats_ca_file, options.nats_cert_file,
-                                             options.nats_key_file},
-                                options.stream_replicas, options.name, "dmm " + worker_id, *logger);
-  nats->on_publish_error([this](std::string_view kind) {
-    metrics.kind(std::string(kind)).publish_errors.fetch_add(1, std::memory_order_relaxed);
+  pool_.acquire();  // fail now, not at the first notify, if the URL is unusable
+  nats_ = std::make_unique<Nats>(
+      NatsEndpoint{options_.nats, options_.nats_ca_file, options_.nats_cert_file, options_.nats_key_file},
+      options_.stream_replicas, options_.name, "dmm " + options_.worker_id, *logger_);
+  nats_->on_publish_error([this](std::string_view kind) {
+    metrics_.kind(std::string(kind)).publish_errors.fetch_add(1, std::memory_order_relaxed);
   });
 }
 
 Kind& BucketCore::kind(const std::string& name) {
-  std::lock_guard lock(mu);
-  auto it = kinds_by_name.find(name);
-  if (it == kinds_by_name.end())
+  std::lock_guard lock(mu_);
+  auto it = kinds_by_name_.find(name);
+  if (it == kinds_by_name_.end())
     throw InvalidArgument(fmt::format("bucket '{}': unknown kind '{}'; register it with register_kind first",
-                                      options.name, name));
+                                      options_.name, name));
   return *it->second;
 }
 
-void BucketCore::publish(const std::vector<TokenOwed>& owed) {
-  std::map<std::string_view, std::vector<std::int64_t>> by_kind;
-  for (const auto& t : owed) by_kind[t.kind].push_back(t.id);
-  for (const auto& [kind, ids] : by_kind) nats->publish(std::string(kind), ids);
-}
-
 std::vector<Kind*> BucketCore::kinds() {
-  std::lock_guard lock(mu);
+  std::lock_guard lock(mu_);
   std::vector<Kind*> out;
-  for (auto& [name, kind] : kinds_by_name) out.push_back(kind.get());
+  for (auto& [name, kind] : kinds_by_name_) out.push_back(kind.get());
   return out;
 }
 
-WorkStream& register_kind(BucketCore& core, std::string name, KindOptions options, KindHooks hooks) {
+WorkStream& BucketCore::register_kind(std::string name, KindOptions options, KindHooks hooks) {
   validate_name("kind", name);
   validate_kind_options(options, name);
   {
-    std::lock_guard lock(core.mu);
-    if (core.kinds_by_name.count(name))
-      throw InvalidArgument(fmt::format("bucket '{}': kind '{}' is already registered", core.options.name, name));
-    if (auto it = core.kind_names.find(hooks.type); it != core.kind_names.end())
-      throw InvalidArgument(fmt::format("bucket '{}': type {} is already registered as kind '{}'", core.options.name,
+    std::lock_guard lock(mu_);
+    if (kinds_by_name_.count(name))
+      throw InvalidArgument(fmt::format("bucket '{}': kind '{}' is already registered", options_.name, name));
+    if (auto it = kind_names_.find(hooks.type); it != kind_names_.end())
+      throw InvalidArgument(fmt::format("bucket '{}': type {} is already registered as kind '{}'", options_.name,
                                         hooks.type_name, it->second));
   }
-  core.nats->ensure_consumer(name);
-  auto kind = std::make_unique<Kind>(Kind{name, options, std::move(hooks), nullptr});
-  kind->stream = std::make_unique<WorkStream>(std::make_unique<WorkStreamEngine>(core, *kind));
-  std::lock_guard lock(core.mu);
-  core.kind_names[kind->hooks.type] = name;
+  nats_->ensure_consumer(name);
+  auto kind = std::make_unique<Kind>();
+  kind->name = name, kind->options = options, kind->hooks = std::move(hooks);
+  auto engine = std::make_unique<WorkStreamEngine>(
+      EngineDeps{options_, options_.worker_id, logger_.get(), nats_.get(), metrics_, pruner_, this}, *kind);
+  kind->engine = engine.get();
+  kind->stream = std::make_unique<WorkStream>(std::move(engine));
+  std::lock_guard lock(mu_);
+  kind_names_[kind->hooks.type] = name;
   auto& stream = *kind->stream;
-  core.kinds_by_name[name] = std::move(kind);
+  kinds_by_name_[name] = std::move(kind);
   return stream;
 }
 
-const std::string& kind_of(const BucketCore& core, std::type_index type, std::string (*type_name)()) {
-  std::lock_guard lock(const_cast<BucketCore&>(core).mu);
-  auto it = core.kind_names.find(type);
-  if (it == core.kind_names.end())
+const std::string& BucketCore::kind_of(std::type_index type, std::string (*type_name)()) {
+  std::lock_guard lock(mu_);
+  auto it = kind_names_.find(type);
+  if (it == kind_names_.end())
     throw InvalidArgument(fmt::format("bucket '{}': type {} is not registered; call register_kind<T>(\"name\") "
                                       "before using it",
-                                      core.options.name, type_name()));
+                                      options_.name, type_name()));
   return it->second;
+}
+
+void BucketCore::provide(std::type_index type, std::shared_ptr<void> service) {
+  std::lock_guard lock(mu_);
+  services_[type] = std::move(service);
+}
+
+void* BucketCore::service(std::type_index type, std::string (*type_name)()) {
+  std::lock_guard lock(mu_);
+  auto it = services_.find(type);
+  if (it == services_.end())
+    throw InvalidArgument(fmt::format("bucket '{}': no service of type {}; call bucket.provide(...) before work()",
+                                      options_.name, type_name()));
+  return it->second.get();
+}
+
+int BucketCore::serve_http(const std::string& address) {
+  std::lock_guard lock(mu_);
+  if (http_)
+    throw InvalidArgument(
+        fmt::format("bucket '{}': serve_http was already called (port {})", options_.name, http_->port()));
+  http_ = std::make_shared<HttpServer>(address, status_endpoints(*this));
+  return http_->port();
+}
+
+WorkStream& register_kind(BucketCore& core, std::string name, KindOptions options, KindHooks hooks) {
+  return core.register_kind(std::move(name), std::move(options), std::move(hooks));
+}
+
+const std::string& kind_of(const BucketCore& core, std::type_index type, std::string (*type_name)()) {
+  return const_cast<BucketCore&>(core).kind_of(type, type_name);
+}
+
+void provide(BucketCore& core, std::type_index type, std::shared_ptr<void> service) {
+  core.provide(type, std::move(service));
+}
+
+void* service(BucketCore& core, std::type_index type, std::string (*type_name)()) {
+  return core.service(type, type_name);
 }
 
 }  // namespace detail
@@ -111,7 +149,7 @@ void Bucket::run() {
   auto kinds = core_->kinds();
   if (kinds.empty())
     throw InvalidArgument(fmt::format("bucket '{}': run() with no kinds registered; call register_kind first",
-                                      core_->options.name));
+                                      core_->options().name));
   std::vector<std::jthread> threads;
   std::exception_ptr failure;
   std::mutex failure_mu;
@@ -129,20 +167,13 @@ void Bucket::run() {
   if (failure) std::rethrow_exception(failure);
 }
 
-int Bucket::serve_http(const std::string& address) {
-  std::lock_guard lock(core_->mu);
-  if (core_->http)
-    throw InvalidArgument(fmt::format("bucket '{}': serve_http was already called (port {})", core_->options.name,
-                                      core_->http->port()));
-  core_->http = std::make_shared<detail::HttpServer>(*core_, address);
-  return core_->http->port();
-}
+int Bucket::serve_http(const std::string& address) { return core_->serve_http(address); }
 
 void Bucket::stop() {
   for (auto* kind : core_->kinds()) kind->stream->stop();
 }
 
-const std::string& Bucket::name() const { return core_->options.name; }
-const std::string& Bucket::worker_id() const { return core_->worker_id; }
+const std::string& Bucket::name() const { return core_->options().name; }
+const std::string& Bucket::worker_id() const { return core_->worker_id(); }
 
 }  // namespace dmm

@@ -3,21 +3,17 @@
 #include <algorithm>
 #include <spdlog/spdlog.h>
 
-#include "bucket/bucket_core.hpp"
-#include "store/history.hpp"
+#include "protocol/names.hpp"
 #include "store/kicks.hpp"
-#include "store/matters.hpp"
+#include "store/pg.hpp"
+#include "support/rate_limited_log.hpp"
+#include "support/sleep.hpp"
 #include "tokens/tokens.hpp"
-#include "engine/work_stream_engine.hpp"
 
 namespace dmm::detail {
 namespace {
 
 constexpr int kSweepBatch = 1000;
-constexpr int kPruneBatch = 5000;
-// How often a process prunes a bucket's attempt history (one kind's sweeper
-// at a time, see BucketCore::take_prune_turn); the retention is days.
-constexpr auto kPruneEvery = std::chrono::minutes(10);
 constexpr std::int64_t kMaxIdleMs = 1000;
 // Longest a backlog's estimated drain time stretches the re-kick grace.
 constexpr auto kMaxDrainStretch = std::chrono::seconds(60);
@@ -88,14 +84,11 @@ class Wake : public pqxx::notification_receiver {
 }  // namespace
 
 void Sweeper::run(std::stop_token stop) {
-  auto& log = *core_.logger;
+  auto& log = *deps_.logger;
   std::unique_ptr<pqxx::connection> conn;
   std::unique_ptr<Wake> wake;
-  auto last_error_log = std::chrono::steady_clock::time_point{};
-  // History beyond the retention: not before 5 s after start, then every
-  // kPruneEvery by one of the bucket's sweepers in this process.
-  const auto first_prune = std::chrono::steady_clock::now() + std::chrono::seconds(5);
-  BacklogWatch backlog(core_.options.token_grace);
+  RateLimitedLog errors(log);
+  BacklogWatch backlog(deps_.options.token_grace);
   // Tokens the last sweep sent when it found a full batch (more are due),
   // else 0. While no more than these are queued, the queue is this sweeper's
   // own tail (matters whose only token it just sent: a transactional notify,
@@ -105,51 +98,37 @@ void Sweeper::run(std::stop_token stop) {
   while (!stop.stop_requested()) {
     try {
       if (!conn) {
-        conn = connect_pg(core_.options.postgres, "sweeping kind '" + kind_ + "'");
+        conn = connect_pg(deps_.options.postgres, "sweeping kind '" + kind_ + "'");
         wake = std::make_unique<Wake>(*conn);
       }
       // Publishes failing may mean the stream is gone (deleted, or a new
       // server): make sure it and our consumer exist before sending more.
-      if (core_.nats->take_publish_errors() > 0) {
-        core_.nats->ensure_stream();
-        core_.nats->ensure_consumer(kind_);
+      if (deps_.nats->take_publish_errors() > 0) {
+        deps_.nats->ensure_stream();
+        deps_.nats->ensure_consumer(kind_);
       }
-      backlog.observe(core_.nats->backlog(kind_));
+      backlog.observe(deps_.nats->backlog(kind_));
       if (!backlog.sweep_due()) {
         const bool own_tail = sent_by_full_sweep > 0 && backlog.pending() <= sent_by_full_sweep;
         conn->await_notification(0, (own_tail ? 10 : 250) * 1000);
         continue;
       }
       backlog.swept();
-      auto swept = sweep(*conn, core_.options.name, kind_, kSweepBatch, backlog.rekick_grace());
+      auto swept = sweep(*conn, deps_.options.name, kind_, kSweepBatch, backlog.rekick_grace());
       if (!swept.owed.empty()) {
-        log.debug("bucket '{}' kind '{}': sweeper sends {} token(s)", core_.options.name, kind_, swept.owed.size());
-        core_.publish(kind_, swept.owed);
+        log.debug("bucket '{}' kind '{}': sweeper sends {} token(s)", deps_.options.name, kind_, swept.owed.size());
+        deps_.publish(kind_, swept.owed);
       }
       sent_by_full_sweep =
           swept.looked == kSweepBatch ? (swept.owed.size() + kMaxIdsPerToken - 1) / kMaxIdsPerToken : 0;
       if (swept.looked == kSweepBatch) continue;
-      if (std::chrono::steady_clock::now() >= first_prune &&
-          core_.take_prune_turn(std::chrono::steady_clock::now(), kPruneEvery)) {
-        std::int64_t pruned = 0;
-        for (int round = 0; round < 20; ++round) {
-          const auto n = prune_history(*conn, core_.options.name, core_.options.history_retention, kPruneBatch);
-          pruned += n;
-          if (n < kPruneBatch) break;
-        }
-        if (pruned > 0)
-          log.debug("bucket '{}' kind '{}': pruned {} attempt(s) from the history", core_.options.name, kind_, pruned);
-      }
-      auto next = next_kick_in_ms(*conn, core_.options.name, kind_).value_or(kMaxIdleMs);
+      deps_.pruner.run_if_due(*conn);
+      auto next = next_kick_in_ms(*conn, deps_.options.name, kind_).value_or(kMaxIdleMs);
       // At least a few ms: rows locked by another sweeper are skipped, not waited on.
       const auto wait_ms = std::clamp<std::int64_t>(next, 5, kMaxIdleMs);
       conn->await_notification(wait_ms / 1000, (wait_ms % 1000) * 1000);
     } catch (const std::exception& e) {
-      const auto now = std::chrono::steady_clock::now();
-      if (now - last_error_log > std::chrono::seconds(5)) {
-        last_error_log = now;
-        log.warn("bucket '{}' kind '{}': sweeping failed: {}; retrying", core_.options.name, kind_, e.what());
-      }
+      errors.warn("bucket '{}' kind '{}': sweeping failed: {}; retrying", deps_.options.name, kind_, e.what());
       wake.reset();
       conn.reset();
       sleep_for(stop, std::chrono::milliseconds(500));

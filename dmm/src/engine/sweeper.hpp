@@ -1,7 +1,6 @@
 // The sweeper of one kind: sends tokens for matters whose kick (dmm.kick)
-// came due —
-// notifies whose token got lost, retries and requeues coming due, leases
-// that expired with their holder — so work owed is never forgotten while
+// came due (notifies whose token got lost, retries and requeues coming due, leases
+// that expired with their holder), so work owed is never forgotten while
 // PostgreSQL holds it. Several processes may sweep the same kind: rows are
 // taken with SKIP LOCKED and re-armed, so each token goes out about once.
 #pragma once
@@ -9,19 +8,19 @@
 #include <stop_token>
 #include <string>
 
-namespace dmm::detail {
+#include "engine/deps.hpp"
 
-class BucketCore;
+namespace dmm::detail {
 
 class Sweeper {
  public:
-  Sweeper(BucketCore& core, std::string kind) : core_(core), kind_(std::move(kind)) {}
+  Sweeper(const EngineDeps& deps, std::string kind) : deps_(deps), kind_(std::move(kind)) {}
   // Sweeps until `stop`; sleeps until the next kick (at most 1 s) or until
   // woken by a NOTIFY on the wake channel (transactional notifies).
   void run(std::stop_token stop);
 
  private:
-  BucketCore& core_;
+  const EngineDeps& deps_;
   const std::string kind_;
 };
 

@@ -6,15 +6,17 @@
 #include <spdlog/spdlog.h>
 #include <thread>
 
-#include "protocol/backoff.hpp"
-#include "bucket/bucket_core.hpp"
 #include "dmm/context.hpp"
 #include "dmm/errors.hpp"
 #include "dmm/work_stream.hpp"
-#include "support/log_scope.hpp"
-#include "protocol/names.hpp"
+#include "engine/attempt.hpp"
 #include "engine/sweeper.hpp"
 #include "engine/work_stream_engine.hpp"
+#include "protocol/names.hpp"
+#include "store/pg.hpp"
+#include "support/log_scope.hpp"
+#include "support/rate_limited_log.hpp"
+#include "support/sleep.hpp"
 
 namespace dmm {
 
@@ -34,38 +36,12 @@ double unit_random() {
   return std::uniform_real_distribution<double>(0.0, 1.0)(rng);
 }
 
-// Logs an error of a loop at most every few seconds: a server that is down
-// makes every iteration fail the same way.
-class ErrorLog {
- public:
-  explicit ErrorLog(spdlog::logger& log) : log_(log) {}
-  template <class... Args>
-  void warn(fmt::format_string<Args...> f, Args&&... args) {
-    const auto now = Clock::now();
-    if (now - last_ < std::chrono::seconds(5)) return;
-    last_ = now;
-    log_.warn(f, std::forward<Args>(args)...);
-  }
-
- private:
-  spdlog::logger& log_;
-  Clock::time_point last_{};
-};
-
 }  // namespace
 
-
-bool sleep_for(std::stop_token stop, std::chrono::milliseconds d) {
-  std::mutex mu;
-  std::condition_variable_any cv;
-  std::unique_lock lock(mu);
-  return !cv.wait_for(lock, stop, d, [] { return false; }) && !stop.stop_requested();
-}
-
-WorkStreamEngine::WorkStreamEngine(BucketCore& core, const Kind& kind)
-    : core_(core),
+WorkStreamEngine::WorkStreamEngine(const EngineDeps& deps, const KindSpec& kind)
+    : deps_(deps),
       kind_(kind),
-      metrics_(core.metrics.kind(kind.name)),
+      metrics_(deps.metrics.kind(kind.name)),
       // Deep enough that a fetched batch fits while the previous ones are
       // still being materialized and written back (see KindOptions::prefetch).
       capacity_(kind.options.prefetch > 0 ? kind.options.prefetch
@@ -103,19 +79,19 @@ void WorkStreamEngine::work() {
     working_ = true;
     executors_exit_ = committer_exit_ = false;
   }
-  auto& log = *core_.logger;
-  log.info("bucket '{}' kind '{}': working as {} (concurrency {}, lease {}ms)", core_.options.name, kind_.name,
-           core_.worker_id, kind_.options.concurrency, kind_.options.lease_ttl.count());
+  auto& log = *deps_.logger;
+  log.info("bucket '{}' kind '{}': working as {} (concurrency {}, lease {}ms)", deps_.options.name, kind_.name,
+           deps_.worker_id, kind_.options.concurrency, kind_.options.lease_ttl.count());
   {
     std::vector<std::jthread> executors;
-    for (int i = 0; i < kind_.options.concurrency; ++i) executors.emplace_back([this] { execute(); });
+    for (int i = 0; i < kind_.options.concurrency; ++i) executors.emplace_back([this] { run_executor(); });
     // One committer: a second one, writing back on another connection, was
     // ~15% slower (bench/results.md, round 3).
-    std::jthread committer([this] { commit(); });
-    Sweeper sweeper(core_, kind_.name);
+    std::jthread committer([this] { run_committer(); });
+    Sweeper sweeper(deps_, kind_.name);
     std::jthread sweeping([&](std::stop_token st) { sweeper.run(st); });
 
-    dispatch(stop_.get_token());
+    run_dispatcher(stop_.get_token());
     shut_down();
     executors.clear();  // joins: waits for materializations to return
     {
@@ -124,22 +100,22 @@ void WorkStreamEngine::work() {
     }
     done_cv_.notify_all();
   }
-  core_.nats->flush(std::chrono::milliseconds(2000));
-  log.info("bucket '{}' kind '{}': stopped", core_.options.name, kind_.name);
+  deps_.nats->flush(std::chrono::milliseconds(2000));
+  log.info("bucket '{}' kind '{}': stopped", deps_.options.name, kind_.name);
   std::lock_guard lock(mu_);
   working_ = false;
   idle_cv_.notify_all();
 }
 
-void WorkStreamEngine::dispatch(std::stop_token stop) {
-  ErrorLog errors(*core_.logger);
+void WorkStreamEngine::run_dispatcher(std::stop_token stop) {
+  RateLimitedLog errors(*deps_.logger);
   std::unique_ptr<pqxx::connection> conn;
   std::unique_ptr<TokenSource> source;
   auto delay = std::chrono::milliseconds(100);
   while (!stop.stop_requested()) {
     try {
-      if (!conn) conn = connect_pg(core_.options.postgres, "claiming matters of kind '" + kind_.name + "'");
-      if (!source) source = std::make_unique<TokenSource>(*core_.nats, kind_.name);
+      if (!conn) conn = connect_pg(deps_.options.postgres, "claiming matters of kind '" + kind_.name + "'");
+      if (!source) source = std::make_unique<TokenSource>(*deps_.nats, kind_.name);
       bound_ = true;
       int room;
       {
@@ -158,7 +134,7 @@ void WorkStreamEngine::dispatch(std::stop_token stop) {
       if (!tokens.empty()) claim_tokens(*conn, tokens, room);
       delay = std::chrono::milliseconds(100);
     } catch (const std::exception& e) {
-      errors.warn("bucket '{}' kind '{}': fetching and claiming work failed: {}; retrying", core_.options.name,
+      errors.warn("bucket '{}' kind '{}': fetching and claiming work failed: {}; retrying", deps_.options.name,
                   kind_.name, e.what());
       conn.reset();
       source.reset();
@@ -176,10 +152,10 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Token>& 
   ids.reserve(static_cast<std::size_t>(room));
   std::size_t named = 0, parsed = 0, handed_back = 0;
   for (auto& token : tokens) {
-    auto token_ids = parse_token(token.subject(), token.payload(), core_.options.name, kind_.name);
+    auto token_ids = parse_token(token.subject(), token.payload(), deps_.options.name, kind_.name);
     if (!token_ids) {
-      core_.logger->warn("bucket '{}' kind '{}': dropping a message on '{}' that is not a dmm token",
-                         core_.options.name, kind_.name, token.subject());
+      deps_.logger->warn("bucket '{}' kind '{}': dropping a message on '{}' that is not a dmm token",
+                         deps_.options.name, kind_.name, token.subject());
       token.ack();
       continue;
     }
@@ -200,13 +176,13 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Token>& 
   }
   if (parsed > 0) ids_per_token_ = (ids_per_token_ + static_cast<double>(named) / static_cast<double>(parsed)) / 2;
   if (handed_back > 0 || !leftover.empty())
-    core_.logger->debug("bucket '{}' kind '{}': {} matter(s) fit; handed back {} token(s), sending {} matter(s) "
+    deps_.logger->debug("bucket '{}' kind '{}': {} matter(s) fit; handed back {} token(s), sending {} matter(s) "
                         "again in new tokens",
-                        core_.options.name, kind_.name, ids.size(), handed_back, leftover.size());
-  auto claimed = claim(conn, core_.options.name, kind_.name, ids, core_.worker_id, kind_.options.lease_ttl);
+                        deps_.options.name, kind_.name, ids.size(), handed_back, leftover.size());
+  auto claimed = claim(conn, deps_.options.name, kind_.name, ids, deps_.worker_id, kind_.options.lease_ttl);
   // The part of a token that did not fit goes out as a token of its own
   // before that token is acked.
-  if (!leftover.empty()) core_.publish(kind_.name, leftover);
+  if (!leftover.empty()) deps_.publish(kind_.name, leftover);
   // Claimed or not, the tokens have done their job: a matter not claimed is
   // leased elsewhere (its holder sees any new generation at write-back), not
   // due yet (the sweeper sends a token when it is), or gone.
@@ -230,7 +206,7 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Token>& 
     for (std::size_t i = 0; i < claimed.size(); ++i) ready_cv_.notify_one();
 }
 
-void WorkStreamEngine::execute() {
+void WorkStreamEngine::run_executor() {
   while (true) {
     std::shared_ptr<Item> item;
     {
@@ -245,7 +221,7 @@ void WorkStreamEngine::execute() {
     }
     Outcome outcome;
     {
-      MatterLogScope scope(core_.options.name, kind_.name, item->row.identity);
+      MatterLogScope scope(deps_.options.name, kind_.name, item->row.identity);
       metrics_.in_flight.fetch_add(1, std::memory_order_relaxed);
       const auto started = std::chrono::system_clock::now();
       const auto t0 = Clock::now();
@@ -274,64 +250,13 @@ void WorkStreamEngine::execute() {
 }
 
 Outcome WorkStreamEngine::attempt(Item& item) {
-  const auto& row = item.row;
-  auto& log = *core_.logger;
-  Context ctx({&core_, &log, kind_.name, row.identity, row.attempts + 1, item.stop.get_token()});
-  Outcome out;
-  out.id = row.id, out.epoch = row.epoch, out.generation = row.generation;
-  try {
-    nlohmann::json original = nlohmann::json::parse(row.state);
-    nlohmann::json state = original;
-    if (row.deleting) {
-      if (kind_.hooks.finalize) kind_.hooks.finalize(state, ctx);
-      out.kind = OutcomeKind::finalized;
-      log.debug("kind '{}' identity '{}': finalized", kind_.name, row.identity);
-      return out;
-    }
-    Result result = kind_.hooks.materialize(state, ctx);
-    if (state != original) {
-      const auto size = state.dump().size();
-      if (size > core_.options.max_state_bytes)
-        throw TerminalError(fmt::format("materialize left a state of {} bytes, over max_state_bytes ({})", size,
-                                        core_.options.max_state_bytes));
-      out.state = std::move(state);
-    }
-    if (auto delay = result.requeue_after()) {
-      out.kind = OutcomeKind::requeue;
-      out.delay_ms = std::max<std::int64_t>(1, delay->count());
-    } else {
-      out.kind = OutcomeKind::done;
-    }
-    return out;
-  } catch (const TerminalError& e) {
-    out.kind = OutcomeKind::failed;
-    out.error = e.what();
-    log.warn("kind '{}' identity '{}': failed terminally on attempt {}: {}", kind_.name, row.identity,
-             row.attempts + 1, e.what());
-  } catch (const std::exception& e) {
-    out.error = e.what();
-  } catch (...) {
-    out.error = "unknown exception (not derived from std::exception)";
-  }
-  if (out.kind == OutcomeKind::failed) return out;
-  if (item.stop.stop_requested()) return release_of(item);
-  out.kind = OutcomeKind::retry;
-  const auto delay = backoff_delay(kind_.options.backoff, row.attempts + 1, unit_random());
-  out.delay_ms = std::max<std::int64_t>(1, delay.count());
-  log.info("kind '{}' identity '{}': attempt {} failed: {}; retrying in {}ms", kind_.name, row.identity,
-           row.attempts + 1, out.error, out.delay_ms);
-  return out;
+  Context ctx({deps_.api, deps_.logger, kind_.name, item.row.identity, item.row.attempts + 1, item.stop.get_token()});
+  return run_attempt(kind_.hooks, item.row, ctx, {deps_.options.max_state_bytes, kind_.options.backoff},
+                     unit_random());
 }
 
-Outcome WorkStreamEngine::release_of(const Item& item) const {
-  Outcome out;
-  out.id = item.row.id, out.epoch = item.row.epoch, out.generation = item.row.generation;
-  out.kind = OutcomeKind::release;
-  return out;
-}
-
-void WorkStreamEngine::commit() {
-  ErrorLog errors(*core_.logger);
+void WorkStreamEngine::run_committer() {
+  RateLimitedLog errors(*deps_.logger);
   std::unique_ptr<pqxx::connection> conn;
   const auto renew_every = kind_.options.lease_ttl / 3;
   auto next_renewal = Clock::now() + renew_every;
@@ -348,10 +273,10 @@ void WorkStreamEngine::commit() {
     }
     if (exiting && batch.empty()) return;
     try {
-      if (!conn) conn = connect_pg(core_.options.postgres, "writing back matters of kind '" + kind_.name + "'");
+      if (!conn) conn = connect_pg(deps_.options.postgres, "writing back matters of kind '" + kind_.name + "'");
       if (!batch.empty()) {
-        core_.publish(write_back(*conn, batch, core_.options.token_grace, core_.options.name,
-                                             {core_.options.name, core_.worker_id, kind_.options.history_limit}));
+        deps_.publish(write_back(*conn, batch, deps_.options.token_grace, deps_.options.name,
+                                             {deps_.options.name, deps_.worker_id, kind_.options.history_limit}));
         {
           std::lock_guard lock(mu_);
           for (const auto& o : batch)
@@ -366,7 +291,7 @@ void WorkStreamEngine::commit() {
       }
       failing_since = {};
     } catch (const std::exception& e) {
-      errors.warn("bucket '{}' kind '{}': writing back {} outcome(s) failed: {}; retrying", core_.options.name,
+      errors.warn("bucket '{}' kind '{}': writing back {} outcome(s) failed: {}; retrying", deps_.options.name,
                   kind_.name, batch.size(), e.what());
       conn.reset();
       if (failing_since == Clock::time_point{}) failing_since = Clock::now();
@@ -374,9 +299,9 @@ void WorkStreamEngine::commit() {
       // ask running attempts to stop rather than overlap with a new holder.
       if (Clock::now() - last_renewal > 2 * renew_every) abort_attempts("leases could not be renewed");
       if (exiting && Clock::now() - failing_since > kind_.options.stop_grace) {
-        core_.logger->error("bucket '{}' kind '{}': giving up on {} outcome(s) at stop; their leases expire in {}ms "
+        deps_.logger->error("bucket '{}' kind '{}': giving up on {} outcome(s) at stop; their leases expire in {}ms "
                             "and other workers take them over",
-                            core_.options.name, kind_.name, batch.size(), kind_.options.lease_ttl.count());
+                            deps_.options.name, kind_.name, batch.size(), kind_.options.lease_ttl.count());
         return;
       }
       {
@@ -411,9 +336,9 @@ void WorkStreamEngine::renew_leases(pqxx::connection& conn) {
     // heartbeat): not a lease lost under a running attempt.
     if (it == held_.end() || it->second->outcome_queued || it->second->row.epoch != sent[id]) continue;
     auto& item = *it->second;
-    MatterLogScope scope(core_.options.name, kind_.name, item.row.identity);
+    MatterLogScope scope(deps_.options.name, kind_.name, item.row.identity);
     metrics_.leases_lost.fetch_add(1, std::memory_order_relaxed);
-    core_.logger->warn("kind '{}' identity '{}': lease lost (expired or taken over); abandoning this attempt",
+    deps_.logger->warn("kind '{}' identity '{}': lease lost (expired or taken over); abandoning this attempt",
                        kind_.name, item.row.identity);
     item.abandoned = true;
     item.stop.request_stop();
@@ -426,8 +351,8 @@ void WorkStreamEngine::abort_attempts(const char* why) {
   std::lock_guard lock(mu_);
   for (auto& [id, item] : held_) {
     if (!item->running || item->stop.stop_requested()) continue;
-    MatterLogScope scope(core_.options.name, kind_.name, item->row.identity);
-    core_.logger->warn("kind '{}' identity '{}': {}; requesting the attempt to stop", kind_.name,
+    MatterLogScope scope(deps_.options.name, kind_.name, item->row.identity);
+    deps_.logger->warn("kind '{}' identity '{}': {}; requesting the attempt to stop", kind_.name,
                        item->row.identity, why);
     item->stop.request_stop();
   }
@@ -439,7 +364,7 @@ void WorkStreamEngine::shut_down() {
   for (auto& item : ready_) {
     if (item->abandoned) continue;
     item->abandoned = true;
-    done_.push_back(release_of(*item));
+    done_.push_back(released(item->row));
   }
   ready_.clear();
   executors_exit_ = true;
@@ -450,18 +375,18 @@ void WorkStreamEngine::shut_down() {
   done_cv_.notify_one();
   const std::size_t in_flight = running_;
   if (in_flight)
-    core_.logger->info("bucket '{}' kind '{}': stopping; waiting up to {}ms for {} materialization(s)",
-                       core_.options.name, kind_.name, kind_.options.stop_grace.count(), in_flight);
+    deps_.logger->info("bucket '{}' kind '{}': stopping; waiting up to {}ms for {} materialization(s)",
+                       deps_.options.name, kind_.name, kind_.options.stop_grace.count(), in_flight);
   if (idle_cv_.wait_for(lock, kind_.options.stop_grace, [&] { return running_ == 0; })) return;
   // Still running: release their leases so nobody waits for them to expire;
   // whatever they return later is dropped.
   for (auto& [id, item] : held_) {
     if (!item->running || item->abandoned) continue;
-    MatterLogScope scope(core_.options.name, kind_.name, item->row.identity);
-    core_.logger->warn("kind '{}' identity '{}': still materializing after stop_grace; releasing its lease",
+    MatterLogScope scope(deps_.options.name, kind_.name, item->row.identity);
+    deps_.logger->warn("kind '{}' identity '{}': still materializing after stop_grace; releasing its lease",
                        kind_.name, item->row.identity);
     item->abandoned = true;
-    done_.push_back(release_of(*item));
+    done_.push_back(released(item->row));
   }
   done_cv_.notify_one();
 }

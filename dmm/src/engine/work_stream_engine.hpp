@@ -1,10 +1,11 @@
 // The worker loop of one kind (see dmm/work_stream.hpp for the contract).
 //
 // Threads while work() runs:
-// - dispatcher (the caller of work()): fetch tokens, claim their matters in one
+// - dispatcher (run_dispatcher, the caller of work()): fetch tokens, claim their matters in one
 //   statement, ack the tokens, queue the claimed matters;
-// - executors (KindOptions::concurrency): run materialize/finalize;
-// - committer: write outcomes back in batches (fenced by lease epoch), publish
+// - executors (run_executor, KindOptions::concurrency of them): run
+//   materialize/finalize (attempt.hpp);
+// - committer (run_committer): write outcomes back in batches (fenced by lease epoch), publish
 //   tokens owed, and renew every held lease each third of the TTL;
 // - sweeper: re-send tokens whose kick_at passed (sweeper.cpp).
 #pragma once
@@ -20,6 +21,7 @@
 #include <vector>
 
 #include "dmm/options.hpp"
+#include "engine/deps.hpp"
 #include "engine/metrics.hpp"
 #include "protocol/names.hpp"
 #include "store/matters.hpp"
@@ -27,15 +29,9 @@
 
 namespace dmm::detail {
 
-class BucketCore;
-struct Kind;
-
-// Sleeps up to `d`, returning early (false) when `stop` is requested.
-bool sleep_for(std::stop_token stop, std::chrono::milliseconds d);
-
 class WorkStreamEngine {
  public:
-  WorkStreamEngine(BucketCore& core, const Kind& kind);
+  WorkStreamEngine(const EngineDeps& deps, const KindSpec& kind);
   ~WorkStreamEngine();
 
   void work();
@@ -55,21 +51,20 @@ class WorkStreamEngine {
     bool outcome_queued = false;  // guarded by mu_: the attempt's outcome waits for a write-back
   };
 
-  void dispatch(std::stop_token stop);
+  void run_dispatcher(std::stop_token stop);
   // Claims the matters the tokens name, at most `room` of them.
   void claim_tokens(pqxx::connection& conn, std::vector<Token>& tokens, int room);
-  void execute();
+  void run_executor();  // one of KindOptions::concurrency
   Outcome attempt(Item& item);
-  void commit();
+  void run_committer();
   void renew_leases(pqxx::connection& conn);
   // Requests the stop token of every running attempt.
   void abort_attempts(const char* why);
   void shut_down();
-  Outcome release_of(const Item& item) const;
 
-  BucketCore& core_;       // outlives this engine
-  const Kind& kind_;       // constant after construction
-  KindMetrics& metrics_;   // thread-safe; owned by core_.metrics
+  const EngineDeps deps_;  // constant; what it points to outlives this engine
+  const KindSpec& kind_;   // constant; outlives this engine
+  KindMetrics& metrics_;   // thread-safe; owned by deps_.metrics
   std::atomic<bool> bound_{false};
   const int capacity_;     // most matters held (claimed, running or not yet written back)
   std::stop_source stop_;  // sticky: a stopped stream stays stopped

@@ -81,8 +81,7 @@ void check_state_size(const nlohmann::json& state, std::size_t limit, StateSourc
   try {
     size = state.dump().size();
   } catch (const nlohmann::json::exception& e) {
-    if (source == StateSource::materialize)
-      throw TerminalError(fmt::format("materialize left a state that cannot be stored as JSON ({})", e.what()));
+    if (source == StateSource::materialize) throw;  // an ordinary error: retried
     throw InvalidArgument(fmt::format("kind '{}' identity '{}': state cannot be stored as JSON ({}); strings in a "
                                       "state must be valid UTF-8",
                                       kind, identity.substr(0, 64), e.what()));

@@ -25,8 +25,9 @@ void validate_identity(std::string_view kind, std::string_view identity);
 // (TerminalError: retrying would leave the same state).
 enum class StateSource { notify, materialize };
 
-// Throws, naming the matter, if `state` cannot be stored as JSON (a string
-// that is not UTF-8) or is over `limit` bytes.
+// Throws, naming the matter, if `state` is over `limit` bytes or cannot be
+// stored as JSON (a string that is not UTF-8: InvalidArgument for a notify,
+// nlohmann's own error for a materializer).
 void check_state_size(const nlohmann::json& state, std::size_t limit, StateSource source, std::string_view kind,
                       std::string_view identity);
 
