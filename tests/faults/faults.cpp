@@ -376,7 +376,7 @@ void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
   auto next = [&](const std::string& id) { return Checked{id, ++seq[id]}; };
   auto name = [](int i) { return "m" + std::to_string(i); };
   // Besides the batches: single notifies from a few threads at once, which
-  // dmm writes together (group commit, dmm/src/notify_group.hpp), under the
+  // dmm writes together (group commit, dmm/src/engine/notify_group.hpp), under the
   // same faults. Each thread owns its identities, so the last state of each
   // is known.
   constexpr int kSingleThreads = 3, kSingleIds = 20;

@@ -59,7 +59,7 @@ struct BucketOptions {
   // Logger for everything this bucket does. Default: spdlog's default logger.
   std::shared_ptr<spdlog::logger> logger{};
   // Attempt history (dmm.attempt, shown by dmmctl describe) older than this
-  // is deleted by the sweepers, a batch at a time, about once a minute.
+  // is deleted by the sweepers, a batch at a time, every 10 minutes.
   // Default 7 days.
   milliseconds history_retention{7LL * 24 * 3600 * 1000};
 };
@@ -69,8 +69,7 @@ struct KindOptions {
   int concurrency = 4;
   // Most matters claimed in one round trip (a token may name up to 64;
   // fetches are sized to match). Default 256. Larger batches cost
-  // PostgreSQL less per matter (short work drained ~1.3x faster with 1024,
-  // bench/results.md round 4), at the price of one process leasing a larger
+  // PostgreSQL less per matter (docs/DESIGN.md, "Hot path"), at the price of one process leasing a larger
   // share of a backlog (see `prefetch`).
   int batch = 256;
   // How long a claimed matter stays leased without a heartbeat. Heartbeats
@@ -91,7 +90,8 @@ struct KindOptions {
   // and not yet written back, whether queued for an executor, running, or
   // waiting for the batched write-back. It must exceed `concurrency` and leave
   // room for a whole `batch`, or fetches shrink and every matter waits for a
-  // full fetch -> claim -> materialize -> write-back cycle (bench/results.md).
+  // full fetch -> claim -> materialize -> write-back cycle (docs/DESIGN.md,
+  // "Engine threads").
   // Held matters are leased to this process, so a larger value lets one
   // process take more of a backlog before others see it.
   // Default 0: 2 x max(concurrency, batch) (512 with the default batch).

@@ -107,8 +107,8 @@ void for_each_chunk(std::vector<JsonMatter> matters, const F& each) {
 void store_notifies(BucketCore& core, const std::string& kind, const std::vector<JsonMatter>& chunk,
                     const std::vector<MatterDependencies>& deps, const std::string& what) {
   // Without dependencies the upsert is the whole notify: one statement,
-  // committed on its own, saves the BEGIN and COMMIT round trips (single
-  // notifies/s +25–40%, bench/results.md). Repeating it is harmless.
+  // committed on its own, saves the BEGIN and COMMIT round trips
+  // (docs/DESIGN.md, "Protocol (as built)"). Repeating it is harmless.
   auto owed = in_postgres(
       core.pool(), core.options().name, what,
       [&](pqxx::connection& conn) {

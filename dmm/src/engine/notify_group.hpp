@@ -2,7 +2,7 @@
 //
 // Every notify is a statement and a synchronous commit of its own, and a
 // token; with many threads notifying at once, PostgreSQL spent more on the
-// statements and commits than on the rows (bench/results.md, round 4). So a
+// statements and commits than on the rows (docs/DESIGN.md, "Hot path"). So a
 // notify that finds enough writes of its kind in flight queues its matter;
 // the next caller to write takes everything queued then, in one statement,
 // one commit and tokens for up to 64 matters each, and every caller returns
@@ -29,8 +29,8 @@ class NotifyGroups {
   // write failed with.
   using Write = std::function<void(std::vector<JsonMatter>&)>;
 
-  // Writes of one kind at a time. Against one, two gave the same latency
-  // and a higher most notifies/s (bench/results.md, round 4, item 15).
+  // Writes of one kind at a time: two, not one, for a higher most notifies/s
+  // at the same latency (docs/DESIGN.md, "Hot path").
   static constexpr int kWriters = 2;
   // Matters per statement at most (as notify_many's chunks).
   static constexpr std::size_t kMaxBatch = 2000;

@@ -86,7 +86,7 @@ void WorkStreamEngine::work() {
     std::vector<std::jthread> executors;
     for (int i = 0; i < kind_.options.concurrency; ++i) executors.emplace_back([this] { run_executor(); });
     // One committer: a second one, writing back on another connection, was
-    // ~15% slower (bench/results.md, round 3).
+    // slower (docs/DESIGN.md, "Engine threads").
     std::jthread committer([this] { run_committer(); });
     Sweeper sweeper(deps_, kind_.name);
     std::jthread sweeping([&](std::stop_token st) { sweeper.run(st); });

@@ -31,9 +31,8 @@ ON CONFLICT DO NOTHING
 
 // A path of edges from one of the notified matters back to itself, if any
 // (kinds have no spaces, so "kind identity" names a matter unambiguously).
-// The notified identities are one index scan (= ANY of an array): as a
-// semi-join (IN) the first step took ~350 ms for 2,000 notified matters with
-// an edge each, against ~30 ms.
+// The notified identities are one index scan (= ANY of an array): a
+// semi-join (IN) was planned as a scan (docs/DESIGN.md, "Hot path").
 constexpr const char* kFindCycle = R"sql(
 WITH RECURSIVE walk(kind, identity, path) AS (
   SELECT d.dep_kind, d.dep_identity, ARRAY[d.kind || ' ' || d.identity, d.dep_kind || ' ' || d.dep_identity]

@@ -13,7 +13,7 @@ namespace {
 // made from the statistics of the moment; dmm.kick in particular is often
 // empty and vacuumed when a burst arrives. A join of a batch to a table can
 // then be planned with the table outside, scanned whole for every row of the
-// batch: one sweep of 100,000 due kicks took 20 s (bench/results.md, round 5).
+// batch (docs/DESIGN.md, "Hot path": no joins of a batch to a table).
 // So no statement here joins a batch to a table: rows are found by
 // `id = ANY (ARRAY(...))`, by LATERAL lookups (OFFSET 0 keeps each a probe of
 // its own), or by correlated subqueries, and per-row inputs are looked up in
@@ -47,8 +47,7 @@ namespace {
 // The rows to lock are found one identity at a time (a LATERAL lookup by the
 // full unique key, then one by primary key per row, in id order): plans that
 // stay index probes whatever the statistics say. `identity IN (SELECT ...)`
-// was planned as a join over every row of the bucket while it grew
-// (bench/results.md, profile item 4).
+// was planned as a join over every row of the bucket while it grew.
 constexpr const char* kUpsertTemplate = R"sql(
 WITH r AS (
   SELECT * FROM jsonb_to_recordset($3::jsonb) AS r(identity text, state jsonb)
@@ -81,8 +80,7 @@ SELECT id, leased IS NOT TRUE FROM up
 // The rows are found one id at a time by primary key, and only then checked
 // for bucket and kind: with `id = ANY($1) AND bucket = $2 AND kind = $3` a
 // plan made while the table looked empty walked the (bucket, kind, identity)
-// index over the whole bucket for every claim (123 µs per matter instead of
-// ~6; bench/results.md, round 2, item 6). Locks are skipped, never waited
+// index over the whole bucket for every claim. Locks are skipped, never waited
 // for, so their order does not matter.
 constexpr const char* kClaim = R"sql(
 WITH free AS (
@@ -115,15 +113,13 @@ RETURNING m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attemp
 // notify of their stored state, so they run again even if they are leased
 // right now. Dependents are locked with the batch, in id order.
 // The batch travels as parallel arrays sorted by id ($1 ids, $2 epochs, $3
-// generations, $4 outcome codes (1 done, 2 requeue, 3 retry, 4 failed,
-// 5 finalized, 6 release), $5 delays, $6 start times (0: never ran),
+// generations, $4 outcome codes (protocol/vocabulary.hpp), $5 delays, $6 start times (0: never ran),
 // $7 durations, $8 attempt numbers), plus $9 {"<id>": {"state": ..., "error":
 // ...}} for the outcomes that carry either. The rows are found by
 // `id = ANY ($1)`, and each finds its place in the arrays by a binary search
 // (width_bucket over the sorted ids), so there is no join between the batch
-// and dmm.matter for the planner to get wrong (see "Plans" above). Measured
-// (psql, 100,000 lookups): a binary search and three subscripts ~0.2 µs per
-// matter, against ~1.6 µs for jsonb_to_record of a jsonb object keyed by id.
+// and dmm.matter for the planner to get wrong (see "Plans" above); it was
+// cheaper than a jsonb object keyed by id (bench/results.md, round 5).
 constexpr const char* kWriteBackTemplate = R"sql(
 WITH r AS (
   SELECT u.id, u.epoch, u.gen, (@OUTCOMES@)[u.code] AS outcome

@@ -30,19 +30,17 @@ std::unique_ptr<pqxx::connection> connect_pg(const std::string& url, std::string
   // - enable_seqscan, enable_mergejoin, enable_hashjoin off: a plan made from
   //   the statistics of one moment must stay right as the tables grow. With a
   //   bucket empty or small at planning time (a fresh database, a worker
-  //   started before a load), sequential scans cost 200+ µs per matter
-  //   instead of ~10 (bench/results.md, round 2, item 5), and the write-back
+  //   started before a load), plans scanned whole tables, and the write-back
   //   joined its batch to dmm.matter by a merge join that walked the primary
-  //   key from the table's first row: 10 ms per write-back of ~30 matters at
-  //   1,700 notifies/s (round 4). Without them the planner takes nested index
+  //   key from the table's first row. Without them the planner takes nested index
   //   probes whatever the statistics say; the few statements with no usable
   //   index still scan.
   // - plan_cache_mode = force_generic_plan: a prepared statement is planned
   //   once per connection. By default PostgreSQL re-plans one whose generic
   //   plan looks dearer than its custom ones, and the write-back, claim and
   //   notify upsert always did: planning them cost more than running them for
-  //   small batches (at 1,700 single notifies/s, notify 437 µs planning
-  //   against 241 µs running; claim 1.2 ms against 0.14 ms).
+  //   small batches.
+  // Measured in bench/results.md; the reasons in docs/DESIGN.md, "Hot path".
   // - jit off: with the plans above disabled their costs are huge, above
   //   jit_above_cost, and PostgreSQL JIT-compiled statements that run in
   //   microseconds (LLVM showed in the profile).
