@@ -12,9 +12,8 @@
 // else the .dmm/env that `scripts/dev-env up` wrote.
 #include <CLI/CLI.hpp>
 #include <csignal>
+#include <dmm/dev_env.hpp>
 #include <dmm/dmm.hpp>
-#include <filesystem>
-#include <fstream>
 #include <iostream>
 #include <spdlog/spdlog.h>
 #include <thread>
@@ -31,31 +30,9 @@ struct Settings {
   std::string postgres, nats, bucket = "music", log_level = "info";
 };
 
-// KEY from `export KEY=value` lines of the nearest .dmm/env.
-std::string from_dev_env(const std::string& key) {
-  for (auto dir = std::filesystem::current_path(); !dir.empty(); dir = dir.parent_path()) {
-    std::ifstream in(dir / ".dmm" / "env");
-    for (std::string line; std::getline(in, line);) {
-      const std::string prefix = "export " + key + "=";
-      if (line.rfind(prefix, 0) == 0) return line.substr(prefix.size());
-    }
-    if (dir == dir.root_path()) break;
-  }
-  return "";
-}
-
-void resolve(std::string& value, const char* env, const char* what) {
-  if (value.empty())
-    if (const char* v = std::getenv(env)) value = v;
-  if (value.empty()) value = from_dev_env(env);
-  if (value.empty())
-    throw dmm::InvalidArgument(std::string("no ") + what + " URL: pass --" + what + ", set " + env +
-                               ", or start local servers with scripts/dev-env up");
-}
-
 dmm::Bucket open_bucket(Settings& s) {
-  resolve(s.postgres, "DMM_POSTGRES_URL", "postgres");
-  resolve(s.nats, "DMM_NATS_URL", "nats");
+  s.postgres = dmm::required_dev_env_setting(s.postgres, "DMM_POSTGRES_URL", "postgres", "postgres URL");
+  s.nats = dmm::required_dev_env_setting(s.nats, "DMM_NATS_URL", "nats", "nats URL");
   spdlog::info("opening bucket '{}' (PostgreSQL {}, NATS {})", s.bucket, dmm::mask_url(s.postgres),
                dmm::mask_url(s.nats));
   return dmm::Bucket::open({.name = s.bucket, .postgres = s.postgres, .nats = s.nats});

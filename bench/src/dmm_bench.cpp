@@ -8,6 +8,7 @@
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
+#include <dmm/dev_env.hpp>
 #include <dmm/dmm.hpp>
 #include <fmt/format.h>
 #include <fstream>
@@ -392,8 +393,8 @@ int main(int argc, char** argv) {
     // Not ->envname(): every subcommand binds the same Common, and CLI11
     // 2.1 fills the options of the subcommands not used from the
     // environment too, over the one given on the command line.
-    sub->add_option("--postgres", c.postgres, "PostgreSQL URL (default: $DMM_POSTGRES_URL)");
-    sub->add_option("--nats", c.nats, "NATS URL (default: $DMM_NATS_URL)");
+    sub->add_option("--postgres", c.postgres, "PostgreSQL URL (default: $DMM_POSTGRES_URL or .dmm/env)");
+    sub->add_option("--nats", c.nats, "NATS URL (default: $DMM_NATS_URL or .dmm/env)");
     sub->add_option("--bucket", c.bucket)->required();
     sub->add_option("--concurrency", c.concurrency, "materializations at once per process")->capture_default_str();
     sub->add_option("--batch", c.batch, "tokens fetched and claimed per round trip")->capture_default_str();
@@ -441,9 +442,10 @@ int main(int argc, char** argv) {
   CLI11_PARSE(app, argc, argv);
   for (auto [value, env, option] : {std::tuple{&c.postgres, "DMM_POSTGRES_URL", "--postgres"},
                                     std::tuple{&c.nats, "DMM_NATS_URL", "--nats"}}) {
-    if (value->empty() && std::getenv(env)) *value = std::getenv(env);
+    *value = dmm::dev_env_setting(*value, env);
     if (value->empty()) {
-      std::fprintf(stderr, "dmm_bench: %s is required (or set %s)\n", option, env);
+      std::fprintf(stderr, "dmm_bench: %s is required (or set %s, or start local servers with scripts/dev-env up)\n",
+                   option, env);
       return 2;
     }
   }

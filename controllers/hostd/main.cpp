@@ -19,12 +19,12 @@
 
 #include <CLI/CLI.hpp>
 #include <csignal>
+#include <dmm/dev_env.hpp>
 #include <dmm/dmm.hpp>
 #include <iostream>
 #include <spdlog/spdlog.h>
 #include <thread>
 
-#include "common/connection.hpp"
 #include "common/hash.hpp"
 #include "hostd/site.hpp"
 
@@ -55,8 +55,8 @@ fs::path default_state_dir() {
 }
 
 dmm::Bucket open_bucket(Settings& s) {
-  s.postgres = controllers::resolve_url(s.postgres, "DMM_POSTGRES_URL", "postgres");
-  s.nats = controllers::resolve_url(s.nats, "DMM_NATS_URL", "nats");
+  s.postgres = dmm::required_dev_env_setting(s.postgres, "DMM_POSTGRES_URL", "postgres", "postgres URL");
+  s.nats = dmm::required_dev_env_setting(s.nats, "DMM_NATS_URL", "nats", "nats URL");
   // A 1 s token grace bounds how late a lost or superseded token is re-sent:
   // drift must be repaired within about a second.
   auto bucket = dmm::Bucket::open({.name = s.bucket, .postgres = s.postgres, .nats = s.nats, .token_grace = 1000ms});

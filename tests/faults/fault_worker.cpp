@@ -1,4 +1,4 @@
-// fault_worker: one worker process of the fault suite. Works kind "checked"
+// fault_worker: one worker process of the fault suite. Works kind "probe"
 // of one bucket until SIGTERM/SIGINT (clean stop) or SIGKILL.
 //   fault_worker --postgres URL --nats URL --bucket B --worker-id W
 //                [--concurrency N] [--lease-ms N] [--work-ms N] [--fail-rate F]
@@ -9,7 +9,7 @@
 #include <spdlog/spdlog.h>
 #include <thread>
 
-#include "checked.hpp"
+#include "probe.hpp"
 
 int main(int argc, char** argv) {
   std::map<std::string, std::string> flags = {{"concurrency", "8"}, {"lease-ms", "3000"}, {"work-ms", "2"},
@@ -31,7 +31,7 @@ int main(int argc, char** argv) {
   dmm::StopSignals signals;  // before any thread starts
   spdlog::set_pattern("[%H:%M:%S.%e] [" + flags["worker-id"] + "] [%l] %v");
   try {
-    auto behavior = std::make_shared<dmm_faults::Behavior>();
+    auto behavior = std::make_shared<dmm_test::ProbeEnv>();
     behavior->postgres = flags["postgres"];
     behavior->bucket = flags["bucket"];
     behavior->worker = flags["worker-id"];
@@ -46,8 +46,8 @@ int main(int argc, char** argv) {
                                      .worker_id = flags["worker-id"],
                                      .stream_replicas = std::stoi(flags["replicas"]),
                                      .token_grace = std::chrono::milliseconds(1000)});
-    bucket.register_kind<dmm_faults::Checked>(
-        dmm_faults::kKind, {.concurrency = std::stoi(flags["concurrency"]),
+    bucket.register_kind<dmm_test::Probe>(
+        "probe", {.concurrency = std::stoi(flags["concurrency"]),
                             .lease_ttl = std::chrono::milliseconds(std::stol(flags["lease-ms"])),
                             .backoff = {.initial = std::chrono::milliseconds(50), .max = std::chrono::milliseconds(1000)},
                             .stop_grace = std::chrono::milliseconds(5000)});

@@ -29,13 +29,13 @@
 #include <random>
 #include <thread>
 
-#include "checked.hpp"
+#include "probe.hpp"
 
 namespace {
 
 using namespace std::chrono_literals;
 using Clock = std::chrono::steady_clock;
-using dmm_faults::Checked;
+using dmm_test::Probe;
 
 struct Settings {
   std::string profile = "short";
@@ -169,7 +169,7 @@ class Run {
       std::vector<std::string> hanging;
       {
         pqxx::nontransaction tx(c);
-        for (const auto& r : tx.exec_params("SELECT DISTINCT worker FROM dmm_faults.runs WHERE bucket = $1 AND "
+        for (const auto& r : tx.exec_params("SELECT DISTINCT worker FROM dmm_test.runs WHERE bucket = $1 AND "
                                             "finished IS NULL AND started < clock_timestamp() - interval '2500 ms'",
                                             bucket_name_))
           hanging.push_back(r[0].as<std::string>());
@@ -194,7 +194,7 @@ class Run {
     pqxx::connection c(s_.postgres);
     pqxx::nontransaction tx(c);
     killed_.emplace_back(id, tx.exec1("SELECT clock_timestamp()::text")[0].as<std::string>());
-    tx.exec_params("UPDATE dmm_faults.runs SET finished = $3::timestamptz, outcome = 'killed' "
+    tx.exec_params("UPDATE dmm_test.runs SET finished = $3::timestamptz, outcome = 'killed' "
                    "WHERE bucket = $1 AND worker = $2 AND finished IS NULL",
                    bucket_name_, id, killed_.back().second);
     ++kills;
@@ -268,7 +268,7 @@ class Run {
   std::vector<double> recovery_times(pqxx::transaction_base& tx) {
     std::vector<double> out;
     for (const auto& t : fault_times_) {
-      auto r = tx.exec_params1("SELECT extract(epoch FROM min(finished) - $2::timestamptz) FROM dmm_faults.runs "
+      auto r = tx.exec_params1("SELECT extract(epoch FROM min(finished) - $2::timestamptz) FROM dmm_test.runs "
                                "WHERE bucket = $1 AND outcome = 'done' AND started >= $2::timestamptz",
                                bucket_name_, t);
       if (!r[0].is_null()) out.push_back(r[0].as<double>());
@@ -286,7 +286,7 @@ class Run {
   long close_killed_runs(pqxx::transaction_base& tx) {
     long closed = 0;
     for (const auto& [worker, at] : killed_)
-      closed += tx.exec_params("UPDATE dmm_faults.runs SET finished = greatest(started, $3::timestamptz), "
+      closed += tx.exec_params("UPDATE dmm_test.runs SET finished = greatest(started, $3::timestamptz), "
                                "outcome = 'killed' WHERE bucket = $1 AND worker = $2 AND finished IS NULL",
                                bucket_name_, worker, at)
                     .affected_rows();
@@ -372,8 +372,8 @@ void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
       }
     }
   };
-  auto notify = [&](const std::vector<Checked>& batch) { retrying([&] { bucket.notify_many(batch); }); };
-  auto next = [&](const std::string& id) { return Checked{id, ++seq[id]}; };
+  auto notify = [&](const std::vector<Probe>& batch) { retrying([&] { bucket.notify_many(batch); }); };
+  auto next = [&](const std::string& id) { return Probe{.id = id, .seq = ++seq[id]}; };
   auto name = [](int i) { return "m" + std::to_string(i); };
   // Besides the batches: single notifies from a few threads at once, which
   // dmm writes together (group commit, dmm/src/engine/notify_group.hpp), under the
@@ -386,7 +386,7 @@ void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
     singles.emplace_back([&, t] {
       auto& seqs = single_seq[static_cast<std::size_t>(t)];
       auto one = [&](const std::string& id) {
-        const Checked state{id, ++seqs[id]};
+        const Probe state{.id = id, .seq = ++seqs[id]};
         retrying([&] { bucket.notify(state); });
       };
       for (long k = 0; running; ++k) {
@@ -397,18 +397,18 @@ void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
         if (sc_.terminal_every && n % sc_.terminal_every == 0) one(id);
     });
   // Every matter exists from the start.
-  std::vector<Checked> all;
+  std::vector<Probe> all;
   for (int i = 0; i < sc_.matters; ++i) all.push_back(next(name(i)));
   notify(all);
   while (running) {
-    std::vector<Checked> batch;
+    std::vector<Probe> batch;
     for (int i = 0; i < 50; ++i) batch.push_back(next(name(static_cast<int>(rng() % sc_.matters))));
     for (int i = 0; i < sc_.hot * 10; ++i) batch.push_back(next(name(i % sc_.hot)));
     notify(batch);
     std::this_thread::sleep_for(sc_.hot ? 2ms : 20ms);
   }
   // The last state of each identity must be materializable: never a terminal seq.
-  std::vector<Checked> last;
+  std::vector<Probe> last;
   for (auto& [id, n] : seq)
     if (sc_.terminal_every && n % sc_.terminal_every == 0) last.push_back(next(id));
   if (!last.empty()) notify(last);
@@ -424,7 +424,7 @@ void Run::execute(Totals& totals) {
             << " workers, " << sc_.duration.count() << "s)" << std::endl;
   {
     pqxx::connection c(s_.postgres);
-    dmm_faults::ensure_schema(c);
+    dmm_test::ensure_runs_table(c);
   }
   if (sc_.cluster) start_cluster();
   // A new cluster needs a moment to elect its JetStream leader.
@@ -443,7 +443,7 @@ void Run::execute(Totals& totals) {
     }
   };
   auto bucket = open();
-  bucket.register_kind<Checked>(dmm_faults::kKind);
+  bucket.register_kind<Probe>("probe");
   for (int i = 0; i < sc_.workers; ++i) start_worker(i);
   const double setup_s = seconds_since(t0);
 
@@ -499,7 +499,7 @@ void Run::execute(Totals& totals) {
   for (const auto& r : tx.exec_params("SELECT identity, (state->>'seq')::bigint FROM dmm.matter WHERE bucket = $1",
                                       bucket_name_))
     seen[r[0].as<std::string>()].first = r[1].as<long>();
-  for (const auto& r : tx.exec_params("SELECT identity, max(seq) FROM dmm_faults.runs WHERE bucket = $1 AND "
+  for (const auto& r : tx.exec_params("SELECT identity, max(seq) FROM dmm_test.runs WHERE bucket = $1 AND "
                                       "outcome = 'done' GROUP BY identity",
                                       bucket_name_))
     seen[r[0].as<std::string>()].second = r[1].as<long>();
@@ -519,20 +519,20 @@ void Run::execute(Totals& totals) {
   // the scenario: any later run of its identity overlaps it.
   const long closed_late = close_killed_runs(tx);
   const long unfinished =
-      tx.exec_params1("SELECT count(*) FROM dmm_faults.runs WHERE bucket = $1 AND finished IS NULL", bucket_name_)[0]
+      tx.exec_params1("SELECT count(*) FROM dmm_test.runs WHERE bucket = $1 AND finished IS NULL", bucket_name_)[0]
           .as<long>();
   const long overlaps = tx.exec_params1(R"sql(
 SELECT count(*) FROM (
   SELECT started, max(coalesce(finished, 'infinity')) OVER (PARTITION BY identity ORDER BY started, run_id
                                       ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
-    FROM dmm_faults.runs WHERE bucket = $1) r
+    FROM dmm_test.runs WHERE bucket = $1) r
  WHERE started < earlier_end)sql",
                                         bucket_name_)[0].as<long>();
   if (sc_.chaos && faults_injected == 0) {
     std::cerr << "  no fault was injected\n";
     ++injection_failures;
   }
-  const auto runs = tx.exec_params1("SELECT count(*) FROM dmm_faults.runs WHERE bucket = $1", bucket_name_)[0].as<long>();
+  const auto runs = tx.exec_params1("SELECT count(*) FROM dmm_test.runs WHERE bucket = $1", bucket_name_)[0].as<long>();
   unconverged += leases_left;
   unconverged += injection_failures;  // a scenario whose faults were not injected did not run
   const auto recovery = recovery_times(tx);

@@ -1,6 +1,7 @@
 // Several worker processes (dmm_test_worker): per-identity exclusion across
 // processes, takeover after kill -9, and graceful stop that releases leases.
-// Every Probe run is recorded in dmm_test.runs with the database clock.
+// Every Probe run is recorded in dmm_test.runs (tests/support/probe.hpp); the
+// checks count finished runs only, as a killed run never ends.
 #include <catch2/catch.hpp>
 
 #include "harness.hpp"
@@ -38,7 +39,7 @@ struct Fixture {
     pqxx::nontransaction tx(pg());
     auto r = tx.exec_params(
         "SELECT count(*) FROM dmm_test.runs a JOIN dmm_test.runs b "
-        "ON a.identity = b.identity AND a.ctid < b.ctid AND a.started < b.finished AND b.started < a.finished "
+        "ON a.identity = b.identity AND a.run_id < b.run_id AND a.started < b.finished AND b.started < a.finished "
         "WHERE a.identity LIKE $1 || '-%'",
         name);
     return r[0][0].as<std::int64_t>();
@@ -48,14 +49,17 @@ struct Fixture {
     pqxx::nontransaction tx(pg());
     auto r = tx.exec_params(
         "SELECT count(*) FROM (SELECT DISTINCT ON (identity) identity, seq FROM dmm_test.runs "
-        "WHERE identity LIKE $1 || '-%' ORDER BY identity, finished DESC) last WHERE seq <> $2",
+        "WHERE identity LIKE $1 || '-%' AND finished IS NOT NULL ORDER BY identity, finished DESC) last "
+        "WHERE seq <> $2",
         name, seq);
     return r[0][0].as<std::int64_t>();
   }
   std::int64_t runs_where(const std::string& where) {
     pqxx::nontransaction tx(pg());
-    auto r = tx.exec_params("SELECT count(*) FROM dmm_test.runs WHERE identity LIKE $1 || '-%' AND (" + where + ")",
-                            name);
+    auto r = tx.exec_params(
+        "SELECT count(*) FROM dmm_test.runs WHERE identity LIKE $1 || '-%' AND finished IS NOT NULL AND (" + where +
+            ")",
+        name);
     return r[0][0].as<std::int64_t>();
   }
   std::int64_t live_leases_of(const std::string& worker) {

@@ -2,14 +2,15 @@
 #include "probe.hpp"
 
 #include <memory>
+#include <random>
 #include <stdexcept>
 #include <thread>
 
 namespace dmm_test {
-
 namespace {
 
-// pqxx connections are not thread-safe: one per worker thread.
+// pqxx connections are not thread-safe: one per executor thread, reopened
+// after PostgreSQL restarts.
 pqxx::connection& thread_connection(const std::string& url) {
   thread_local std::unique_ptr<pqxx::connection> conn;
   thread_local std::string conn_url;
@@ -20,35 +21,21 @@ pqxx::connection& thread_connection(const std::string& url) {
   return *conn;
 }
 
-// Records one run when it goes out of scope, whether materialize returned or threw.
-class RunRecord {
- public:
-  RunRecord(pqxx::connection& conn, const ProbeEnv& env, const Probe& probe)
-      : conn_(conn), env_(env), probe_(probe) {
-    pqxx::nontransaction tx(conn_);
-    started_ = tx.exec1("SELECT clock_timestamp()::text")[0].as<std::string>();
+template <class Fn>
+auto with_connection(const std::string& url, Fn&& fn) {
+  try {
+    return fn(thread_connection(url));
+  } catch (const pqxx::broken_connection&) {
+    // Drop it; the attempt fails and is retried with a new one.
+    thread_connection(url).disconnect();
+    throw;
   }
-  ~RunRecord() {
-    try {
-      pqxx::work tx(conn_);
-      tx.exec_params(
-          "INSERT INTO dmm_test.runs (identity, worker, seq, started, finished) "
-          "VALUES ($1, $2, $3, $4::timestamptz, clock_timestamp())",
-          probe_.id, env_.worker, probe_.seq, started_);
-      tx.commit();
-    } catch (...) {
-      // A run that cannot be recorded only weakens the test's checks.
-    }
-  }
-  RunRecord(const RunRecord&) = delete;
-  RunRecord& operator=(const RunRecord&) = delete;
+}
 
- private:
-  pqxx::connection& conn_;
-  const ProbeEnv& env_;
-  const Probe& probe_;
-  std::string started_;
-};
+double chance() {
+  thread_local std::mt19937_64 rng{std::random_device{}()};
+  return std::uniform_real_distribution<double>(0, 1)(rng);
+}
 
 }  // namespace
 
@@ -57,23 +44,97 @@ void ensure_runs_table(pqxx::connection& conn) {
   // Concurrent CREATE ... IF NOT EXISTS can still collide: serialize them.
   tx.exec("SELECT pg_advisory_xact_lock(727274)");
   tx.exec("CREATE SCHEMA IF NOT EXISTS dmm_test");
+  // A table of the layout before the fault suite shared it holds only test
+  // data.
+  if (tx.exec("SELECT 1 FROM information_schema.columns WHERE table_schema = "
+              "'dmm_test' AND table_name = 'runs' "
+              "AND column_name = 'outcome'")
+          .empty())
+    tx.exec("DROP TABLE IF EXISTS dmm_test.runs");
   tx.exec(
-      "CREATE TABLE IF NOT EXISTS dmm_test.runs (identity text NOT NULL, worker text NOT NULL, "
-      "seq bigint NOT NULL, started timestamptz NOT NULL, finished timestamptz NOT NULL)");
-  tx.exec("CREATE INDEX IF NOT EXISTS runs_identity ON dmm_test.runs (identity)");
+      "CREATE TABLE IF NOT EXISTS dmm_test.runs (run_id bigserial PRIMARY "
+      "KEY, bucket text NOT NULL, "
+      "identity text NOT NULL, worker text NOT NULL, seq bigint NOT NULL, "
+      "started timestamptz NOT NULL, "
+      "finished timestamptz, outcome text)");
+  tx.exec(
+      "CREATE INDEX IF NOT EXISTS runs_bucket_identity ON dmm_test.runs "
+      "(bucket, identity)");
   tx.commit();
 }
 
 dmm::Result Probe::materialize(dmm::Context& ctx) {
-  const ProbeEnv& env = ctx.service<ProbeEnv>();
-  RunRecord record(thread_connection(env.postgres), env, *this);
-  const auto until = std::chrono::steady_clock::now() + env.sleep;
-  while (std::chrono::steady_clock::now() < until) {
-    if (ctx.stop_requested()) throw std::runtime_error("probe " + id + ": stopped");
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  const auto& env = ctx.service<ProbeEnv>();
+  // The run's id comes first, so a start whose INSERT committed just before
+  // the connection broke can still be closed below.
+  const auto run_id = with_connection(env.postgres, [&](pqxx::connection& c) {
+    pqxx::nontransaction tx(c);
+    return tx.exec1("SELECT nextval(pg_get_serial_sequence('dmm_test.runs', 'run_id'))")[0].as<long>();
+  });
+  // The end is the moment the work ended (the wall clock, which is the
+  // database's clock on this machine), written even if PostgreSQL is
+  // restarting: a run left unfinished counts as lasting until the end of the
+  // scenario, and a late write with the database clock could make a run that
+  // had ended look as if it overlapped the next one.
+  auto finish = [&](const char* outcome) {
+    const auto ended =
+        std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(60);
+    for (;;) {
+      try {
+        with_connection(env.postgres, [&](pqxx::connection& c) {
+          pqxx::nontransaction tx(c);
+          tx.exec_params(
+              "UPDATE dmm_test.runs SET finished = "
+              "to_timestamp($3::double precision / 1e6), "
+              "outcome = $2 WHERE run_id = $1",
+              run_id, std::string(outcome), std::to_string(ended));
+        });
+        return;
+      } catch (const std::exception&) {
+        if (std::chrono::steady_clock::now() > deadline) throw;
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      }
+    }
+  };
+  // The start is recorded durably before anything else: a run that cannot
+  // be recorded does not happen.
+  try {
+    with_connection(env.postgres, [&](pqxx::connection& c) {
+      pqxx::nontransaction tx(c);
+      tx.exec_params(
+          "INSERT INTO dmm_test.runs (run_id, bucket, identity, "
+          "worker, seq, started) "
+          "VALUES ($1, $2, $3, $4, $5, clock_timestamp())",
+          run_id, env.bucket, id, env.worker, seq);
+    });
+  } catch (const std::exception&) {
+    finish("unrecorded");  // a no-op unless the INSERT committed after all
+    throw;
   }
-  if (ctx.attempt() <= fail_times)
+  const auto duration = env.hang_rate > 0 && chance() < env.hang_rate ? env.hang : env.work;
+  const auto until = std::chrono::steady_clock::now() + duration;
+  while (std::chrono::steady_clock::now() < until) {
+    if (ctx.stop_requested()) {
+      finish("stopped");
+      throw std::runtime_error("probe " + id + ": stopped");
+    }
+    std::this_thread::sleep_for(std::min<std::chrono::milliseconds>(duration, std::chrono::milliseconds(5)));
+  }
+  if (ctx.attempt() <= fail_times) {
+    finish("failed");
     throw std::runtime_error("probe " + id + ": planned failure " + std::to_string(ctx.attempt()));
+  }
+  if (env.terminal_every > 0 && seq % env.terminal_every == 0) {
+    finish("terminal");
+    throw dmm::TerminalError("probe " + id + ": seq " + std::to_string(seq) + " is terminal by design");
+  }
+  if (env.fail_rate > 0 && chance() < env.fail_rate) {
+    finish("failed");
+    throw std::runtime_error("probe " + id + ": random failure by design");
+  }
+  finish("done");
   return dmm::Result::done();
 }
 

@@ -76,8 +76,9 @@ int run(const Flags& flags) {
 
   auto env = std::make_shared<dmm_test::ProbeEnv>();
   env->postgres = flags.at("postgres");
+  env->bucket = flags.at("bucket");
   env->worker = bucket.worker_id();
-  env->sleep = std::chrono::milliseconds(number(flags, "sleep-ms"));
+  env->work = std::chrono::milliseconds(number(flags, "sleep-ms"));
   {
     pqxx::connection conn(env->postgres);
     dmm_test::ensure_runs_table(conn);

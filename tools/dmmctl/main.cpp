@@ -17,11 +17,10 @@
 // bucket, the only bucket in the database. --output table|json everywhere.
 #include <CLI/CLI.hpp>
 #include <chrono>
+#include <dmm/dev_env.hpp>
 #include <dmm/dmm.hpp>
-#include <filesystem>
 #include <fmt/chrono.h>
 #include <fmt/format.h>
-#include <fstream>
 #include <iostream>
 #include <map>
 #include <nlohmann/json.hpp>
@@ -40,34 +39,13 @@ struct Settings {
   bool json() const { return output == "json"; }
 };
 
-// KEY from `export KEY=value` lines of the nearest .dmm/env.
-std::string from_dev_env(const std::string& key) {
-  for (auto dir = std::filesystem::current_path(); !dir.empty(); dir = dir.parent_path()) {
-    std::ifstream in(dir / ".dmm" / "env");
-    for (std::string line; std::getline(in, line);) {
-      const std::string prefix = "export " + key + "=";
-      if (line.rfind(prefix, 0) == 0) return line.substr(prefix.size());
-    }
-    if (dir == dir.root_path()) break;
-  }
-  return "";
-}
-
-std::string setting(const std::string& flag, const char* env) {
-  if (!flag.empty()) return flag;
-  if (const char* v = std::getenv(env); v && *v) return v;
-  return from_dev_env(env);
-}
-
 void need_postgres(Settings& s) {
-  s.postgres = setting(s.postgres, "DMM_POSTGRES_URL");
-  if (s.postgres.empty())
-    throw dmm::InvalidArgument("no PostgreSQL URL: pass --postgres, set DMM_POSTGRES_URL, or run scripts/dev-env up");
+  s.postgres = dmm::required_dev_env_setting(s.postgres, "DMM_POSTGRES_URL", "postgres", "PostgreSQL URL");
 }
 
 void need_bucket(Settings& s) {
   need_postgres(s);
-  s.bucket = setting(s.bucket, "DMM_BUCKET");
+  s.bucket = dmm::dev_env_setting(s.bucket, "DMM_BUCKET");
   if (!s.bucket.empty()) return;
   auto buckets = dmm::list_buckets(s.postgres);
   if (buckets.size() == 1) {
@@ -212,7 +190,7 @@ int cmd_watch(Settings& s, const std::optional<std::string>& kind, int interval_
 
 int cmd_stats(Settings& s) {
   auto stats = dmm::kind_stats(s.postgres, s.bucket);
-  s.nats = setting(s.nats, "DMM_NATS_URL");
+  s.nats = dmm::dev_env_setting(s.nats, "DMM_NATS_URL");
   std::string nats_note;
   if (!s.nats.empty()) dmm::stream_stats(stats, s.nats, s.bucket);
   else nats_note = "(no NATS URL: token columns left out; pass --nats or set DMM_NATS_URL)";
