@@ -30,7 +30,7 @@
 
 namespace {
 
-using dmmctl::human_duration;
+using dmm::human_duration;
 using dmmctl::Table;
 using nlohmann::json;
 

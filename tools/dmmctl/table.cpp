@@ -29,14 +29,5 @@ void Table::print(std::ostream& out) const {
   }
 }
 
-std::string human_duration(long long ms) {
-  if (ms < 0) ms = -ms;
-  if (ms < 1000) return fmt::format("{}ms", ms);
-  if (ms < 60'000) return fmt::format("{:.1f}s", static_cast<double>(ms) / 1000);
-  const auto s = ms / 1000;
-  if (s < 3600) return fmt::format("{}m{:02}s", s / 60, s % 60);
-  if (s < 86400) return fmt::format("{}h{:02}m", s / 3600, (s % 3600) / 60);
-  return fmt::format("{}d{:02}h", s / 86400, (s % 86400) / 3600);
-}
 
 }  // namespace dmmctl

@@ -18,7 +18,4 @@ class Table {
   std::vector<std::vector<std::string>> rows_;
 };
 
-// "850ms", "4.2s", "3m12s", "2h05m", "3d04h" (absolute value).
-std::string human_duration(long long ms);
-
 }  // namespace dmmctl

@@ -119,6 +119,10 @@ struct KindStats {
 std::vector<KindStats> kind_stats(const std::string& postgres, const std::string& bucket);
 // Fills the NATS fields of `stats` from the bucket's stream and each kind's
 // durable consumer (read-only: creates nothing).
+// A duration for people, sign dropped: "850ms", "4.2s", "3m12s", "2h05m",
+// "3d04h" (dmmctl and explain use it).
+std::string human_duration(std::int64_t ms);
+
 // TLS files for NATS (empty: none), as in BucketOptions::nats_ca_file etc.
 struct NatsTls {
   std::string ca_file{}, cert_file{}, key_file{};

@@ -6,10 +6,8 @@
 #include "dmm/inspect.hpp"
 
 namespace dmm {
-namespace {
 
-// "850ms", "4.2s", "3m12s", "2h05m", "3d04h".
-std::string human(std::int64_t ms) {
+std::string human_duration(std::int64_t ms) {
   if (ms < 0) ms = -ms;
   if (ms < 1000) return fmt::format("{}ms", ms);
   if (ms < 60'000) return fmt::format("{:.1f}s", static_cast<double>(ms) / 1000);
@@ -19,10 +17,13 @@ std::string human(std::int64_t ms) {
   return fmt::format("{}d{:02}h", s / 86400, (s % 86400) / 3600);
 }
 
+namespace {
+
 // " (in 4.2s)" / " (3m12s ago)" for due_in_ms.
 std::string relative(const std::optional<std::int64_t>& in_ms) {
   if (!in_ms) return "";
-  return *in_ms >= 0 ? fmt::format(" (in {})", human(*in_ms)) : fmt::format(" ({} ago)", human(*in_ms));
+  return *in_ms >= 0 ? fmt::format(" (in {})", human_duration(*in_ms))
+                      : fmt::format(" ({} ago)", human_duration(*in_ms));
 }
 
 std::string last_error(const MatterStatus& m) {
@@ -78,7 +79,7 @@ std::string format_detail(const MatterDetail& d) {
   out += m.lease_owner.empty()
              ? std::string("lease:         -\n")
              : fmt::format("lease:         {} since {}, expires {}\n", m.lease_owner, m.leased_at, m.lease_until);
-  out += fmt::format("created:       {} ({} ago), updated {}\n", m.created_at, human(m.age_ms), m.updated_at);
+  out += fmt::format("created:       {} ({} ago), updated {}\n", m.created_at, human_duration(m.age_ms), m.updated_at);
   out += fmt::format("why:           {}\n", d.why);
   out += fmt::format("state:         {}\n", m.state);
   if (d.history.empty()) {
