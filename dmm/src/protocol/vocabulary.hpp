@@ -31,12 +31,15 @@ inline constexpr std::array<OutcomeName, 6> kOutcomes = {{
     {OutcomeKind::release, "release"},
 }};
 
-constexpr bool outcomes_in_order() {
-  for (std::size_t i = 0; i < kOutcomes.size(); ++i)
-    if (static_cast<std::size_t>(kOutcomes[i].kind) != i) return false;
+// True when entry i of `table` names enumerator i (so the table is indexed
+// by the enum).
+template <class Entry, std::size_t N, class Enum>
+constexpr bool in_enum_order(const std::array<Entry, N>& table, Enum Entry::*key) {
+  for (std::size_t i = 0; i < N; ++i)
+    if (static_cast<std::size_t>(table[i].*key) != i) return false;
   return true;
 }
-static_assert(outcomes_in_order(), "kOutcomes must list OutcomeKind in declaration order");
+static_assert(in_enum_order(kOutcomes, &OutcomeName::kind), "kOutcomes must list OutcomeKind in declaration order");
 
 constexpr std::size_t index_of(OutcomeKind kind) { return static_cast<std::size_t>(kind); }
 constexpr const char* to_string(OutcomeKind kind) { return kOutcomes[index_of(kind)].name; }
@@ -61,12 +64,7 @@ inline constexpr std::array<PhaseName, 6> kPhases = {{
     {Phase::failed, "failed"},
 }};
 
-constexpr bool phases_in_order() {
-  for (std::size_t i = 0; i < kPhases.size(); ++i)
-    if (static_cast<std::size_t>(kPhases[i].phase) != i) return false;
-  return true;
-}
-static_assert(phases_in_order(), "kPhases must list Phase in declaration order");
+static_assert(in_enum_order(kPhases, &PhaseName::phase), "kPhases must list Phase in declaration order");
 
 constexpr const char* to_string(Phase phase) { return kPhases[static_cast<std::size_t>(phase)].name; }
 
