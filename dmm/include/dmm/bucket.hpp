@@ -89,50 +89,50 @@ class Bucket {
   // Stores the absolute state of one matter and schedules its materialization.
   // Committed when it returns. Concurrent notifies of one kind (without
   // dependencies) are written together in one statement and commit; a
-  // refused one fails alone.
+  // refused one fails alone. `options`: when the work is due (a delay).
   template <Materializer T>
-  void notify(const T& obj) {
+  void notify(const T& obj, const NotifyOptions& options = {}) {
     std::vector<detail::JsonMatter> one;
     one.push_back({std::string(obj.identity()), nlohmann::json(obj)});
-    detail::notify(*core_, kind<T>(), std::move(one));
+    detail::notify(*core_, kind<T>(), std::move(one), options);
   }
 
   // Many matters of one kind in few statements (bulk loads). If an identity
   // appears more than once, the last state wins.
   template <Materializer T>
-  void notify_many(std::span<const T> objs) {
+  void notify_many(std::span<const T> objs, const NotifyOptions& options = {}) {
     std::vector<detail::JsonMatter> many;
     many.reserve(objs.size());
     for (const T& obj : objs) many.push_back({std::string(obj.identity()), nlohmann::json(obj)});
-    detail::notify(*core_, kind<T>(), std::move(many));
+    detail::notify(*core_, kind<T>(), std::move(many), options);
   }
   template <Materializer T>
-  void notify_many(const std::vector<T>& objs) {
-    notify_many(std::span<const T>(objs));
+  void notify_many(const std::vector<T>& objs, const NotifyOptions& options = {}) {
+    notify_many(std::span<const T>(objs), options);
   }
 
   // notify inside the caller's own transaction: the state commits or rolls
   // back with the application's data. After commit, a sweeper listening on
   // the bucket's channel (in any worker process) publishes the token.
   template <Materializer T>
-  void notify(pqxx::transaction_base& txn, const T& obj) {
+  void notify(pqxx::transaction_base& txn, const T& obj, const NotifyOptions& options = {}) {
     std::vector<detail::JsonMatter> one;
     one.push_back({std::string(obj.identity()), nlohmann::json(obj)});
-    detail::notify_in(*core_, txn, kind<T>(), std::move(one));
+    detail::notify_in(*core_, txn, kind<T>(), std::move(one), options);
   }
   // Many matters in the caller's transaction, in few statements (as
   // notify_many; the last state of an identity wins). One notify(txn, obj)
   // per matter costs two statements each (docs/DESIGN.md, "Protocol").
   template <Materializer T>
-  void notify_many(pqxx::transaction_base& txn, std::span<const T> objs) {
+  void notify_many(pqxx::transaction_base& txn, std::span<const T> objs, const NotifyOptions& options = {}) {
     std::vector<detail::JsonMatter> many;
     many.reserve(objs.size());
     for (const T& obj : objs) many.push_back({std::string(obj.identity()), nlohmann::json(obj)});
-    detail::notify_in(*core_, txn, kind<T>(), std::move(many));
+    detail::notify_in(*core_, txn, kind<T>(), std::move(many), options);
   }
   template <Materializer T>
-  void notify_many(pqxx::transaction_base& txn, const std::vector<T>& objs) {
-    notify_many(txn, std::span<const T>(objs));
+  void notify_many(pqxx::transaction_base& txn, const std::vector<T>& objs, const NotifyOptions& options = {}) {
+    notify_many(txn, std::span<const T>(objs), options);
   }
 
   // The stored state of a matter, or nullopt if there is none. A state that

@@ -2,6 +2,8 @@
 // about (bucket, kind, identity, URL with the password masked) and the way out.
 #pragma once
 
+#include <algorithm>
+#include <chrono>
 #include <stdexcept>
 #include <string>
 
@@ -54,6 +56,23 @@ class MigrationError : public Error {
 class TerminalError : public Error {
  public:
   using Error::Error;
+};
+
+// Thrown by a materializer (or finalizer) that knows when to try again, such
+// as an HTTP 429 with Retry-After: the next attempt comes after `delay`
+// instead of the kind's backoff. It is a failed attempt like any other (it
+// counts towards KindOptions::max_attempts). The delay is at least 1 ms and
+// at most kMaxDelay (a longer one is cut to it).
+class RetryAfter : public Error {
+ public:
+  static constexpr std::chrono::milliseconds kMaxDelay = std::chrono::hours(24);
+
+  RetryAfter(std::chrono::milliseconds delay, const std::string& what)
+      : Error(what), delay_(std::clamp(delay, std::chrono::milliseconds(1), kMaxDelay)) {}
+  std::chrono::milliseconds delay() const noexcept { return delay_; }
+
+ private:
+  std::chrono::milliseconds delay_;
 };
 
 }  // namespace dmm

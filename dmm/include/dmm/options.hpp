@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstddef>
 #include <memory>
+#include <optional>
 #include <string>
 
 namespace spdlog {
@@ -78,7 +79,14 @@ struct KindOptions {
   // another worker may take the matter over. Default 15 s.
   milliseconds lease_ttl{15'000};
   // Retry schedule after an exception. Default: 200 ms doubling to 60 s, ±20%.
+  // A dmm::RetryAfter sets the delay of its own retry instead.
   Backoff backoff{};
+  // Failed attempts after which a matter gives up: it is `failed`, and its
+  // last_error says "gave up after N attempts" and names the last error. A
+  // new state or Bucket::retry starts the count again. A TerminalError fails
+  // at once, a stop-released attempt does not count. Default 0: retry
+  // forever; at most 1,000,000.
+  int max_attempts = 0;
   // On stop, how long in-flight materializations may run before their leases
   // are released (their stop token is requested at once). Default 10 s.
   milliseconds stop_grace{10'000};
@@ -96,6 +104,20 @@ struct KindOptions {
   // process take more of a backlog before others see it.
   // Default 0: 2 x max(concurrency, batch) (512 with the default batch).
   int prefetch = 0;
+};
+
+// How one notify schedules its work: `notify(obj, {.delay = 30s})`. The state
+// is stored at once either way; a delayed matter is not due (no worker takes
+// it) before its time. An identical state stays a no-op and keeps its
+// schedule. A notify that is not delayed makes the matter due now again.
+struct NotifyOptions {
+  // Not due before now + delay. Default 0: due now. Negative: InvalidArgument.
+  milliseconds delay{0};
+  // Not due before this time (of this process's clock; PostgreSQL's clock
+  // takes over from the remaining delay). A time up to an hour in the past
+  // means now; one further back is an InvalidArgument (a bug, such as an
+  // unset time). Only one of delay and not_before may be set.
+  std::optional<std::chrono::system_clock::time_point> not_before{};
 };
 
 }  // namespace dmm

@@ -5,6 +5,7 @@
 #include <map>
 
 #include "bucket/bucket_core.hpp"
+#include "bucket/options.hpp"
 #include "dmm/errors.hpp"
 #include "protocol/names.hpp"
 #include "store/dependencies.hpp"
@@ -128,9 +129,14 @@ void store_notifies(BucketCore& core, const std::string& kind, const std::vector
 
 }  // namespace
 
-void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> matters) {
+void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> matters,
+            const NotifyOptions& options) {
   const auto& k = core.kind(kind);
-  for (const auto& m : matters) validate_matter(core, kind, m);
+  const auto delay_ms = notify_delay_ms(options, kind);
+  for (auto& m : matters) {
+    validate_matter(core, kind, m);
+    m.delay_ms = delay_ms;
+  }
   if (matters.size() == 1 && !k.hooks.dependencies) {
     // Written together with concurrent notifies of the kind (notify_group.hpp).
     core.notify_groups().notify(kind, std::move(matters.front()), [&](std::vector<JsonMatter>& batch) {
@@ -156,9 +162,13 @@ void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> m
 }
 
 void notify_in(BucketCore& core, pqxx::transaction_base& txn, const std::string& kind,
-               std::vector<JsonMatter> matters) {
+               std::vector<JsonMatter> matters, const NotifyOptions& options) {
   const auto& k = core.kind(kind);
-  for (const auto& m : matters) validate_matter(core, kind, m);
+  const auto delay_ms = notify_delay_ms(options, kind);
+  for (auto& m : matters) {
+    validate_matter(core, kind, m);
+    m.delay_ms = delay_ms;
+  }
   for_each_chunk(last_state_wins(std::move(matters)), [&](const std::vector<JsonMatter>& chunk, std::size_t) {
     // Kicked now: a sweeper woken by the NOTIFY at commit publishes the tokens.
     upsert_matters(txn, core.options().name, kind, chunk, std::chrono::milliseconds(0), false);

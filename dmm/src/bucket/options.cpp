@@ -3,6 +3,7 @@
 // its default, thrown by Bucket::open or register_kind.
 #include "bucket/options.hpp"
 
+#include <algorithm>
 #include <fmt/format.h>
 #include <random>
 #include <unistd.h>
@@ -61,7 +62,27 @@ void validate_kind_options(const KindOptions& o, const std::string& kind) {
   if (o.lease_ttl < std::chrono::milliseconds(300)) bad("lease_ttl must be at least 300ms (default 15s)");
   if (o.stop_grace.count() < 0) bad("stop_grace must not be negative (default 10s)");
   if (o.history_limit < 0 || o.history_limit > 1000) bad("history_limit must be in 0..1000 (default 10)");
+  if (o.max_attempts < 0 || o.max_attempts > 1'000'000)
+    bad("max_attempts must be in 0..1000000 (default 0: retry forever)");
   validate_backoff(o.backoff, kind);
+}
+
+std::int64_t notify_delay_ms(const NotifyOptions& o, const std::string& kind) {
+  using namespace std::chrono;
+  if (o.delay.count() < 0)
+    throw InvalidArgument(fmt::format("notify of kind '{}': NotifyOptions::delay is negative ({}ms); give 0 for now, "
+                                      "or a positive delay",
+                                      kind, o.delay.count()));
+  if (!o.not_before) return o.delay.count();
+  if (o.delay.count() > 0)
+    throw InvalidArgument(fmt::format("notify of kind '{}': NotifyOptions sets both delay and not_before; give one",
+                                      kind));
+  const auto in = duration_cast<milliseconds>(*o.not_before - system_clock::now());
+  if (in < -hours(1))
+    throw InvalidArgument(fmt::format("notify of kind '{}': NotifyOptions::not_before is {}s in the past; give a time "
+                                      "to come (a time up to an hour ago means now); nothing was stored",
+                                      kind, -duration_cast<seconds>(in).count()));
+  return std::max<std::int64_t>(0, in.count());
 }
 
 }  // namespace dmm::detail

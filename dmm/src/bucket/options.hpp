@@ -1,6 +1,7 @@
 // Validation of BucketOptions, KindOptions and Backoff (dmm/options.hpp).
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "dmm/options.hpp"
@@ -13,6 +14,10 @@ BucketOptions validated(BucketOptions o);
 
 // InvalidArgument naming `kind` and the field for an unusable option.
 void validate_kind_options(const KindOptions& options, const std::string& kind);
+
+// The delay in ms that `o` asks for (0: due now); InvalidArgument naming
+// `kind` for a negative delay, a time far in the past, or both set.
+std::int64_t notify_delay_ms(const NotifyOptions& o, const std::string& kind);
 
 // InvalidArgument naming `kind` and the field if `backoff` is unusable.
 void validate_backoff(const Backoff& backoff, const std::string& kind);

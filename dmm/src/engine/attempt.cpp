@@ -50,15 +50,27 @@ Outcome run_attempt(const KindHooks& hooks, const Claimed& row, Context& ctx, co
     log.warn("kind '{}' identity '{}': failed terminally on attempt {}: {}", ctx.kind(), row.identity,
              row.attempts + 1, e.what());
     return out;
+  } catch (const RetryAfter& e) {
+    out.error = e.what();
+    out.delay_ms = e.delay().count();
   } catch (const std::exception& e) {
     out.error = e.what();
   } catch (...) {
     out.error = "unknown exception (not derived from std::exception)";
   }
   if (ctx.stop_requested()) return released(row);
+  const int attempt = row.attempts + 1;
+  if (policy.max_attempts > 0 && attempt >= policy.max_attempts) {
+    out.kind = OutcomeKind::failed;
+    out.delay_ms = 0;
+    out.error = fmt::format("gave up after {} attempts (KindOptions::max_attempts); last error: {}", attempt,
+                            out.error);
+    log.warn("kind '{}' identity '{}': {}", ctx.kind(), row.identity, out.error);
+    return out;
+  }
   out.kind = OutcomeKind::retry;
-  const auto delay = backoff_delay(policy.backoff, row.attempts + 1, unit_random);
-  out.delay_ms = std::max<std::int64_t>(1, delay.count());
+  if (out.delay_ms == 0) out.delay_ms = backoff_delay(policy.backoff, attempt, unit_random).count();
+  out.delay_ms = std::max<std::int64_t>(1, out.delay_ms);
   log.info("kind '{}' identity '{}': attempt {} failed: {}; retrying in {}ms", ctx.kind(), row.identity,
            row.attempts + 1, out.error, out.delay_ms);
   return out;

@@ -16,6 +16,7 @@ namespace dmm::detail {
 struct AttemptPolicy {
   std::size_t max_state_bytes = 0;  // BucketOptions::max_state_bytes
   Backoff backoff;                  // KindOptions::backoff
+  int max_attempts = 0;             // KindOptions::max_attempts (0: forever)
 };
 
 // The outcome of materializing (or finalizing) `row` with `ctx`:
@@ -23,8 +24,9 @@ struct AttemptPolicy {
 //   changed it (a state over the limit fails terminally);
 // - TerminalError: failed;
 // - any other throw: retry after the backoff for this attempt (jitter from
-//   `unit_random`, in [0, 1)), or, if ctx's stop was requested, released
-//   without counting the attempt.
+//   `unit_random`, in [0, 1)) or after a RetryAfter's own delay; failed
+//   ("gave up after N attempts") when this was attempt max_attempts; or, if
+//   ctx's stop was requested, released without counting the attempt.
 // Timing fields (started_ms, duration_ms, attempt) are the caller's.
 Outcome run_attempt(const KindHooks& hooks, const Claimed& row, Context& ctx, const AttemptPolicy& policy,
                     double unit_random);

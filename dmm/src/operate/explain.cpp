@@ -44,6 +44,9 @@ std::string explain(const MatterStatus& m, const std::vector<AttemptRecord>& his
   if (m.phase == "ready")
     return fmt::format("ready: generation {} is materialized; materializes again at {}{} (requeue_after)",
                        m.materialized_generation, m.due_at, relative(m.due_in_ms));
+  if (m.phase == "failed" && m.last_error.rfind("gave up after ", 0) == 0)
+    return fmt::format("failed: {}; waiting for a new state or a retry (dmmctl retry {} {})", m.last_error, m.kind,
+                       m.identity);
   if (m.phase == "failed")
     return fmt::format("failed terminally after {} attempt(s) with: {}; waiting for a new state or a retry "
                        "(dmmctl retry {} {})",
@@ -55,6 +58,9 @@ std::string explain(const MatterStatus& m, const std::vector<AttemptRecord>& his
     return fmt::format("being removed: waiting for a token, then a worker of kind '{}' finalizes and deletes it "
                        "(due since {}{}){}",
                        m.kind, m.due_at.empty() ? "now" : m.due_at, relative(m.due_in_ms), last_error(m));
+  if (m.phase == "pending" && m.due_in_ms && *m.due_in_ms > 0)
+    return fmt::format("delayed: generation {} is not due before {}{} (a notify with a delay)", m.generation,
+                       m.due_at, relative(m.due_in_ms));
   // pending: work is owed and nobody holds the lease.
   const std::string resend =
       m.kick_at.empty() ? "" : fmt::format("; the sweeper re-sends it at {} if no worker takes it", m.kick_at);

@@ -38,8 +38,9 @@ namespace {
 // PostgreSQL updates those rows in place (HOT). Invariant: a matter with
 // due_at set has a dmm.kick row.
 //
-// A different state bumps the generation and owes work now; the same state is
-// a no-op (unless the matter was being removed: a notify cancels that). A
+// A different state bumps the generation and owes work now, or after the
+// notify's delay (its per-row `delay_ms`; then the kick is the due time and
+// no token is owed now); the same state is a no-op (unless the matter was being removed: a notify cancels that). A
 // leased matter keeps its phase, and is looked at no later than its lease's
 // end: the holder's write-back sees the new generation and re-arms it. A kick
 // only ever moves earlier here (least): an early look is harmless, a late one
@@ -50,7 +51,7 @@ namespace {
 // was planned as a join over every row of the bucket while it grew.
 constexpr const char* kUpsertTemplate = R"sql(
 WITH r AS (
-  SELECT * FROM jsonb_to_recordset($3::jsonb) AS r(identity text, state jsonb)
+  SELECT * FROM jsonb_to_recordset($3::jsonb) AS r(identity text, state jsonb, delay_ms bigint)
 ), found AS (
   SELECT f.id FROM r CROSS JOIN LATERAL (
     SELECT id FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = r.identity OFFSET 0) f
@@ -59,7 +60,7 @@ WITH r AS (
    CROSS JOIN LATERAL (SELECT id FROM dmm.matter WHERE id = s.id FOR UPDATE) l
 ), up AS (
   INSERT INTO dmm.matter AS m (bucket, kind, identity, state, due_at)
-  SELECT $1, $2, r.identity, r.state, now()
+  SELECT $1, $2, r.identity, r.state, now() + coalesce(r.delay_ms, 0) * interval '1 millisecond'
     FROM r WHERE (SELECT count(*) FROM locked) >= 0
    ORDER BY r.identity
   ON CONFLICT (bucket, kind, identity) DO UPDATE SET
@@ -67,14 +68,15 @@ WITH r AS (
     deleted_at = NULL,
     @NEW_GENERATION@
   WHERE m.state IS DISTINCT FROM EXCLUDED.state OR m.deleted_at IS NOT NULL
-  RETURNING m.id, m.lease_until >= now() AS leased, m.lease_until
+  RETURNING m.id, m.lease_until >= now() AS leased, m.lease_until, m.due_at > now() AS delayed, m.due_at
 ), kick AS (
   INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at)
-  SELECT id, $1, $2, CASE WHEN leased THEN lease_until ELSE now() + $4 * interval '1 millisecond' END
+  SELECT id, $1, $2, CASE WHEN leased THEN lease_until WHEN delayed THEN due_at
+                          ELSE now() + $4 * interval '1 millisecond' END
     FROM up ORDER BY id
   ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at)
 )
-SELECT id, leased IS NOT TRUE FROM up
+SELECT id, leased IS NOT TRUE AND NOT delayed FROM up
 )sql";
 
 // The rows are found one id at a time by primary key, and only then checked
@@ -185,7 +187,8 @@ WITH r AS (
            WHEN r.outcome IN ('done', 'requeue') THEN 'ready'
            WHEN r.outcome = 'retry' THEN CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'retrying' END
            ELSE 'failed' END,
-      CASE WHEN m.generation <> r.gen OR w.woken OR r.outcome = 'release' THEN now()
+      CASE WHEN m.generation <> r.gen OR w.woken OR r.outcome = 'release'
+             THEN greatest(now(), coalesce(m.due_at, now()))  -- a delayed notify keeps its delay
            WHEN r.outcome IN ('done', 'failed') THEN NULL
            ELSE now() + r.delay_ms * interval '1 millisecond' END,
       NULL,
@@ -271,7 +274,7 @@ SELECT id FROM unnest($1::bigint[]) AS id WHERE id NOT IN (SELECT id FROM renewe
 // now" filled in (store/sql.hpp), built once.
 const std::string& upsert_sql() {
   static const std::string sql =
-      replace_all(kUpsertTemplate, "@NEW_GENERATION@", new_generation_owed_now("'pending'"));
+      replace_all(kUpsertTemplate, "@NEW_GENERATION@", new_generation_owed_now("'pending'", "EXCLUDED.due_at"));
   return sql;
 }
 
@@ -297,7 +300,10 @@ std::vector<std::int64_t> upsert_matters(pqxx::transaction_base& txn, const std:
                                          const std::string& kind, const std::vector<JsonMatter>& matters,
                                          std::chrono::milliseconds grace, bool prepared) {
   auto rows = nlohmann::json::array();
-  for (const auto& m : matters) rows.push_back({{"identity", m.identity}, {"state", m.state}});
+  for (const auto& m : matters) {
+    rows.push_back({{"identity", m.identity}, {"state", m.state}});
+    if (m.delay_ms > 0) rows.back()["delay_ms"] = m.delay_ms;
+  }
   std::vector<std::int64_t> owed;
   // The caller's own transaction (notify(txn, obj)) runs on a connection dmm
   // did not prepare.

@@ -27,14 +27,14 @@ std::string replace_all(std::string text, std::string_view from, std::string_vie
   return text;
 }
 
-std::string new_generation_owed_now(std::string_view free_phase) {
+std::string new_generation_owed_now(std::string_view free_phase, std::string_view due_at) {
   return "generation = m.generation + 1,\n"
          "    phase = CASE WHEN m.lease_until >= now() THEN m.phase ELSE " +
          std::string(free_phase) +
          " END,\n"
          "    attempts = 0,\n"
          "    last_error = NULL,\n"
-         "    due_at = now(),\n"
+         "    due_at = " + std::string(due_at) + ",\n"
          "    updated_at = now()";
 }
 

@@ -25,7 +25,8 @@ std::string replace_all(std::string text, std::string_view from, std::string_vie
 // (its holder's write-back sees the new generation); a free one takes
 // `free_phase`, an SQL expression. Every statement that changes what a
 // matter should be (notify, remove, a woken dependent) uses it.
-std::string new_generation_owed_now(std::string_view free_phase);
+// `due_at`: when the work is owed (an SQL expression; a delayed notify's).
+std::string new_generation_owed_now(std::string_view free_phase, std::string_view due_at = "now()");
 
 // `free_phase` for statements that keep a pending removal: deleting if the
 // matter is being removed, else pending.

@@ -132,3 +132,44 @@ TEST_CASE("released hands a claimed matter back unattempted", "[attempt]") {
   CHECK(out.epoch == 11);
   CHECK(out.started_ms == 0);  // never ran: not recorded in the history
 }
+
+TEST_CASE("the attempt that reaches max_attempts gives up: failed, naming the count and the last error",
+          "[attempt]") {
+  Fixture f;
+  f.policy.max_attempts = 3;  // the row has failed twice: this is the third
+  auto out = f.run(materializing([](nlohmann::json&, dmm::Context&) -> dmm::Result { throw std::runtime_error("busy"); }));
+  CHECK(out.kind == OutcomeKind::failed);
+  CHECK(out.error == "gave up after 3 attempts (KindOptions::max_attempts); last error: busy");
+  CHECK(out.delay_ms == 0);
+  f.policy.max_attempts = 4;
+  CHECK(f.run(materializing([](nlohmann::json&, dmm::Context&) -> dmm::Result { throw std::runtime_error("busy"); }))
+            .kind == OutcomeKind::retry);
+}
+
+TEST_CASE("a RetryAfter sets the delay of the next attempt instead of the backoff, capped", "[attempt]") {
+  Fixture f;
+  auto out = f.run(materializing([](nlohmann::json&, dmm::Context&) -> dmm::Result {
+    throw dmm::RetryAfter(std::chrono::seconds(7), "429 Too Many Requests");
+  }));
+  CHECK(out.kind == OutcomeKind::retry);
+  CHECK(out.delay_ms == 7000);
+  CHECK(out.error == "429 Too Many Requests");
+  out = f.run(materializing([](nlohmann::json&, dmm::Context&) -> dmm::Result {
+    throw dmm::RetryAfter(std::chrono::hours(100), "later");
+  }));
+  CHECK(out.delay_ms == std::chrono::duration_cast<std::chrono::milliseconds>(dmm::RetryAfter::kMaxDelay).count());
+  out = f.run(materializing([](nlohmann::json&, dmm::Context&) -> dmm::Result {
+    throw dmm::RetryAfter(-5s, "negative");
+  }));
+  CHECK(out.delay_ms == 1);
+}
+
+TEST_CASE("a RetryAfter counts towards max_attempts", "[attempt]") {
+  Fixture f;
+  f.policy.max_attempts = 3;
+  auto out = f.run(materializing([](nlohmann::json&, dmm::Context&) -> dmm::Result {
+    throw dmm::RetryAfter(1s, "429");
+  }));
+  CHECK(out.kind == OutcomeKind::failed);
+  CHECK_THAT(out.error, Catch::Contains("gave up after 3 attempts") && Catch::Contains("429"));
+}

@@ -3,6 +3,7 @@
 // JSON and row ids, not on user types. Not part of the public API.
 #pragma once
 
+#include <cstdint>
 #include <cstdlib>
 #include <cxxabi.h>
 #include <functional>
@@ -57,14 +58,16 @@ struct KindHooks {
 struct JsonMatter {
   std::string identity;
   nlohmann::json state;
+  std::int64_t delay_ms = 0;  // not due before now + this (NotifyOptions)
 };
 
 WorkStream& register_kind(BucketCore&, std::string name, KindOptions, KindHooks);
 // Name of the kind registered for `type`; InvalidArgument if there is none.
 // `type_name` is called only to build the error message.
 const std::string& kind_of(const BucketCore&, std::type_index type, std::string (*type_name)());
-void notify(BucketCore&, const std::string& kind, std::vector<JsonMatter>);
-void notify_in(BucketCore&, pqxx::transaction_base&, const std::string& kind, std::vector<JsonMatter>);
+void notify(BucketCore&, const std::string& kind, std::vector<JsonMatter>, const NotifyOptions& = {});
+void notify_in(BucketCore&, pqxx::transaction_base&, const std::string& kind, std::vector<JsonMatter>,
+               const NotifyOptions& = {});
 std::optional<nlohmann::json> get(BucketCore&, const std::string& kind, std::string_view identity);
 bool update(BucketCore&, const std::string& kind, std::string_view identity,
             const std::function<void(nlohmann::json&)>& change);
