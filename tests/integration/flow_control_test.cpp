@@ -1,5 +1,5 @@
 // Flow control of one matter: giving up after max_attempts, a RetryAfter's own
-// delay, and delayed notifies (NotifyOptions), on real servers.
+// delay, delayed notifies (NotifyOptions) and resync, on real servers.
 #include <catch2/catch.hpp>
 
 #include "harness.hpp"
@@ -192,6 +192,10 @@ TEST_CASE("bad flow-control options are refused naming the kind, and nothing is 
   Fixture f("flow-bad");
   auto bad_cap = fast_kind();
   bad_cap.max_attempts = -1;
+  auto bad_resync = fast_kind();
+  bad_resync.resync_every = 10ms;
+  CHECK_THROWS_WITH(f.bucket.register_kind<Throttled>("resynced", bad_resync),
+                    Catch::Contains("kind 'resynced'") && Catch::Contains("resync_every must be 0 (off) or from 1s"));
   CHECK_THROWS_WITH(f.bucket.register_kind<Throttled>("capped", bad_cap),
                     Catch::Contains("kind 'capped'") && Catch::Contains("max_attempts must be in 0..1000000"));
   CHECK_THROWS_AS(f.bucket.notify(Throttled{.id = "x"}, {.delay = -5ms}), dmm::InvalidArgument);
@@ -208,4 +212,49 @@ TEST_CASE("bad flow-control options are refused naming the kind, and nothing is 
   f.bucket.notify(Throttled{.id = "y"}, {.not_before = std::chrono::system_clock::now() - 5s});
   Runner runner(f.bucket);
   wait_until([&] { return f.converged("y"); }, 10s, "y to converge", f.describe());
+}
+
+TEST_CASE("with resync_every, a ready matter is materialized again about every period", "[flow]") {
+  auto options = fast_kind();
+  options.resync_every = 1s;
+  Fixture f("resync", options);
+  Runner runner(f.bucket);
+  f.bucket.notify(Throttled{.id = "r", .seq = 1});
+  wait_until([&] { return f.recorder->count("r") >= 3; }, 15s, "r to be materialized three times", f.describe());
+  auto runs = f.recorder->entries("r");
+  for (std::size_t i = 1; i < 3; ++i) {
+    const long gap = ms_between(runs[i - 1].finished, runs[i].started);
+    INFO("gap before run " << i + 1 << ": " << gap << " ms");
+    CHECK(gap >= 880);
+    CHECK(gap <= 1100 + 1500);
+  }
+  const auto phase = f.row("r")->phase;  // ready, or being resynced right now
+  CHECK((phase == "ready" || phase == "reconciling"));
+}
+
+TEST_CASE("turning resync on schedules the matters that were already ready, within one period", "[flow]") {
+  const auto name = unique_name("resync-late");
+  auto recorder = std::make_shared<Recorder>();
+  auto gate = std::make_shared<Gate>();
+  {
+    auto bucket = open_bucket(name);
+    bucket.provide(recorder);
+    bucket.provide(gate);
+    bucket.register_kind<Throttled>("throttled", fast_kind());
+    Runner runner(bucket);
+    bucket.notify_many(std::vector<Throttled>{{.id = "a", .seq = 1}, {.id = "b", .seq = 1}, {.id = "c", .seq = 1}});
+    wait_until([&] { return recorder->total() == 3; }, 15s, "three matters to be materialized once");
+    wait_until([&] { return count_converged(name, "throttled") == 3; }, 15s, "three matters to be ready");
+    runner.stop();
+  }
+  auto bucket = open_bucket(name);
+  bucket.provide(recorder);
+  bucket.provide(gate);
+  auto options = fast_kind();
+  options.resync_every = 1s;
+  bucket.register_kind<Throttled>("throttled", options);
+  Runner runner(bucket);
+  wait_until([&] { return recorder->total() >= 6; }, 15s, "each ready matter to be resynced",
+             [n = name] { return describe_unconverged(n); });
+  for (const char* id : {"a", "b", "c"}) CHECK(recorder->count(id) >= 2);
 }

@@ -87,6 +87,15 @@ struct KindOptions {
   // at once, a stop-released attempt does not count. Default 0: retry
   // forever; at most 1,000,000.
   int max_attempts = 0;
+  // Materialize every ready matter of this kind again about this often, as
+  // controller-runtime's SyncPeriod does: a done attempt is due again after
+  // resync_every, ±10% so that matters materialized together spread out (a
+  // materializer's own requeue_after wins). Matters that were ready before
+  // resync was turned on are scheduled by the sweeper when work() starts,
+  // spread evenly over one period. Each resync is one due time and one kick
+  // row, found by index, so its cost does not grow with the number of
+  // matters. Default 0: off; else 1 s to 365 days.
+  milliseconds resync_every{0};
   // On stop, how long in-flight materializations may run before their leases
   // are released (their stop token is requested at once). Default 10 s.
   milliseconds stop_grace{10'000};

@@ -64,6 +64,9 @@ void validate_kind_options(const KindOptions& o, const std::string& kind) {
   if (o.history_limit < 0 || o.history_limit > 1000) bad("history_limit must be in 0..1000 (default 10)");
   if (o.max_attempts < 0 || o.max_attempts > 1'000'000)
     bad("max_attempts must be in 0..1000000 (default 0: retry forever)");
+  if (o.resync_every.count() != 0 &&
+      (o.resync_every < std::chrono::seconds(1) || o.resync_every > std::chrono::hours(24 * 365)))
+    bad("resync_every must be 0 (off) or from 1s to 365 days");
   validate_backoff(o.backoff, kind);
 }
 

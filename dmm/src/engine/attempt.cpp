@@ -1,6 +1,7 @@
 #include "engine/attempt.hpp"
 
 #include <algorithm>
+#include <cmath>
 #include <fmt/format.h>
 
 #include "dmm/errors.hpp"
@@ -42,6 +43,10 @@ Outcome run_attempt(const KindHooks& hooks, const Claimed& row, Context& ctx, co
     if (auto delay = result.requeue_after()) {
       out.kind = OutcomeKind::requeue;
       out.delay_ms = std::max<std::int64_t>(1, delay->count());
+    } else if (policy.resync_every.count() > 0) {
+      out.kind = OutcomeKind::requeue;
+      const double spread = 0.9 + 0.2 * unit_random;
+      out.delay_ms = std::max<std::int64_t>(1, std::llround(static_cast<double>(policy.resync_every.count()) * spread));
     }
     return out;
   } catch (const TerminalError& e) {

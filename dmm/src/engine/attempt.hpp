@@ -17,11 +17,13 @@ struct AttemptPolicy {
   std::size_t max_state_bytes = 0;  // BucketOptions::max_state_bytes
   Backoff backoff;                  // KindOptions::backoff
   int max_attempts = 0;             // KindOptions::max_attempts (0: forever)
+  milliseconds resync_every{0};     // KindOptions::resync_every (0: off)
 };
 
 // The outcome of materializing (or finalizing) `row` with `ctx`:
 // - returned: done or requeue, with the state only if the materializer
-//   changed it (a state over the limit fails terminally);
+//   changed it (a state over the limit fails terminally); with resync_every,
+//   done is a requeue after resync_every ±10% (jitter from `unit_random`);
 // - TerminalError: failed;
 // - any other throw: retry after the backoff for this attempt (jitter from
 //   `unit_random`, in [0, 1)) or after a RetryAfter's own delay; failed

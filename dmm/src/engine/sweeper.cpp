@@ -107,6 +107,10 @@ void Sweeper::run(std::stop_token stop) {
         deps_.nats->ensure_stream();
         deps_.nats->ensure_consumer(kind_);
       }
+      if (resync_every_.count() > 0 && !resync_scheduled_) {
+        schedule_resyncs(*conn, stop);
+        resync_scheduled_ = true;
+      }
       backlog.observe(deps_.nats->backlog(kind_));
       if (!backlog.sweep_due()) {
         const bool own_tail = sent_by_full_sweep > 0 && backlog.pending() <= sent_by_full_sweep;
@@ -134,6 +138,19 @@ void Sweeper::run(std::stop_token stop) {
       sleep_for(stop, std::chrono::milliseconds(500));
     }
   }
+}
+
+void Sweeper::schedule_resyncs(pqxx::connection& conn, std::stop_token stop) {
+  std::int64_t after = 0, total = 0;
+  while (!stop.stop_requested()) {
+    const auto batch = schedule_unscheduled_resyncs(conn, deps_.options.name, kind_, resync_every_, after, 1000);
+    total += batch.scheduled;
+    if (!batch.last_id) break;
+    after = *batch.last_id;
+  }
+  if (total > 0)
+    deps_.logger->info("bucket '{}' kind '{}': scheduled the resync of {} ready matter(s), spread over {}ms",
+                       deps_.options.name, kind_, total, resync_every_.count());
 }
 
 }  // namespace dmm::detail

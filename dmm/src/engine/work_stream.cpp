@@ -88,7 +88,7 @@ void WorkStreamEngine::work() {
     // One committer: a second one, writing back on another connection, was
     // slower (docs/DESIGN.md, "Engine threads").
     std::jthread committer([this] { run_committer(); });
-    Sweeper sweeper(deps_, kind_.name);
+    Sweeper sweeper(deps_, kind_.name, kind_.options.resync_every);
     std::jthread sweeping([&](std::stop_token st) { sweeper.run(st); });
 
     run_dispatcher(stop_.get_token());
@@ -251,7 +251,8 @@ void WorkStreamEngine::run_executor() {
 
 Outcome WorkStreamEngine::attempt(Item& item) {
   Context ctx({deps_.api, deps_.logger, kind_.name, item.row.identity, item.row.attempts + 1, item.stop.get_token()});
-  return run_attempt(kind_.hooks, item.row, ctx, {deps_.options.max_state_bytes, kind_.options.backoff, kind_.options.max_attempts},
+  return run_attempt(kind_.hooks, item.row, ctx, {deps_.options.max_state_bytes, kind_.options.backoff, kind_.options.max_attempts,
+                      kind_.options.resync_every},
                      unit_random());
 }
 

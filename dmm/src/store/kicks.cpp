@@ -2,6 +2,9 @@
 // (docs/DESIGN.md, "Protocol (as built)").
 #include "store/kicks.hpp"
 
+#include <fmt/format.h>
+
+#include "protocol/vocabulary.hpp"
 #include "store/sql.hpp"
 
 namespace dmm::detail {
@@ -96,6 +99,39 @@ std::optional<std::int64_t> next_kick_in_ms(pqxx::connection& conn, const std::s
   auto rows = tx.exec_prepared("dmm_next_kick", bucket, kind);
   if (rows.empty() || rows[0][0].is_null()) return std::nullopt;
   return rows[0][0].as<std::int64_t>();
+}
+
+ResyncBatch schedule_unscheduled_resyncs(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
+                                         std::chrono::milliseconds period, std::int64_t after_id, int limit) {
+  // Rare (once per start of a kind's work() with resync on): planned per
+  // call, not prepared. Rows are found by id, in order, so the whole kind is
+  // read once over all batches.
+  static const std::string sql = fmt::format(R"sql(
+WITH batch AS (
+  SELECT id FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND id > $3 ORDER BY id LIMIT $5
+), picked AS (
+  SELECT m.id FROM batch b CROSS JOIN LATERAL (
+    SELECT id FROM dmm.matter
+     WHERE id = b.id AND phase = '{}' AND due_at IS NULL AND deleted_at IS NULL
+       AND (lease_until IS NULL OR lease_until < now())
+    OFFSET 0 FOR UPDATE SKIP LOCKED) m
+), up AS (
+  UPDATE dmm.matter m SET due_at = now() + random() * $4 * interval '1 millisecond'
+   WHERE m.id = ANY (ARRAY(SELECT id FROM picked))
+  RETURNING m.id, m.due_at
+), kick AS (
+  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at)
+  SELECT id, $1, $2, due_at FROM up ORDER BY id
+  ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at)
+)
+SELECT (SELECT max(id) FROM batch), (SELECT count(*) FROM up))sql",
+                                             to_string(Phase::ready));
+  pqxx::nontransaction tx(conn);
+  auto rows = tx.exec_params(sql, bucket, kind, after_id, period.count(), limit);
+  ResyncBatch out;
+  out.scheduled = rows[0][1].as<std::int64_t>();
+  if (!rows[0][0].is_null()) out.last_id = rows[0][0].as<std::int64_t>();
+  return out;
 }
 
 void wake_sweepers(pqxx::transaction_base& txn, const std::string& bucket) {

@@ -40,6 +40,19 @@ struct Swept {
 Swept sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,
             std::chrono::milliseconds grace);
 
+// One batch of schedule_unscheduled_resyncs.
+struct ResyncBatch {
+  std::int64_t scheduled = 0;           // matters given a due time
+  std::optional<std::int64_t> last_id;  // the last id looked at; nullopt: no more rows
+};
+
+// Of up to `limit` matters of (bucket, kind) with an id above `after_id`, in
+// id order, gives each ready one that owes nothing a due time spread at
+// random over `period` from now, and its kick. For KindOptions::resync_every
+// on matters that were ready before it was set.
+ResyncBatch schedule_unscheduled_resyncs(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
+                                         std::chrono::milliseconds period, std::int64_t after_id, int limit);
+
 // Milliseconds until the next kick of (bucket, kind); nullopt if none.
 std::optional<std::int64_t> next_kick_in_ms(pqxx::connection& conn, const std::string& bucket,
                                             const std::string& kind);

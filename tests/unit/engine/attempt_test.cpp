@@ -173,3 +173,18 @@ TEST_CASE("a RetryAfter counts towards max_attempts", "[attempt]") {
   CHECK(out.kind == OutcomeKind::failed);
   CHECK_THAT(out.error, Catch::Contains("gave up after 3 attempts") && Catch::Contains("429"));
 }
+
+TEST_CASE("with resync_every, a done attempt is due again after the period, within ±10%", "[attempt]") {
+  Fixture f;
+  f.policy.resync_every = 10s;
+  KindHooks done = materializing([](nlohmann::json&, dmm::Context&) { return dmm::Result::done(); });
+  dmm::Context ctx({nullptr, f.log.get(), "music-player", f.row.identity, 1, f.stop.get_token()});
+  auto early = run_attempt(done, f.row, ctx, f.policy, 0.0);
+  auto late = run_attempt(done, f.row, ctx, f.policy, 0.999999);
+  CHECK(early.kind == OutcomeKind::requeue);
+  CHECK(early.delay_ms == 9000);
+  CHECK(late.delay_ms == 11000);
+  // The materializer's own requeue_after wins.
+  auto own = f.run(materializing([](nlohmann::json&, dmm::Context&) { return dmm::Result::requeue_after(3s); }));
+  CHECK(own.delay_ms == 3000);
+}
