@@ -81,6 +81,12 @@ TEST_CASE("a matter gives up after max_attempts failed attempts, naming the coun
   CHECK(r->attempts == 3);
   CHECK(r->last_error == "gave up after 3 attempts (KindOptions::max_attempts); last error: planned failure 3");
   CHECK_FALSE(r->work_owed);
+  auto stats = dmm::kind_stats(servers().postgres, f.name);
+  REQUIRE(stats.size() == 1);
+  CHECK(stats[0].gave_up == 1);
+  auto detail = dmm::describe(servers().postgres, f.name, "throttled", "api");
+  REQUIRE(detail);
+  CHECK_THAT(detail->why, Catch::StartsWith("failed: gave up after 3 attempts"));
   // It stays given up: no fourth attempt.
   holds_for([&] { return f.recorder->count("api") == 3; }, 600ms, "no attempt after giving up");
 }

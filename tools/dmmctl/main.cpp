@@ -213,15 +213,16 @@ int cmd_stats(Settings& s) {
     std::cout << out.dump(2) << '\n';
     return 0;
   }
-  Table t({"KIND", "PENDING", "RECONCILING", "RETRYING", "READY", "DELETING", "FAILED", "TOTAL", "DUE NOW",
-           "IN FLIGHT", "OLDEST DUE", "TOKENS", "LAG"});
+  Table t({"KIND", "PENDING", "RECONCILING", "RETRYING", "READY", "DELETING", "FAILED", "GAVE UP", "TOTAL",
+           "DUE NOW", "IN FLIGHT", "OLDEST DUE", "TOKENS", "LAG"});
   for (const auto& k : stats) {
     auto phase = [&](const char* p) {
       auto it = k.phases.find(p);
       return std::to_string(it == k.phases.end() ? 0 : it->second);
     };
     t.add({k.kind, phase("pending"), phase("reconciling"), phase("retrying"), phase("ready"), phase("deleting"),
-           phase("failed"), std::to_string(k.total), std::to_string(k.due_now), std::to_string(k.in_flight),
+           phase("failed"), std::to_string(k.gave_up), std::to_string(k.total), std::to_string(k.due_now),
+           std::to_string(k.in_flight),
            k.oldest_due.empty() ? "-" : human_duration(k.oldest_due_age_ms) + " ago", opt(k.tokens_pending),
            opt(k.consumer_lag)});
   }

@@ -22,7 +22,7 @@
 //             dmm_in_flight, dmm_due, dmm_matters{phase}, dmm_retries_total,
 //             dmm_lease_takeovers_total, dmm_token_publish_errors_total,
 //             dmm_token_ack_errors_total, dmm_notifies_grouped_total;
-//             per bucket: dmm_postgres_up
+//             dmm_gave_up; per bucket: dmm_postgres_up
 //             (counters are this process's);
 //   /healthz  200 while the process is alive;
 //   /readyz   200 when PostgreSQL answers, NATS is connected and every

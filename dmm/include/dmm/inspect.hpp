@@ -105,6 +105,7 @@ struct KindStats {
   std::int64_t total = 0;
   std::int64_t due_now = 0;    // work owed now and not leased: waiting for a worker
   std::int64_t in_flight = 0;  // leased by a live worker
+  std::int64_t gave_up = 0;    // failed after KindOptions::max_attempts (counted in phases["failed"] too)
   std::string oldest_due{};      // due_at of the longest-waiting of due_now; empty when none
   std::int64_t oldest_due_age_ms = 0;
   // From NATS (stream_stats); nullopt when not read or the consumer is missing.
@@ -117,8 +118,6 @@ struct KindStats {
 
 // Per kind of the bucket, in name order.
 std::vector<KindStats> kind_stats(const std::string& postgres, const std::string& bucket);
-// Fills the NATS fields of `stats` from the bucket's stream and each kind's
-// durable consumer (read-only: creates nothing).
 // A duration for people, sign dropped: "850ms", "4.2s", "3m12s", "2h05m",
 // "3d04h" (dmmctl and explain use it).
 std::string human_duration(std::int64_t ms);
@@ -127,6 +126,8 @@ std::string human_duration(std::int64_t ms);
 struct NatsTls {
   std::string ca_file{}, cert_file{}, key_file{};
 };
+// Fills the NATS fields of `stats` from the bucket's stream and each kind's
+// durable consumer (read-only: creates nothing).
 void stream_stats(std::vector<KindStats>& stats, const std::string& nats, const std::string& bucket,
                   const NatsTls& tls = {});
 

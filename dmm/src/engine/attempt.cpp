@@ -68,7 +68,7 @@ Outcome run_attempt(const KindHooks& hooks, const Claimed& row, Context& ctx, co
   if (policy.max_attempts > 0 && attempt >= policy.max_attempts) {
     out.kind = OutcomeKind::failed;
     out.delay_ms = 0;
-    out.error = fmt::format("gave up after {} attempts (KindOptions::max_attempts); last error: {}", attempt,
+    out.error = fmt::format("{}{} attempts (KindOptions::max_attempts); last error: {}", kGaveUpPrefix, attempt,
                             out.error);
     log.warn("kind '{}' identity '{}': {}", ctx.kind(), row.identity, out.error);
     return out;

@@ -96,6 +96,9 @@ std::string Metrics::render(const std::string& bucket, const std::map<std::strin
 
   header("dmm_due", "gauge", "Matters whose work is owed now (due_at <= now()), from PostgreSQL.");
   for (auto& [k, g] : gauges) out += fmt::format("dmm_due{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k), g.due);
+  header("dmm_gave_up", "gauge", "Failed matters that gave up after KindOptions::max_attempts, from PostgreSQL.");
+  for (auto& [k, g] : gauges)
+    out += fmt::format("dmm_gave_up{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k), g.gave_up);
   header("dmm_matters", "gauge", "Stored matters by phase, from PostgreSQL.");
   for (auto& [k, g] : gauges)
     for (const auto& [_, phase] : kPhases) {

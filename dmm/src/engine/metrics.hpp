@@ -38,7 +38,8 @@ struct KindMetrics {
 // Values read from PostgreSQL at scrape time, per kind.
 struct KindGauges {
   std::map<std::string, std::int64_t> matters_by_phase;
-  std::int64_t due = 0;  // work owed now (due_at <= now())
+  std::int64_t due = 0;      // work owed now (due_at <= now())
+  std::int64_t gave_up = 0;  // failed after KindOptions::max_attempts
 };
 
 class Metrics {

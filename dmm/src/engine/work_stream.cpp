@@ -1,4 +1,5 @@
-// The worker loop of one kind: dispatch, execute, commit (sweeper.cpp sweeps).
+// The worker loop of one kind: run_dispatcher, run_executor, run_committer
+// (engine/work_stream_engine.hpp); the attempt itself is engine/attempt.cpp.
 #include <algorithm>
 #include <cmath>
 #include <fmt/format.h>

@@ -1,12 +1,13 @@
 // The worker loop of one kind (see dmm/work_stream.hpp for the contract).
 //
 // Threads while work() runs:
-// - dispatcher (run_dispatcher, the caller of work()): fetch tokens, claim their matters in one
-//   statement, ack the tokens, queue the claimed matters;
+// - dispatcher (run_dispatcher, the caller of work()): fetch tokens, claim
+//   their matters in one statement, ack the tokens, queue the claimed matters;
 // - executors (run_executor, KindOptions::concurrency of them): run
 //   materialize/finalize (attempt.hpp);
-// - committer (run_committer): write outcomes back in batches (fenced by lease epoch), publish
-//   tokens owed, and renew every held lease each third of the TTL;
+// - committer (run_committer): write outcomes back in batches (fenced by
+//   lease epoch), publish tokens owed, and renew every held lease each third
+//   of the TTL;
 // - sweeper: re-send tokens whose kick_at passed (sweeper.cpp).
 #pragma once
 

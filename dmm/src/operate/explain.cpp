@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dmm/inspect.hpp"
+#include "protocol/vocabulary.hpp"
 
 namespace dmm {
 
@@ -44,7 +45,7 @@ std::string explain(const MatterStatus& m, const std::vector<AttemptRecord>& his
   if (m.phase == "ready")
     return fmt::format("ready: generation {} is materialized; materializes again at {}{} (requeue_after)",
                        m.materialized_generation, m.due_at, relative(m.due_in_ms));
-  if (m.phase == "failed" && m.last_error.rfind("gave up after ", 0) == 0)
+  if (m.phase == detail::to_string(detail::Phase::failed) && m.last_error.rfind(detail::kGaveUpPrefix, 0) == 0)
     return fmt::format("failed: {}; waiting for a new state or a retry (dmmctl retry {} {})", m.last_error, m.kind,
                        m.identity);
   if (m.phase == "failed")

@@ -68,6 +68,11 @@ static_assert(in_enum_order(kPhases, &PhaseName::phase), "kPhases must list Phas
 
 constexpr const char* to_string(Phase phase) { return kPhases[static_cast<std::size_t>(phase)].name; }
 
+// How the error of a matter that gave up after KindOptions::max_attempts
+// begins ("gave up after 3 attempts ..."): what why, stats and /metrics
+// recognise it by.
+inline constexpr std::string_view kGaveUpPrefix = "gave up after ";
+
 // "ARRAY['done', 'requeue', ...]": outcome names by wire code, for SQL.
 std::string outcome_array_sql();
 // "('pending', 'reconciling', ...)": every phase, for SQL (IN lists, CHECKs).

@@ -6,6 +6,7 @@
 #include "dmm/errors.hpp"
 #include "dmm/inspect.hpp"
 #include "dmm/url.hpp"
+#include "protocol/vocabulary.hpp"
 #include "store/views.hpp"
 
 namespace dmm {
@@ -126,17 +127,20 @@ std::vector<KindStats> kind_stats(const std::string& postgres, const std::string
   pqxx::read_transaction tx(*conn);
   auto rows = tx.exec_params(fmt::format(R"sql(
 WITH s AS (
-  SELECT kind, phase, due_at, (lease_until IS NOT NULL AND lease_until >= now()) AS leased
+  SELECT kind, phase, due_at, (lease_until IS NOT NULL AND lease_until >= now()) AS leased,
+         phase = '{}' AND starts_with(coalesce(last_error, ''), $2) AS gave_up
     FROM dmm.matter WHERE bucket = $1
 )
 SELECT kind, phase, count(*),
        count(*) FILTER (WHERE due_at <= now() AND NOT leased),
        count(*) FILTER (WHERE leased),
        {},
-       coalesce((extract(epoch FROM now() - min(due_at) FILTER (WHERE due_at <= now() AND NOT leased)) * 1000)::bigint, 0)
+       coalesce((extract(epoch FROM now() - min(due_at) FILTER (WHERE due_at <= now() AND NOT leased)) * 1000)::bigint, 0),
+       count(*) FILTER (WHERE gave_up)
   FROM s GROUP BY kind, phase ORDER BY kind, phase)sql",
+                                         detail::to_string(detail::Phase::failed),
                                          iso("min(due_at) FILTER (WHERE due_at <= now() AND NOT leased)")),
-                             bucket);
+                             bucket, std::string(detail::kGaveUpPrefix));
   std::vector<KindStats> out;
   for (const auto& r : rows) {
     const auto kind = r[0].as<std::string>();
@@ -147,6 +151,7 @@ SELECT kind, phase, count(*),
     k.total += n;
     k.due_now += r[3].as<std::int64_t>();
     k.in_flight += r[4].as<std::int64_t>();
+    k.gave_up += r[7].as<std::int64_t>();
     const auto oldest = r[5].as<std::string>();
     const auto age = r[6].as<std::int64_t>();
     if (!oldest.empty() && (k.oldest_due.empty() || oldest < k.oldest_due)) {
