@@ -32,7 +32,9 @@ struct BucketOptions {
   // JetStream stream (DMM_<name>) and the subjects dmm.<name>.<kind>.<row id>.
   std::string name{};
   // PostgreSQL URL (postgresql://user:password@host:port/db?sslmode=...) or
-  // key=value connection string. Required.
+  // key=value connection string. Empty: libpq's own defaults, as for psql
+  // (PGHOST, PGPORT, PGUSER, PGDATABASE, PGPASSWORD, PGSSLMODE, ~/.pgpass,
+  // the local socket); what the URL leaves out comes from them too.
   std::string postgres{};
   // NATS URL (nats://user:password@host:port, several separated by commas;
   // tls://host:port for TLS). Required.
@@ -63,6 +65,23 @@ struct BucketOptions {
   // is deleted by the sweepers, a batch at a time, every 10 minutes.
   // Default 7 days.
   milliseconds history_retention{7LL * 24 * 3600 * 1000};
+
+  // The options the environment gives, the twelve-factor way; unset or empty
+  // variables keep the defaults above. InvalidArgument naming the variable
+  // for a value that does not parse. Durations are a number with a unit:
+  // 250ms, 5s, 10m, 2h, 7d.
+  //   DMM_BUCKET              name
+  //   DMM_POSTGRES_URL        postgres (unset: libpq's PG* variables)
+  //   DMM_NATS_URL            nats
+  //   DMM_NATS_CA_FILE, DMM_NATS_CERT_FILE, DMM_NATS_KEY_FILE
+  //   DMM_WORKER_ID           worker_id
+  //   DMM_STREAM_REPLICAS     stream_replicas
+  //   DMM_TOKEN_GRACE         token_grace (a duration)
+  //   DMM_MAX_STATE_BYTES     max_state_bytes
+  //   DMM_MIGRATE             migrate (true/false, 1/0, yes/no)
+  //   DMM_HISTORY_RETENTION   history_retention (a duration)
+  // The values are checked further by Bucket::open, as for any options.
+  static BucketOptions from_env();
 };
 
 struct KindOptions {
@@ -70,8 +89,8 @@ struct KindOptions {
   int concurrency = 4;
   // Most matters claimed in one round trip (a token may name up to 64;
   // fetches are sized to match). Default 256. Larger batches cost
-  // PostgreSQL less per matter (docs/DESIGN.md, "Hot path"), at the price of one process leasing a larger
-  // share of a backlog (see `prefetch`).
+  // PostgreSQL less per matter (docs/DESIGN.md, "Hot path"), at the price of
+  // one process leasing a larger share of a backlog (see `prefetch`).
   int batch = 256;
   // How long a claimed matter stays leased without a heartbeat. Heartbeats
   // renew it every third of this while the process is alive; a process that

@@ -8,10 +8,10 @@
 
 #include "bucket/bucket_core.hpp"
 #include "bucket/options.hpp"
+#include "bucket/status.hpp"
 #include "dmm/migrate.hpp"
 #include "dmm/url.hpp"
 #include "engine/work_stream_engine.hpp"
-#include "bucket/status.hpp"
 #include "operate/http.hpp"
 #include "protocol/names.hpp"
 
@@ -25,13 +25,13 @@ BucketCore::BucketCore(BucketOptions o)
   if (options_.migrate) {
     int applied = migrate(options_.postgres);
     if (applied > 0)
-      logger_->info("bucket '{}': applied {} migration(s) to {}", options_.name, applied, mask_url(options_.postgres));
+      logger_->info("bucket '{}': applied {} migration(s) to {}", options_.name, applied, shown_postgres(options_.postgres));
   } else {
     for (const auto& m : migration_status(options_.postgres))
       if (!m.applied)
         throw MigrationError(fmt::format("bucket '{}': migration {} is not applied to {} and migrate=false; run the "
                                          "migrations (open once with migrate=true)",
-                                         options_.name, m.name, mask_url(options_.postgres)));
+                                         options_.name, m.name, shown_postgres(options_.postgres)));
   }
   pool_.acquire();  // fail now, not at the first notify, if the URL is unusable
   nats_ = std::make_unique<Nats>(

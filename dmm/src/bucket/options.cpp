@@ -4,6 +4,11 @@
 #include "bucket/options.hpp"
 
 #include <algorithm>
+#include <charconv>
+#include <cstdlib>
+#include <limits>
+#include <optional>
+#include <string_view>
 #include <fmt/format.h>
 #include <random>
 #include <unistd.h>
@@ -35,10 +40,6 @@ void validate_backoff(const Backoff& b, const std::string& kind) {
 
 BucketOptions validated(BucketOptions o) {
   validate_name("bucket", o.name);
-  if (o.postgres.empty())
-    throw InvalidArgument(fmt::format("bucket '{}': BucketOptions::postgres is empty; give a PostgreSQL URL such as "
-                                      "postgresql://user@127.0.0.1:5432/db",
-                                      o.name));
   if (o.nats.empty())
     throw InvalidArgument(
         fmt::format("bucket '{}': BucketOptions::nats is empty; give a NATS URL such as nats://127.0.0.1:4222", o.name));
@@ -88,4 +89,68 @@ std::int64_t notify_delay_ms(const NotifyOptions& o, const std::string& kind) {
   return std::max<std::int64_t>(0, in.count());
 }
 
+namespace {
+
+std::optional<std::string> env(const char* name) {
+  const char* v = std::getenv(name);
+  if (!v || !*v) return std::nullopt;
+  return std::string(v);
+}
+
+[[noreturn]] void bad_env(const char* name, const std::string& value, const char* expected) {
+  throw InvalidArgument(fmt::format("environment variable {}='{}' is not {}; fix or unset it", name,
+                                    value.substr(0, 64), expected));
+}
+
+std::int64_t integer_env(const char* name, const std::string& v, std::int64_t min, std::int64_t max) {
+  std::int64_t out = 0;
+  const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), out);
+  if (ec != std::errc() || end != v.data() + v.size() || out < min || out > max)
+    bad_env(name, v, fmt::format("an integer in {}..{}", min, max).c_str());
+  return out;
+}
+
+milliseconds duration_env(const char* name, const std::string& v) {
+  std::int64_t n = 0;
+  const auto [end, ec] = std::from_chars(v.data(), v.data() + v.size(), n);
+  const std::string_view unit(end, static_cast<std::size_t>(v.data() + v.size() - end));
+  const std::int64_t per = unit == "ms" ? 1 : unit == "s" ? 1000 : unit == "m" ? 60'000 : unit == "h" ? 3'600'000
+                         : unit == "d" ? 86'400'000 : 0;
+  if (ec != std::errc() || n < 0 || per == 0 || n > std::numeric_limits<std::int64_t>::max() / per)
+    bad_env(name, v, "a duration such as 250ms, 5s, 10m, 2h or 7d");
+  return milliseconds(n * per);
+}
+
+bool bool_env(const char* name, const std::string& v) {
+  if (v == "1" || v == "true" || v == "yes" || v == "on") return true;
+  if (v == "0" || v == "false" || v == "no" || v == "off") return false;
+  bad_env(name, v, "true or false (1/0, yes/no, on/off)");
+}
+
+}  // namespace
+
 }  // namespace dmm::detail
+
+namespace dmm {
+
+BucketOptions BucketOptions::from_env() {
+  using detail::env;
+  BucketOptions o;
+  if (auto v = env("DMM_BUCKET")) o.name = *v;
+  if (auto v = env("DMM_POSTGRES_URL")) o.postgres = *v;
+  if (auto v = env("DMM_NATS_URL")) o.nats = *v;
+  if (auto v = env("DMM_NATS_CA_FILE")) o.nats_ca_file = *v;
+  if (auto v = env("DMM_NATS_CERT_FILE")) o.nats_cert_file = *v;
+  if (auto v = env("DMM_NATS_KEY_FILE")) o.nats_key_file = *v;
+  if (auto v = env("DMM_WORKER_ID")) o.worker_id = *v;
+  if (auto v = env("DMM_STREAM_REPLICAS"))
+    o.stream_replicas = static_cast<int>(detail::integer_env("DMM_STREAM_REPLICAS", *v, 1, 5));
+  if (auto v = env("DMM_TOKEN_GRACE")) o.token_grace = detail::duration_env("DMM_TOKEN_GRACE", *v);
+  if (auto v = env("DMM_MAX_STATE_BYTES"))
+    o.max_state_bytes = static_cast<std::size_t>(detail::integer_env("DMM_MAX_STATE_BYTES", *v, 1, 1LL << 40));
+  if (auto v = env("DMM_MIGRATE")) o.migrate = detail::bool_env("DMM_MIGRATE", *v);
+  if (auto v = env("DMM_HISTORY_RETENTION")) o.history_retention = detail::duration_env("DMM_HISTORY_RETENTION", *v);
+  return o;
+}
+
+}  // namespace dmm

@@ -33,13 +33,13 @@ auto in_postgres(PgPool& pool, const std::string& bucket, const std::string& wha
     throw ConnectionError(fmt::format("bucket '{}': {}: the connection to PostgreSQL at {} broke while committing "
                                       "({}); it may or may not have taken effect: repeat it (an absolute state is "
                                       "safe to notify again)",
-                                      bucket, what, mask_url(pool.url()), without_trailing_space(e.what())));
+                                      bucket, what, shown_postgres(pool.url()), without_trailing_space(e.what())));
   } catch (const pqxx::broken_connection& e) {
     const char* effect = autocommit ? "it may or may not have taken effect: repeat it when the server is back (an "
                                       "absolute state is safe to notify again)"
                                     : "nothing of it took effect: repeat it when the server is back";
     throw ConnectionError(fmt::format("bucket '{}': {}: lost the connection to PostgreSQL at {} ({}); {}", bucket,
-                                      what, mask_url(pool.url()), without_trailing_space(e.what()), effect));
+                                      what, shown_postgres(pool.url()), without_trailing_space(e.what()), effect));
   } catch (const pqxx::sql_error& e) {
     throw DatabaseError(fmt::format("bucket '{}': {}: PostgreSQL refused it (SQLSTATE {}): {}; nothing of it took "
                                     "effect",

@@ -9,6 +9,7 @@
 #include "dmm/errors.hpp"
 #include "dmm/migrate.hpp"
 #include "dmm/url.hpp"
+#include "store/pg.hpp"
 
 namespace dmm {
 namespace detail {
@@ -59,7 +60,7 @@ pqxx::connection connect(const std::string& url) {
   try {
     return pqxx::connection(url);
   } catch (const std::exception& e) {
-    throw ConnectionError(fmt::format("cannot connect to PostgreSQL at {} (for migrations): {}", mask_url(url),
+    throw ConnectionError(fmt::format("cannot connect to PostgreSQL at {} (for migrations): {}", shown_postgres(url),
                                       mask_url(e.what())));
   }
 }

@@ -10,6 +10,11 @@
 
 namespace dmm::detail {
 
+std::string shown_postgres(const std::string& url) {
+  return url.empty() ? "libpq's defaults (PGHOST, PGPORT, PGUSER, PGDATABASE, ~/.pgpass, the local socket)"
+                     : mask_url(url);
+}
+
 void prepare_statements(pqxx::connection& conn) {
   prepare_matter_statements(conn);
   prepare_kick_statements(conn);
@@ -23,7 +28,7 @@ std::unique_ptr<pqxx::connection> connect_pg(const std::string& url, std::string
   } catch (const std::exception& e) {
     throw ConnectionError(fmt::format("cannot connect to PostgreSQL at {} (for {}): {}; check the URL, that the server "
                                       "runs, and the credentials",
-                                      mask_url(url), purpose, mask_url(e.what())));
+                                      shown_postgres(url), purpose, mask_url(e.what())));
   }
   // Session settings for dmm's own statements, which find their rows by key
   // (ids, identities, the kick index):

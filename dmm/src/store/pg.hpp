@@ -12,6 +12,10 @@
 
 namespace dmm::detail {
 
+// The URL for messages, password masked; for an empty one, where libpq looks
+// instead (BucketOptions::postgres).
+std::string shown_postgres(const std::string& url);
+
 // Prepares every statement of the hot path, the sweep and the history on
 // `conn` (connect_pg does; plans_test checks them on a connection of its own).
 void prepare_statements(pqxx::connection& conn);

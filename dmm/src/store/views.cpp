@@ -7,6 +7,7 @@
 #include "dmm/inspect.hpp"
 #include "dmm/url.hpp"
 #include "protocol/vocabulary.hpp"
+#include "store/pg.hpp"
 #include "store/views.hpp"
 
 namespace dmm {
@@ -17,7 +18,7 @@ std::unique_ptr<pqxx::connection> connect_tool(const std::string& url) {
     return std::make_unique<pqxx::connection>(url);
   } catch (const std::exception& e) {
     throw ConnectionError(
-        fmt::format("cannot connect to PostgreSQL at {}: {}", mask_url(url), mask_url(e.what())));
+        fmt::format("cannot connect to PostgreSQL at {}: {}", shown_postgres(url), mask_url(e.what())));
   }
 }
 

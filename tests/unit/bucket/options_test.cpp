@@ -1,7 +1,13 @@
-// Option validation (bucket/options.hpp): a bad backoff names the kind and the field.
+// Options (bucket/options.hpp): a bad backoff names the kind and the field;
+// BucketOptions::from_env reads the DMM_ variables.
 #include "bucket/options.hpp"
 
 #include <catch2/catch.hpp>
+#include <cstdlib>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
 
 #include "dmm/errors.hpp"
 
@@ -50,5 +56,87 @@ TEST_CASE("an unusable backoff is rejected naming the kind and the field", "[bac
       CHECK_THAT(message, Catch::Contains("music-player"));
       CHECK_THAT(message, Catch::Contains(c.field));
     }
+  }
+}
+
+namespace {
+
+// Sets environment variables for one test and restores them after.
+class ScopedEnv {
+ public:
+  ScopedEnv& set(const char* name, const char* value) {
+    const char* old = std::getenv(name);
+    saved_.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
+    ::setenv(name, value, 1);
+    return *this;
+  }
+  ~ScopedEnv() {
+    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it)
+      it->second ? ::setenv(it->first.c_str(), it->second->c_str(), 1) : ::unsetenv(it->first.c_str());
+  }
+
+ private:
+  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
+};
+
+}  // namespace
+
+TEST_CASE("BucketOptions::from_env reads the documented DMM_ variables", "[options]") {
+  ScopedEnv env;
+  env.set("DMM_BUCKET", "orders")
+      .set("DMM_POSTGRES_URL", "postgresql://app@db:5432/app")
+      .set("DMM_NATS_URL", "nats://n1:4222,nats://n2:4222")
+      .set("DMM_NATS_CA_FILE", "/etc/ca.pem")
+      .set("DMM_WORKER_ID", "w-1")
+      .set("DMM_STREAM_REPLICAS", "3")
+      .set("DMM_TOKEN_GRACE", "250ms")
+      .set("DMM_MAX_STATE_BYTES", "4096")
+      .set("DMM_MIGRATE", "false")
+      .set("DMM_HISTORY_RETENTION", "2d");
+  const auto o = dmm::BucketOptions::from_env();
+  CHECK(o.name == "orders");
+  CHECK(o.postgres == "postgresql://app@db:5432/app");
+  CHECK(o.nats == "nats://n1:4222,nats://n2:4222");
+  CHECK(o.nats_ca_file == "/etc/ca.pem");
+  CHECK(o.worker_id == "w-1");
+  CHECK(o.stream_replicas == 3);
+  CHECK(o.token_grace == milliseconds(250));
+  CHECK(o.max_state_bytes == 4096);
+  CHECK_FALSE(o.migrate);
+  CHECK(o.history_retention == milliseconds(2LL * 86'400'000));
+}
+
+TEST_CASE("BucketOptions::from_env keeps the defaults for unset or empty variables", "[options]") {
+  ScopedEnv env;
+  env.set("DMM_POSTGRES_URL", "").set("DMM_TOKEN_GRACE", "");
+  ::unsetenv("DMM_BUCKET");
+  const auto o = dmm::BucketOptions::from_env();
+  const dmm::BucketOptions defaults;
+  CHECK(o.postgres.empty());  // libpq's PG* variables and ~/.pgpass apply
+  CHECK(o.token_grace == defaults.token_grace);
+  CHECK(o.migrate == defaults.migrate);
+}
+
+TEST_CASE("a DMM_ variable that does not parse is refused naming the variable and the form", "[options]") {
+  struct Case {
+    const char* name;
+    const char* value;
+    const char* says;
+  };
+  const Case cases[] = {
+      {"DMM_TOKEN_GRACE", "5", "a duration such as 250ms"},
+      {"DMM_TOKEN_GRACE", "5 weeks", "a duration"},
+      {"DMM_HISTORY_RETENTION", "-1d", "a duration"},
+      {"DMM_STREAM_REPLICAS", "7", "an integer in 1..5"},
+      {"DMM_MAX_STATE_BYTES", "1MiB", "an integer"},
+      {"DMM_MIGRATE", "maybe", "true or false"},
+  };
+  for (const auto& c : cases) {
+    ScopedEnv env;
+    env.set(c.name, c.value);
+    INFO(c.name << "=" << c.value);
+    CHECK_THROWS_AS(dmm::BucketOptions::from_env(), dmm::InvalidArgument);
+    CHECK_THROWS_WITH(dmm::BucketOptions::from_env(),
+                      Catch::Contains(std::string(c.name) + "='" + c.value + "'") && Catch::Contains(c.says));
   }
 }

@@ -1,0 +1,86 @@
+// Configuration the way PostgreSQL tools take it: an empty PostgreSQL URL
+// means libpq's own PG* variables (BucketOptions::postgres), and
+// BucketOptions::from_env reads the DMM_ variables, on real servers.
+#include <catch2/catch.hpp>
+#include <cstdlib>
+#include <regex>
+
+#include "harness.hpp"
+
+using namespace dmm_test;
+
+namespace {
+
+struct Lamp {
+  std::string room;
+  bool on = false;
+  std::string identity() const { return room; }
+  dmm::Result materialize(dmm::Context&) { return dmm::Result::done(); }
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Lamp, room, on)
+
+// Sets environment variables for one test and unsets them after (libpq and
+// from_env read them when a bucket opens and connects).
+class ScopedEnv {
+ public:
+  ScopedEnv& set(const char* name, const std::string& value) {
+    names_.push_back(name);
+    ::setenv(name, value.c_str(), 1);
+    return *this;
+  }
+  ~ScopedEnv() {
+    for (const auto& n : names_) ::unsetenv(n.c_str());
+  }
+
+ private:
+  std::vector<std::string> names_;
+};
+
+void converges(dmm::Bucket& bucket, const std::string& name) {
+  bucket.register_kind<Lamp>("lamp", fast_kind());
+  Runner runner(bucket);
+  bucket.notify(Lamp{.room = "hall", .on = true});
+  wait_until([&] { return count_converged(name, "lamp") == 1; }, 15s, "the lamp to converge",
+             [&] { return describe_unconverged(name); });
+}
+
+}  // namespace
+
+TEST_CASE("with an empty PostgreSQL URL a bucket connects by libpq's PG* variables", "[config]") {
+  // postgresql://user@host:port/db, as scripts/dev-env writes it.
+  std::smatch m;
+  const std::string url = servers().postgres;
+  const std::regex form(R"(postgres(?:ql)?://([^@:/]+)@([^:/]+):(\d+)/([^?]+).*)");
+  REQUIRE(std::regex_match(url, m, form));
+  ScopedEnv env;
+  env.set("PGUSER", m[1]).set("PGHOST", m[2]).set("PGPORT", m[3]).set("PGDATABASE", m[4]);
+  if (url.find("sslmode=disable") != std::string::npos) env.set("PGSSLMODE", "disable");
+  const auto name = unique_name("pgenv");
+  auto bucket = open_bucket(name, [](dmm::BucketOptions& o) { o.postgres.clear(); });
+  converges(bucket, name);
+}
+
+TEST_CASE("an empty PostgreSQL URL with nothing for libpq to go on names the libpq defaults", "[config]") {
+  ScopedEnv env;
+  env.set("PGHOST", "127.0.0.1").set("PGPORT", std::to_string(closed_port())).set("PGCONNECT_TIMEOUT", "2");
+  try {
+    open_bucket(unique_name("pgenv-bad"), [](dmm::BucketOptions& o) { o.postgres.clear(); });
+    FAIL("Bucket::open succeeded against a closed port");
+  } catch (const dmm::ConnectionError& e) {
+    CHECK_THAT(e.what(), Catch::Contains("libpq's defaults (PGHOST, PGPORT"));
+  }
+}
+
+TEST_CASE("a bucket opened with BucketOptions::from_env works", "[config]") {
+  const auto name = unique_name("fromenv");
+  ScopedEnv env;
+  env.set("DMM_BUCKET", name)
+      .set("DMM_POSTGRES_URL", servers().postgres)
+      .set("DMM_NATS_URL", servers().nats)
+      .set("DMM_TOKEN_GRACE", "500ms");
+  auto options = dmm::BucketOptions::from_env();
+  options.logger = test_logger();
+  auto bucket = dmm::Bucket::open(options);
+  CHECK(bucket.name() == name);
+  converges(bucket, name);
+}
