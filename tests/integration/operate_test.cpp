@@ -421,3 +421,34 @@ TEST_CASE("the HTTP endpoint serves metrics, health, readiness and a web view Ch
   CHECK(std::filesystem::file_size(screenshot) > 1000);
   std::filesystem::remove_all(profile);
 }
+
+TEST_CASE("dmmctl list and stats show every bucket with -A, or when none is named and there are several",
+          "[operate]") {
+  const auto first = unique_name("multi-a"), second = unique_name("multi-b");
+  auto a = open_bucket(first);
+  auto b = open_bucket(second);
+  a.register_kind<Idle>("idle", fast_kind());
+  b.register_kind<Idle>("idle", fast_kind());
+  a.notify(Idle{"lamp-a"});
+  b.notify(Idle{"lamp-b"});
+  const auto ctl = [](std::vector<std::string> args) {
+    for (std::string x : {"--postgres", servers().postgres.c_str()}) args.push_back(x);
+    return run(env_or_fail("DMM_TEST_DMMCTL"), args);
+  };
+  for (const auto& args : {std::vector<std::string>{"list", "-A", "--kind", "idle", "-o", "json"},
+                           std::vector<std::string>{"list", "--kind", "idle", "-o", "json"}}) {
+    std::map<std::string, std::string> bucket_of;
+    for (const auto& m : parse_json(ctl(args))) bucket_of[m["identity"]] = m["bucket"];
+    CHECK(bucket_of["lamp-a"] == first);
+    CHECK(bucket_of["lamp-b"] == second);
+  }
+  auto table = ctl({"stats", "-A"});
+  INFO(table.out);
+  REQUIRE(table.status == 0);
+  CHECK_THAT(table.out, Catch::StartsWith("BUCKET") && Catch::Contains(first) && Catch::Contains(second));
+  // Naming a bucket shows it alone, without the column.
+  auto one = ctl({"stats", "--bucket", first});
+  INFO(one.out);
+  REQUIRE(one.status == 0);
+  CHECK_THAT(one.out, Catch::StartsWith("KIND") && !Catch::Contains(second));
+}

@@ -14,7 +14,8 @@
 //
 // Settings: --postgres/--nats/--bucket, else DMM_POSTGRES_URL/DMM_NATS_URL/
 // DMM_BUCKET, else the .dmm/env written by `scripts/dev-env up`; without a
-// bucket, the only bucket in the database. --output table|json everywhere.
+// bucket, the only bucket in the database (list and stats: every bucket, with
+// a BUCKET column, also with -A). --output table|json everywhere.
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <dmm/dev_env.hpp>
@@ -43,6 +44,19 @@ void need_postgres(Settings& s) {
   s.postgres = dmm::required_dev_env_setting(s.postgres, "DMM_POSTGRES_URL", "postgres", "PostgreSQL URL");
 }
 
+// The buckets list and stats show: all of them with --all-buckets, or when
+// none is configured and the database holds several (as kubectl -A); else
+// the configured or only one.
+std::vector<std::string> buckets_to_show(Settings& s, bool all) {
+  need_postgres(s);
+  if (!all) s.bucket = dmm::dev_env_setting(s.bucket, "DMM_BUCKET");
+  if (!all && !s.bucket.empty()) return {s.bucket};
+  auto buckets = dmm::list_buckets(s.postgres);
+  if (buckets.empty())
+    throw dmm::InvalidArgument("no bucket has matters in this database; pass --bucket");
+  return buckets;
+}
+
 void need_bucket(Settings& s) {
   need_postgres(s);
   s.bucket = dmm::dev_env_setting(s.bucket, "DMM_BUCKET");
@@ -64,15 +78,32 @@ std::string due_text(const dmm::MatterStatus& m) {
   return "in " + human_duration(*m.due_in_ms);
 }
 
-int cmd_list(Settings& s, const dmm::InspectQuery& q) {
-  auto matters = dmm::inspect(q);
+// With several buckets, a BUCKET column comes first (JSON always names the bucket).
+int cmd_list(Settings& s, const std::vector<std::string>& buckets, dmm::InspectQuery q) {
+  const bool several = buckets.size() > 1;
+  std::vector<std::pair<std::string, dmm::MatterStatus>> matters;
+  for (const auto& b : buckets) {
+    q.bucket = b;
+    for (auto& m : dmm::inspect(q)) matters.emplace_back(b, std::move(m));
+  }
   if (s.json()) {
-    std::cout << json(matters).dump(2) << '\n';
+    json out = json::array();
+    for (const auto& [b, m] : matters) {
+      out.push_back(m);
+      out.back()["bucket"] = b;
+    }
+    std::cout << out.dump(2) << '\n';
     return 0;
   }
-  Table t({"KIND", "IDENTITY", "PHASE", "ATTEMPTS", "AGE", "NEXT DUE"});
-  for (const auto& m : matters)
-    t.add({m.kind, m.identity, m.phase, std::to_string(m.attempts), human_duration(m.age_ms), due_text(m)});
+  std::vector<std::string> header{"KIND", "IDENTITY", "PHASE", "ATTEMPTS", "AGE", "NEXT DUE"};
+  if (several) header.insert(header.begin(), "BUCKET");
+  Table t(header);
+  for (const auto& [b, m] : matters) {
+    std::vector<std::string> row{m.kind, m.identity, m.phase, std::to_string(m.attempts), human_duration(m.age_ms),
+                                 due_text(m)};
+    if (several) row.insert(row.begin(), b);
+    t.add(row);
+  }
   t.print(std::cout);
   if (matters.empty()) std::cout << "(no matters)\n";
   return 0;
@@ -188,18 +219,28 @@ int cmd_watch(Settings& s, const std::optional<std::string>& kind, int interval_
   return count > 0 ? 1 : 0;  // --count not reached before --timeout
 }
 
-int cmd_stats(Settings& s) {
-  auto stats = dmm::kind_stats(s.postgres, s.bucket);
+int cmd_stats(Settings& s, const std::vector<std::string>& buckets) {
+  const bool several = buckets.size() > 1;
   s.nats = dmm::dev_env_setting(s.nats, "DMM_NATS_URL");
   std::string nats_note;
-  if (!s.nats.empty()) dmm::stream_stats(stats, s.nats, s.bucket);
-  else nats_note = "(no NATS URL: token columns left out; pass --nats or set DMM_NATS_URL)";
+  if (s.nats.empty()) nats_note = "(no NATS URL: token columns left out; pass --nats or set DMM_NATS_URL)";
+  std::vector<dmm::KindStats> stats;
+  std::vector<std::string> bucket_of;  // stats[i] is of bucket_of[i]
+  for (const auto& b : buckets) {
+    auto one = dmm::kind_stats(s.postgres, b);
+    if (!s.nats.empty()) dmm::stream_stats(one, s.nats, b);
+    for (auto& k : one) {
+      stats.push_back(std::move(k));
+      bucket_of.push_back(b);
+    }
+  }
   auto opt = [](const std::optional<std::int64_t>& v) { return v ? std::to_string(*v) : std::string("-"); };
   if (s.json()) {
     json out = json::array();
     for (const auto& k : stats) {
       auto jopt = [](const std::optional<std::int64_t>& v) { return v ? json(*v) : json(); };
-      out.push_back({{"kind", k.kind},
+      out.push_back({{"bucket", bucket_of[static_cast<std::size_t>(&k - stats.data())]},
+                     {"kind", k.kind},
                      {"phases", k.phases},
                      {"total", k.total},
                      {"due_now", k.due_now},
@@ -213,21 +254,35 @@ int cmd_stats(Settings& s) {
     std::cout << out.dump(2) << '\n';
     return 0;
   }
-  Table t({"KIND", "PENDING", "RECONCILING", "RETRYING", "READY", "DELETING", "FAILED", "GAVE UP", "TOTAL",
-           "DUE NOW", "IN FLIGHT", "OLDEST DUE", "TOKENS", "LAG"});
-  for (const auto& k : stats) {
+  std::vector<std::string> header{"KIND",    "PENDING", "RECONCILING", "RETRYING",  "READY",      "DELETING", "FAILED",
+                                  "GAVE UP", "TOTAL",   "DUE NOW",     "IN FLIGHT", "OLDEST DUE", "TOKENS",   "LAG"};
+  if (several) header.insert(header.begin(), "BUCKET");
+  Table t(header);
+  for (std::size_t i = 0; i < stats.size(); ++i) {
+    const auto& k = stats[i];
     auto phase = [&](const char* p) {
       auto it = k.phases.find(p);
       return std::to_string(it == k.phases.end() ? 0 : it->second);
     };
-    t.add({k.kind, phase("pending"), phase("reconciling"), phase("retrying"), phase("ready"), phase("deleting"),
-           phase("failed"), std::to_string(k.gave_up), std::to_string(k.total), std::to_string(k.due_now),
-           std::to_string(k.in_flight),
-           k.oldest_due.empty() ? "-" : human_duration(k.oldest_due_age_ms) + " ago", opt(k.tokens_pending),
-           opt(k.consumer_lag)});
+    std::vector<std::string> row{k.kind,
+                                 phase("pending"),
+                                 phase("reconciling"),
+                                 phase("retrying"),
+                                 phase("ready"),
+                                 phase("deleting"),
+                                 phase("failed"),
+                                 std::to_string(k.gave_up),
+                                 std::to_string(k.total),
+                                 std::to_string(k.due_now),
+                                 std::to_string(k.in_flight),
+                                 k.oldest_due.empty() ? "-" : human_duration(k.oldest_due_age_ms) + " ago",
+                                 opt(k.tokens_pending),
+                                 opt(k.consumer_lag)};
+    if (several) row.insert(row.begin(), bucket_of[i]);
+    t.add(row);
   }
   t.print(std::cout);
-  if (stats.empty()) std::cout << "(no matters in bucket '" << s.bucket << "')\n";
+  if (stats.empty()) std::cout << "(no matters in bucket '" << buckets.front() << "')\n";
   if (!nats_note.empty()) std::cout << nats_note << '\n';
   return 0;
 }
@@ -309,20 +364,24 @@ int main(int argc, char** argv) {
   auto* migrate = app.add_subcommand("migrate", "apply the embedded migrations, then list them");
   auto* migrate_status = migrate->add_subcommand("status", "list the migrations with checksums and when applied");
 
+  bool all_buckets = false;
+  for (auto* sub : {list, app.get_subcommand("stats")})
+    sub->add_flag("-A,--all-buckets", all_buckets, "every bucket in the database, with a BUCKET column");
+
   CLI11_PARSE(app, argc, argv);
   auto opt = [](const std::string& v) { return v.empty() ? std::nullopt : std::optional<std::string>(v); };
   try {
     if (migrate->parsed()) return cmd_migrate(s, migrate_status->parsed());
-    need_bucket(s);
     if (list->parsed())
-      return cmd_list(s, {.postgres = s.postgres, .bucket = s.bucket, .kind = opt(kind), .phase = opt(phase),
-                          .limit = limit});
+      return cmd_list(s, buckets_to_show(s, all_buckets),
+                      {.postgres = s.postgres, .kind = opt(kind), .phase = opt(phase), .limit = limit});
+    if (app.get_subcommand("stats")->parsed()) return cmd_stats(s, buckets_to_show(s, all_buckets));
+    need_bucket(s);
     if (describe->parsed()) return cmd_describe(s, kind, identity, history);
     if (why->parsed()) return cmd_why(s, kind, identity);
     if (retry->parsed()) return cmd_change(s, sel, true);
     if (remove->parsed()) return cmd_change(s, sel, false);
-    if (watch->parsed()) return cmd_watch(s, opt(kind), interval_ms, count, timeout_s);
-    return cmd_stats(s);
+    return cmd_watch(s, opt(kind), interval_ms, count, timeout_s);
   } catch (const std::exception& e) {
     std::cerr << "dmmctl: " << e.what() << '\n';
     return 1;
