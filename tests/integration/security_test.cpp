@@ -231,6 +231,12 @@ TEST_CASE("NATS over TLS works with the CA, and is refused without it or over pl
                 .nats_ca_file = (certs / "cert.pem").string()});
   const auto before = stored_snapshot(name);
   REQUIRE_FALSE(before.empty());
+  // dmmctl stats reads the consumers through the same connect path.
+  auto stats = dmm::kind_stats(servers().postgres, name);
+  REQUIRE_FALSE(stats.empty());
+  dmm::stream_stats(stats, "tls://127.0.0.1:" + port, name, {.ca_file = (certs / "cert.pem").string()});
+  CHECK(stats.front().tokens_pending.has_value());
+  CHECK_THROWS_AS(dmm::stream_stats(stats, "tls://127.0.0.1:" + port, name), dmm::ConnectionError);
   // Without the CA the self-signed certificate is not trusted.
   CHECK_THROWS_AS(
       dmm::Bucket::open({.name = name, .postgres = servers().postgres, .nats = "tls://127.0.0.1:" + port}),

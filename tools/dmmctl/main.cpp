@@ -37,6 +37,7 @@ using nlohmann::json;
 
 struct Settings {
   std::string postgres, nats, bucket, output = "table";
+  dmm::NatsTls nats_tls;  // as BucketOptions::nats_ca_file etc.
   bool json() const { return output == "json"; }
 };
 
@@ -222,13 +223,16 @@ int cmd_watch(Settings& s, const std::optional<std::string>& kind, int interval_
 int cmd_stats(Settings& s, const std::vector<std::string>& buckets) {
   const bool several = buckets.size() > 1;
   s.nats = dmm::dev_env_setting(s.nats, "DMM_NATS_URL");
+  s.nats_tls.ca_file = dmm::dev_env_setting(s.nats_tls.ca_file, "DMM_NATS_CA_FILE");
+  s.nats_tls.cert_file = dmm::dev_env_setting(s.nats_tls.cert_file, "DMM_NATS_CERT_FILE");
+  s.nats_tls.key_file = dmm::dev_env_setting(s.nats_tls.key_file, "DMM_NATS_KEY_FILE");
   std::string nats_note;
   if (s.nats.empty()) nats_note = "(no NATS URL: token columns left out; pass --nats or set DMM_NATS_URL)";
   std::vector<dmm::KindStats> stats;
   std::vector<std::string> bucket_of;  // stats[i] is of bucket_of[i]
   for (const auto& b : buckets) {
     auto one = dmm::kind_stats(s.postgres, b);
-    if (!s.nats.empty()) dmm::stream_stats(one, s.nats, b);
+    if (!s.nats.empty()) dmm::stream_stats(one, s.nats, b, s.nats_tls);
     for (auto& k : one) {
       stats.push_back(std::move(k));
       bucket_of.push_back(b);
@@ -319,6 +323,10 @@ int main(int argc, char** argv) {
   Settings s;
   app.add_option("--postgres", s.postgres, "PostgreSQL URL (default: $DMM_POSTGRES_URL or .dmm/env)");
   app.add_option("--nats", s.nats, "NATS URL, for stats (default: $DMM_NATS_URL or .dmm/env)");
+  app.add_option("--nats-ca-file", s.nats_tls.ca_file, "CA of the NATS servers, for TLS (default: $DMM_NATS_CA_FILE)");
+  app.add_option("--nats-cert-file", s.nats_tls.cert_file,
+                 "client certificate for NATS mutual TLS (default: $DMM_NATS_CERT_FILE)");
+  app.add_option("--nats-key-file", s.nats_tls.key_file, "client key for NATS mutual TLS (default: $DMM_NATS_KEY_FILE)");
   app.add_option("--bucket", s.bucket, "bucket (default: $DMM_BUCKET, .dmm/env, or the only bucket)");
   app.add_option("-o,--output", s.output, "output format")->check(CLI::IsMember({"table", "json"}))->capture_default_str();
 
