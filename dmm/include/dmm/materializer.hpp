@@ -15,7 +15,9 @@
 //   notified meanwhile: then the newer state wins and materialize runs again.
 //   Write-back never counts as a change, so it does not cause another call.
 // - Throw any exception to retry with capped exponential backoff and jitter
-//   (KindOptions::backoff). Retries never stop on their own.
+//   (KindOptions::backoff), or dmm::RetryAfter(d, "...") to retry after d.
+//   Retries stop only after KindOptions::max_attempts failed attempts
+//   (default: never); the matter is then `failed`, saying it gave up.
 // - Throw dmm::TerminalError when retrying cannot help: the matter is marked
 //   `failed` until its state changes or it is retried explicitly.
 // - One identity is never materialized by two workers at once, across threads
