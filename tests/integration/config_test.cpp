@@ -2,10 +2,10 @@
 // means libpq's own PG* variables (BucketOptions::postgres), and
 // BucketOptions::from_env reads the DMM_ variables, on real servers.
 #include <catch2/catch.hpp>
-#include <cstdlib>
 #include <regex>
 
 #include "harness.hpp"
+#include "scoped_env.hpp"
 
 using namespace dmm_test;
 
@@ -19,22 +19,6 @@ struct Lamp {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Lamp, room, on)
 
-// Sets environment variables for one test and unsets them after (libpq and
-// from_env read them when a bucket opens and connects).
-class ScopedEnv {
- public:
-  ScopedEnv& set(const char* name, const std::string& value) {
-    names_.push_back(name);
-    ::setenv(name, value.c_str(), 1);
-    return *this;
-  }
-  ~ScopedEnv() {
-    for (const auto& n : names_) ::unsetenv(n.c_str());
-  }
-
- private:
-  std::vector<std::string> names_;
-};
 
 void converges(dmm::Bucket& bucket, const std::string& name) {
   bucket.register_kind<Lamp>("lamp", fast_kind());

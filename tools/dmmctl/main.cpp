@@ -58,19 +58,16 @@ std::vector<std::string> buckets_to_show(Settings& s, bool all) {
   return buckets;
 }
 
+// The one bucket the other commands act on.
 void need_bucket(Settings& s) {
-  need_postgres(s);
-  s.bucket = dmm::dev_env_setting(s.bucket, "DMM_BUCKET");
-  if (!s.bucket.empty()) return;
-  auto buckets = dmm::list_buckets(s.postgres);
+  auto buckets = buckets_to_show(s, false);
   if (buckets.size() == 1) {
     s.bucket = buckets.front();
     return;
   }
   std::string names;
   for (const auto& b : buckets) names += (names.empty() ? "" : ", ") + b;
-  throw dmm::InvalidArgument(buckets.empty() ? "no bucket has matters in this database; pass --bucket"
-                                             : "several buckets (" + names + "): pass --bucket or set DMM_BUCKET");
+  throw dmm::InvalidArgument("several buckets (" + names + "): pass --bucket or set DMM_BUCKET");
 }
 
 std::string due_text(const dmm::MatterStatus& m) {

@@ -17,9 +17,15 @@
 namespace dmm::detail {
 namespace {
 
-void validate_matter(const BucketCore& core, const std::string& kind, const JsonMatter& m) {
-  validate_identity(kind, m.identity);
-  check_state_size(m.state, core.options().max_state_bytes, StateSource::notify, kind, m.identity);
+// Validates each notified matter and gives it the delay `options` ask for.
+void prepare_notified(const BucketCore& core, const std::string& kind, std::vector<JsonMatter>& matters,
+                      const NotifyOptions& options) {
+  const auto delay_ms = notify_delay_ms(options, kind);
+  for (auto& m : matters) {
+    validate_identity(kind, m.identity);
+    check_state_size(m.state, core.options().max_state_bytes, StateSource::notify, kind, m.identity);
+    m.delay_ms = delay_ms;
+  }
 }
 
 std::string describe_matter(const std::string& kind_and_identity) {
@@ -73,10 +79,6 @@ void publish_due(BucketCore& core, const std::string& kind, const std::vector<Ma
     if (d.owed_now) ids.push_back(d.id);
   if (!ids.empty()) core.publish(kind, ids);
 }
-
-}  // namespace
-
-namespace {
 
 constexpr std::size_t kChunk = NotifyGroups::kMaxBatch;  // matters per statement of a bulk notify
 
@@ -132,11 +134,7 @@ void store_notifies(BucketCore& core, const std::string& kind, const std::vector
 void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> matters,
             const NotifyOptions& options) {
   const auto& k = core.kind(kind);
-  const auto delay_ms = notify_delay_ms(options, kind);
-  for (auto& m : matters) {
-    validate_matter(core, kind, m);
-    m.delay_ms = delay_ms;
-  }
+  prepare_notified(core, kind, matters, options);
   if (matters.size() == 1 && !k.hooks.dependencies) {
     // Written together with concurrent notifies of the kind (notify_group.hpp).
     core.notify_groups().notify(kind, std::move(matters.front()), [&](std::vector<JsonMatter>& batch) {
@@ -164,11 +162,7 @@ void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> m
 void notify_in(BucketCore& core, pqxx::transaction_base& txn, const std::string& kind,
                std::vector<JsonMatter> matters, const NotifyOptions& options) {
   const auto& k = core.kind(kind);
-  const auto delay_ms = notify_delay_ms(options, kind);
-  for (auto& m : matters) {
-    validate_matter(core, kind, m);
-    m.delay_ms = delay_ms;
-  }
+  prepare_notified(core, kind, matters, options);
   for_each_chunk(last_state_wins(std::move(matters)), [&](const std::vector<JsonMatter>& chunk, std::size_t) {
     // Kicked now: a sweeper woken by the NOTIFY at commit publishes the tokens.
     upsert_matters(txn, core.options().name, kind, chunk, std::chrono::milliseconds(0), false);

@@ -3,13 +3,10 @@
 #include "bucket/options.hpp"
 
 #include <catch2/catch.hpp>
-#include <cstdlib>
-#include <optional>
 #include <string>
-#include <utility>
-#include <vector>
 
 #include "dmm/errors.hpp"
+#include "scoped_env.hpp"
 
 using dmm::Backoff;
 using dmm::detail::validate_backoff;
@@ -59,27 +56,7 @@ TEST_CASE("an unusable backoff is rejected naming the kind and the field", "[bac
   }
 }
 
-namespace {
-
-// Sets environment variables for one test and restores them after.
-class ScopedEnv {
- public:
-  ScopedEnv& set(const char* name, const char* value) {
-    const char* old = std::getenv(name);
-    saved_.emplace_back(name, old ? std::optional<std::string>(old) : std::nullopt);
-    ::setenv(name, value, 1);
-    return *this;
-  }
-  ~ScopedEnv() {
-    for (auto it = saved_.rbegin(); it != saved_.rend(); ++it)
-      it->second ? ::setenv(it->first.c_str(), it->second->c_str(), 1) : ::unsetenv(it->first.c_str());
-  }
-
- private:
-  std::vector<std::pair<std::string, std::optional<std::string>>> saved_;
-};
-
-}  // namespace
+using dmm_test::ScopedEnv;
 
 TEST_CASE("BucketOptions::from_env reads the documented DMM_ variables", "[options]") {
   ScopedEnv env;
@@ -108,8 +85,7 @@ TEST_CASE("BucketOptions::from_env reads the documented DMM_ variables", "[optio
 
 TEST_CASE("BucketOptions::from_env keeps the defaults for unset or empty variables", "[options]") {
   ScopedEnv env;
-  env.set("DMM_POSTGRES_URL", "").set("DMM_TOKEN_GRACE", "");
-  ::unsetenv("DMM_BUCKET");
+  env.set("DMM_POSTGRES_URL", "").set("DMM_TOKEN_GRACE", "").unset("DMM_BUCKET");
   const auto o = dmm::BucketOptions::from_env();
   const dmm::BucketOptions defaults;
   CHECK(o.postgres.empty());  // libpq's PG* variables and ~/.pgpass apply
