@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
@@ -134,6 +135,13 @@ struct KindOptions {
   int prefetch = 0;
 };
 
+// How urgent a matter's work is. Workers in every process take due matters
+// of a higher class first; what a process has already claimed may finish
+// first (docs/DESIGN.md, "Priority"). A notify is `normal` unless it says
+// otherwise; a retry after a failure, a requeue_after and a resync run at
+// `low`; Bucket::retry and a removal run at the priority of the last notify.
+enum class Priority : std::uint8_t { low = 0, normal = 1, high = 2 };
+
 // How one notify schedules its work: `notify(obj, {.delay = 30s})`. The state
 // is stored at once either way; a delayed matter is not due (no worker takes
 // it) before its time. An identical state stays a no-op and keeps its
@@ -146,6 +154,11 @@ struct NotifyOptions {
   // means now; one further back is an InvalidArgument (a bug, such as an
   // unset time). Only one of delay and not_before may be set.
   std::optional<std::chrono::system_clock::time_point> not_before{};
+  // The class the matter's work runs in: `notify(obj, {.priority =
+  // dmm::Priority::high})` for a change a user is waiting for. The latest
+  // notify of a new state sets it (an identical state changes nothing).
+  // Default normal; a value outside the enum is an InvalidArgument.
+  Priority priority = Priority::normal;
 };
 
 }  // namespace dmm

@@ -17,14 +17,17 @@
 namespace dmm::detail {
 namespace {
 
-// Validates each notified matter and gives it the delay `options` ask for.
+// Validates each notified matter and gives it the delay and priority
+// `options` ask for.
 void prepare_notified(const BucketCore& core, const std::string& kind, std::vector<JsonMatter>& matters,
                       const NotifyOptions& options) {
   const auto delay_ms = notify_delay_ms(options, kind);
+  validate_priority(options, kind);
   for (auto& m : matters) {
     validate_identity(kind, m.identity);
     check_state_size(m.state, core.options().max_state_bytes, StateSource::notify, kind, m.identity);
     m.delay_ms = delay_ms;
+    m.priority = options.priority;
   }
 }
 
@@ -74,10 +77,10 @@ std::string about(const std::string& call, const std::string& kind, std::string_
 
 // Publishes the tokens owed for matters a transition made due.
 void publish_due(BucketCore& core, const std::string& kind, const std::vector<MadeDue>& due) {
-  std::vector<std::int64_t> ids;
+  std::vector<TokenOwed> owed;
   for (const auto& d : due)
-    if (d.owed_now) ids.push_back(d.id);
-  if (!ids.empty()) core.publish(kind, ids);
+    if (d.owed_now) owed.push_back({d.id, kind, d.priority});
+  core.publish(owed);
 }
 
 constexpr std::size_t kChunk = NotifyGroups::kMaxBatch;  // matters per statement of a bulk notify
@@ -126,7 +129,7 @@ void store_notifies(BucketCore& core, const std::string& kind, const std::vector
         return ids;
       },
       deps.empty());
-  core.publish(kind, owed);
+  core.publish(owed);
 }
 
 }  // namespace
@@ -186,8 +189,8 @@ bool update(BucketCore& core, const std::string& kind, std::string_view identity
             const std::function<void(nlohmann::json&)>& change) {
   const auto& k = core.kind(kind);
   validate_identity(kind, identity);
-  std::optional<std::vector<std::int64_t>> owed = in_postgres(
-      core.pool(), core.options().name, about("update", kind, identity), [&](pqxx::connection& conn) -> std::optional<std::vector<std::int64_t>> {
+  std::optional<std::vector<TokenOwed>> owed = in_postgres(
+      core.pool(), core.options().name, about("update", kind, identity), [&](pqxx::connection& conn) -> std::optional<std::vector<TokenOwed>> {
         pqxx::work tx(conn);
         auto stored = read_state(tx, core.options().name, kind, identity, true);
         if (!stored) return std::nullopt;
@@ -203,7 +206,7 @@ bool update(BucketCore& core, const std::string& kind, std::string_view identity
         return ids;
       });
   if (!owed) return false;
-  core.publish(kind, *owed);
+  core.publish(*owed);
   return true;
 }
 

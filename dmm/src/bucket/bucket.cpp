@@ -69,7 +69,7 @@ WorkStream& BucketCore::register_kind(std::string name, KindOptions options, Kin
       throw InvalidArgument(fmt::format("bucket '{}': type {} is already registered as kind '{}'", options_.name,
                                         hooks.type_name, it->second));
   }
-  nats_->ensure_consumer(name);
+  nats_->ensure_consumers(name);
   auto kind = std::make_unique<Kind>();
   kind->name = name, kind->options = options, kind->hooks = std::move(hooks);
   auto engine = std::make_unique<WorkStreamEngine>(

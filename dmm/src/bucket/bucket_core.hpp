@@ -60,8 +60,8 @@ class BucketCore {
   // Starts the HTTP endpoint (once); returns its port.
   int serve_http(const std::string& address);
 
-  // Publishes the tokens for `ids` after a commit (failures only logged).
-  void publish(const std::string& kind, const std::vector<std::int64_t>& ids) { nats_->publish(kind, ids); }
+  // Publishes the tokens owed after a commit (failures only logged).
+  void publish(const std::vector<TokenOwed>& owed) { publish_owed(*nats_, owed); }
 
  private:
   // Constant after construction.

@@ -15,6 +15,7 @@
 
 #include "dmm/errors.hpp"
 #include "protocol/names.hpp"
+#include "protocol/vocabulary.hpp"
 
 namespace dmm::detail {
 namespace {
@@ -87,6 +88,13 @@ std::int64_t notify_delay_ms(const NotifyOptions& o, const std::string& kind) {
                                       "to come (a time up to an hour ago means now); nothing was stored",
                                       kind, -duration_cast<seconds>(in).count()));
   return std::max<std::int64_t>(0, in.count());
+}
+
+void validate_priority(const NotifyOptions& o, const std::string& kind) {
+  if (!is_known(o.priority))
+    throw InvalidArgument(fmt::format("notify of kind '{}': NotifyOptions::priority is {}, not a dmm::Priority; give "
+                                      "Priority::low, normal or high; nothing was stored",
+                                      kind, static_cast<int>(o.priority)));
 }
 
 namespace {

@@ -19,6 +19,9 @@ void validate_kind_options(const KindOptions& options, const std::string& kind);
 // `kind` for a negative delay, a time far in the past, or both set.
 std::int64_t notify_delay_ms(const NotifyOptions& o, const std::string& kind);
 
+// InvalidArgument naming `kind` for a priority outside dmm::Priority.
+void validate_priority(const NotifyOptions& o, const std::string& kind);
+
 // InvalidArgument naming `kind` and the field if `backoff` is unusable.
 void validate_backoff(const Backoff& backoff, const std::string& kind);
 

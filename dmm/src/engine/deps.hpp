@@ -36,8 +36,14 @@ struct EngineDeps {
   BucketCore* api;
 
   // Publishes the tokens owed after a commit (failures only logged).
-  void publish(const std::string& kind, const std::vector<std::int64_t>& ids) const { nats->publish(kind, ids); }
+  void publish(const std::string& kind, Priority priority, const std::vector<std::int64_t>& ids) const {
+    nats->publish(kind, priority, ids);
+  }
   void publish(const std::vector<TokenOwed>& owed) const;
 };
+
+// Publishes the tokens `owed`, grouped by kind and class, as few as possible
+// (failures only logged). For the engine and the Bucket API alike.
+void publish_owed(Nats& nats, const std::vector<TokenOwed>& owed);
 
 }  // namespace dmm::detail

@@ -105,7 +105,7 @@ void Sweeper::run(std::stop_token stop) {
       // server): make sure it and our consumer exist before sending more.
       if (deps_.nats->take_publish_errors() > 0) {
         deps_.nats->ensure_stream();
-        deps_.nats->ensure_consumer(kind_);
+        deps_.nats->ensure_consumers(kind_);
       }
       if (resync_every_.count() > 0 && !resync_scheduled_) {
         schedule_resyncs(*conn, stop);
@@ -119,12 +119,12 @@ void Sweeper::run(std::stop_token stop) {
       }
       backlog.swept();
       auto swept = sweep(*conn, deps_.options.name, kind_, kSweepBatch, backlog.rekick_grace());
-      if (!swept.owed.empty()) {
-        log.debug("bucket '{}' kind '{}': sweeper sends {} token(s)", deps_.options.name, kind_, swept.owed.size());
-        deps_.publish(kind_, swept.owed);
+      const auto owed = swept.owed_count();
+      if (owed > 0) {
+        log.debug("bucket '{}' kind '{}': sweeper sends {} token(s)", deps_.options.name, kind_, owed);
+        for (auto p : kPrioritiesHighFirst) deps_.publish(kind_, p, swept.owed[index_of(p)]);
       }
-      sent_by_full_sweep =
-          swept.looked == kSweepBatch ? (swept.owed.size() + kMaxIdsPerToken - 1) / kMaxIdsPerToken : 0;
+      sent_by_full_sweep = swept.looked == kSweepBatch ? (owed + kMaxIdsPerToken - 1) / kMaxIdsPerToken : 0;
       if (swept.looked == kSweepBatch) continue;
       deps_.pruner.run_if_due(*conn);
       auto next = next_kick_in_ms(*conn, deps_.options.name, kind_).value_or(kMaxIdleMs);

@@ -2,6 +2,7 @@
 // (engine/work_stream_engine.hpp); the attempt itself is engine/attempt.cpp.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <fmt/format.h>
 #include <random>
 #include <spdlog/spdlog.h>
@@ -66,6 +67,7 @@ void WorkStreamEngine::stop() {
   std::lock_guard lock(mu_);
   stop_.request_stop();
   room_cv_.notify_all();
+  fetch_cv_.notify_all();
 }
 
 void WorkStreamEngine::wait_idle() {
@@ -108,95 +110,211 @@ void WorkStreamEngine::work() {
   idle_cv_.notify_all();
 }
 
-void WorkStreamEngine::run_dispatcher(std::stop_token stop) {
+namespace {
+
+// How long a fetched token may wait for the dispatcher before it goes back
+// to the stream: far longer than a claim takes, far shorter than AckWait.
+constexpr auto kStaleFetched = std::chrono::seconds(5);
+
+}  // namespace
+
+bool WorkStreamEngine::may_fetch(Priority priority) const {
+  // Tokens of a higher class waiting: they go first, and this class's would
+  // only wait behind them (and go stale).
+  for (auto p : kPrioritiesHighFirst) {
+    if (!fetched_[index_of(p)].empty()) return false;
+    if (p == priority) break;
+  }
+  // The highest class fetches even without room: its tokens are then the
+  // first to be claimed when room opens.
+  return priority == Priority::high ||
+         static_cast<int>(held_.size() + fetched_ids_) < capacity_;
+}
+
+void WorkStreamEngine::run_fetcher(Priority priority, std::stop_token stop) {
   RateLimitedLog errors(*deps_.logger);
-  std::unique_ptr<pqxx::connection> conn;
   std::unique_ptr<TokenSource> source;
   auto delay = std::chrono::milliseconds(100);
+  auto& queue = fetched_[index_of(priority)];
   while (!stop.stop_requested()) {
     try {
-      if (!conn) conn = connect_pg(deps_.options.postgres, "claiming matters of kind '" + kind_.name + "'");
-      if (!source) source = std::make_unique<TokenSource>(*deps_.nats, kind_.name);
-      bound_ = true;
-      int room;
+      if (!source) {
+        source = std::make_unique<TokenSource>(*deps_.nats, kind_.name, priority);
+        ++bound_;
+      }
+      int want;
       {
         std::unique_lock lock(mu_);
-        room_cv_.wait_for(lock, std::chrono::milliseconds(250),
-                          [&] { return static_cast<int>(held_.size()) < capacity_ || stop.stop_requested(); });
-        room = capacity_ - static_cast<int>(held_.size());
+        fetch_cv_.wait_for(lock, std::chrono::milliseconds(250),
+                           [&] { return stop.stop_requested() || may_fetch(priority); });
+        if (stop.stop_requested()) break;
+        if (!may_fetch(priority)) continue;
+        // A token may name many matters: fetch about as many tokens as the
+        // matters that fit, judged by the tokens seen lately.
+        const int room = std::clamp(capacity_ - static_cast<int>(held_.size() + fetched_ids_), 1,
+                                    kind_.options.batch);
+        want = std::clamp(static_cast<int>(std::lround(room / ids_per_token_)), 1, room);
       }
-      if (stop.stop_requested()) break;
-      if (room <= 0) continue;
-      // A token may name many matters: fetch about as many tokens as the
-      // matters that fit, judged by the tokens seen lately.
-      room = std::min(room, kind_.options.batch);
-      const int want = std::clamp(static_cast<int>(std::lround(room / ids_per_token_)), 1, room);
       auto tokens = source->fetch(want, std::chrono::milliseconds(250));
-      if (!tokens.empty()) claim_tokens(*conn, tokens, room);
       delay = std::chrono::milliseconds(100);
+      if (tokens.empty()) continue;
+      std::vector<Fetched> parsed;
+      std::size_t named = 0;
+      for (auto& token : tokens) {
+        auto ids = parse_token(token.subject(), token.payload(), deps_.options.name, kind_.name, priority);
+        if (!ids) {
+          deps_.logger->warn("bucket '{}' kind '{}': dropping a message on '{}' that is not a dmm token",
+                             deps_.options.name, kind_.name, token.subject());
+          token.ack();
+          continue;
+        }
+        named += ids->size();
+        parsed.push_back({std::move(token), std::move(*ids), priority, Clock::now()});
+      }
+      if (parsed.empty()) continue;
+      {
+        std::lock_guard lock(mu_);
+        ids_per_token_ = (ids_per_token_ + static_cast<double>(named) / static_cast<double>(parsed.size())) / 2;
+        fetched_ids_ += named;
+        for (auto& f : parsed) queue.push_back(std::move(f));
+      }
+      room_cv_.notify_one();
     } catch (const std::exception& e) {
-      errors.warn("bucket '{}' kind '{}': fetching and claiming work failed: {}; retrying", deps_.options.name,
-                  kind_.name, e.what());
-      conn.reset();
+      errors.warn("bucket '{}' kind '{}': fetching {} tokens failed: {}; retrying", deps_.options.name, kind_.name,
+                  to_string(priority), e.what());
+      if (source) --bound_;
       source.reset();
-      bound_ = false;
       sleep_for(stop, delay);
       delay = std::min(delay * 2, std::chrono::milliseconds(5000));
     }
   }
-  bound_ = false;
+  if (source) --bound_;
 }
 
-void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Token>& tokens, int room) {
-  std::vector<std::int64_t> ids, leftover;
-  std::vector<Token*> used;
-  ids.reserve(static_cast<std::size_t>(room));
-  std::size_t named = 0, parsed = 0, handed_back = 0;
-  for (auto& token : tokens) {
-    auto token_ids = parse_token(token.subject(), token.payload(), deps_.options.name, kind_.name);
-    if (!token_ids) {
-      deps_.logger->warn("bucket '{}' kind '{}': dropping a message on '{}' that is not a dmm token",
-                         deps_.options.name, kind_.name, token.subject());
-      token.ack();
-      continue;
+std::vector<WorkStreamEngine::Fetched> WorkStreamEngine::take_fetched(int room) {
+  std::vector<Fetched> taken;
+  std::size_t ids = 0;
+  for (auto p : kPrioritiesHighFirst) {
+    auto& queue = fetched_[index_of(p)];
+    while (!queue.empty() && ids < static_cast<std::size_t>(room)) {
+      ids += queue.front().ids.size();
+      fetched_ids_ -= queue.front().ids.size();
+      taken.push_back(std::move(queue.front()));
+      queue.pop_front();
     }
-    named += token_ids->size();
-    ++parsed;
-    const auto fits = static_cast<std::size_t>(room) - ids.size();
-    if (fits == 0) {
-      // Fetched more than fits (the tokens were larger than lately): back
-      // to the stream, for this process's next fetch or another's.
-      if (!token.nak()) metrics_.ack_errors.fetch_add(1, std::memory_order_relaxed);
-      ++handed_back;
-      continue;
-    }
-    const auto take = std::min(fits, token_ids->size());
-    ids.insert(ids.end(), token_ids->begin(), token_ids->begin() + static_cast<std::ptrdiff_t>(take));
-    leftover.assign(token_ids->begin() + static_cast<std::ptrdiff_t>(take), token_ids->end());
-    used.push_back(&token);
   }
-  if (parsed > 0) ids_per_token_ = (ids_per_token_ + static_cast<double>(named) / static_cast<double>(parsed)) / 2;
-  if (handed_back > 0 || !leftover.empty())
-    deps_.logger->debug("bucket '{}' kind '{}': {} matter(s) fit; handed back {} token(s), sending {} matter(s) "
-                        "again in new tokens",
-                        deps_.options.name, kind_.name, ids.size(), handed_back, leftover.size());
+  return taken;
+}
+
+std::vector<WorkStreamEngine::Fetched> WorkStreamEngine::take_stale(Clock::time_point now) {
+  std::vector<Fetched> stale;
+  for (auto& queue : fetched_)
+    while (!queue.empty() && now - queue.front().at > kStaleFetched) {
+      fetched_ids_ -= queue.front().ids.size();
+      stale.push_back(std::move(queue.front()));
+      queue.pop_front();
+    }
+  return stale;
+}
+
+void WorkStreamEngine::run_dispatcher(std::stop_token stop) {
+  RateLimitedLog errors(*deps_.logger);
+  std::unique_ptr<pqxx::connection> conn;
+  auto delay = std::chrono::milliseconds(100);
+  const auto hand_back = [this](std::vector<Fetched>& tokens) {
+    for (auto& f : tokens)
+      if (!f.token.nak()) metrics_.ack_errors.fetch_add(1, std::memory_order_relaxed);
+    tokens.clear();
+  };
+  {
+    std::vector<std::jthread> fetchers;
+    for (auto p : kPrioritiesHighFirst) fetchers.emplace_back([this, p, stop] { run_fetcher(p, stop); });
+    while (!stop.stop_requested()) {
+      std::vector<Fetched> taken;
+      try {
+        if (!conn) conn = connect_pg(deps_.options.postgres, "claiming matters of kind '" + kind_.name + "'");
+        int room;
+        std::vector<Fetched> stale;
+        {
+          std::unique_lock lock(mu_);
+          room_cv_.wait_for(lock, std::chrono::milliseconds(250), [&] {
+            return stop.stop_requested() || (static_cast<int>(held_.size()) < capacity_ && fetched_ids_ > 0);
+          });
+          if (stop.stop_requested()) break;
+          stale = take_stale(Clock::now());
+          room = std::min(capacity_ - static_cast<int>(held_.size()), kind_.options.batch);
+          if (room > 0) taken = take_fetched(room);
+        }
+        if (!stale.empty()) {
+          deps_.logger->debug("bucket '{}' kind '{}': handing back {} token(s) that waited behind higher classes",
+                              deps_.options.name, kind_.name, stale.size());
+          hand_back(stale);
+        }
+        if (taken.empty()) continue;
+        fetch_cv_.notify_all();
+        claim_tokens(*conn, taken, room);
+        delay = std::chrono::milliseconds(100);
+      } catch (const std::exception& e) {
+        errors.warn("bucket '{}' kind '{}': claiming work failed: {}; retrying", deps_.options.name, kind_.name,
+                    e.what());
+        // Back to the stream now rather than after AckWait.
+        hand_back(taken);
+        conn.reset();
+        sleep_for(stop, delay);
+        delay = std::min(delay * 2, std::chrono::milliseconds(5000));
+      }
+    }
+    fetch_cv_.notify_all();
+  }  // joins the fetchers
+  std::vector<Fetched> left;
+  {
+    std::lock_guard lock(mu_);
+    left = take_fetched(std::numeric_limits<int>::max());
+  }
+  hand_back(left);
+}
+
+void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Fetched>& tokens, int room) {
+  std::vector<std::int64_t> ids, leftover;
+  Priority leftover_class = Priority::normal;
+  std::unordered_map<std::int64_t, Priority> class_of;
+  ids.reserve(static_cast<std::size_t>(room));
+  for (auto& f : tokens) {
+    // Only the last token taken can overflow the room (take_fetched).
+    const auto fits = static_cast<std::size_t>(room) - std::min(ids.size(), static_cast<std::size_t>(room));
+    const auto take = std::min(fits, f.ids.size());
+    for (std::size_t i = 0; i < take; ++i) {
+      ids.push_back(f.ids[i]);
+      auto [it, fresh] = class_of.try_emplace(f.ids[i], f.priority);
+      if (!fresh && index_of(f.priority) > index_of(it->second)) it->second = f.priority;
+    }
+    if (take < f.ids.size()) {
+      leftover.assign(f.ids.begin() + static_cast<std::ptrdiff_t>(take), f.ids.end());
+      leftover_class = f.priority;
+    }
+  }
+  if (!leftover.empty())
+    deps_.logger->debug("bucket '{}' kind '{}': {} matter(s) fit; sending {} matter(s) again in new tokens",
+                        deps_.options.name, kind_.name, ids.size(), leftover.size());
   auto claimed = claim(conn, deps_.options.name, kind_.name, ids, deps_.worker_id, kind_.options.lease_ttl);
   // The part of a token that did not fit goes out as a token of its own
   // before that token is acked.
-  if (!leftover.empty()) deps_.publish(kind_.name, leftover);
+  if (!leftover.empty()) deps_.publish(kind_.name, leftover_class, leftover);
   // Claimed or not, the tokens have done their job: a matter not claimed is
   // leased elsewhere (its holder sees any new generation at write-back), not
   // due yet (the sweeper sends a token when it is), or gone.
-  for (auto* token : used)
-    if (!token->ack()) metrics_.ack_errors.fetch_add(1, std::memory_order_relaxed);
+  for (auto& f : tokens)
+    if (!f.token.ack()) metrics_.ack_errors.fetch_add(1, std::memory_order_relaxed);
+  tokens.clear();
   if (claimed.empty()) return;
   {
     std::lock_guard lock(mu_);
     for (auto& row : claimed) {
       auto item = std::make_shared<Item>();
+      item->priority = class_of[row.id];
       item->row = std::move(row);
       held_[item->row.id] = item;
-      ready_.push_back(std::move(item));
+      ready_[index_of(item->priority)].push_back(std::move(item));
     }
   }
   // As many executors as there are new items: waking all of them for a
@@ -212,10 +330,17 @@ void WorkStreamEngine::run_executor() {
     std::shared_ptr<Item> item;
     {
       std::unique_lock lock(mu_);
-      ready_cv_.wait(lock, [&] { return !ready_.empty() || executors_exit_; });
-      if (ready_.empty()) return;
-      item = std::move(ready_.front());
-      ready_.pop_front();
+      // Highest class first.
+      const auto next = [&]() -> std::deque<std::shared_ptr<Item>>* {
+        for (auto p : kPrioritiesHighFirst)
+          if (!ready_[index_of(p)].empty()) return &ready_[index_of(p)];
+        return nullptr;
+      };
+      ready_cv_.wait(lock, [&] { return next() || executors_exit_; });
+      auto* queue = next();
+      if (!queue) return;
+      item = std::move(queue->front());
+      queue->pop_front();
       if (item->abandoned) continue;
       item->running = true;
       ++running_;
@@ -285,6 +410,7 @@ void WorkStreamEngine::run_committer() {
             if (auto it = held_.find(o.id); it != held_.end() && it->second->row.epoch == o.epoch) held_.erase(it);
         }
         room_cv_.notify_one();
+        fetch_cv_.notify_all();
       }
       if (Clock::now() >= next_renewal) {
         renew_leases(*conn);
@@ -347,6 +473,7 @@ void WorkStreamEngine::renew_leases(pqxx::connection& conn) {
     held_.erase(it);
   }
   room_cv_.notify_one();
+  fetch_cv_.notify_all();
 }
 
 void WorkStreamEngine::abort_attempts(const char* why) {
@@ -363,12 +490,14 @@ void WorkStreamEngine::abort_attempts(const char* why) {
 void WorkStreamEngine::shut_down() {
   std::unique_lock lock(mu_);
   // Queued but not started: release at once.
-  for (auto& item : ready_) {
-    if (item->abandoned) continue;
-    item->abandoned = true;
-    done_.push_back(released(item->row));
+  for (auto& queue : ready_) {
+    for (auto& item : queue) {
+      if (item->abandoned) continue;
+      item->abandoned = true;
+      done_.push_back(released(item->row));
+    }
+    queue.clear();
   }
-  ready_.clear();
   executors_exit_ = true;
   // Running: ask them to stop, and give them stop_grace to finish.
   for (auto& [id, item] : held_)

@@ -1,8 +1,11 @@
 // The worker loop of one kind (see dmm/work_stream.hpp for the contract).
 //
 // Threads while work() runs:
-// - dispatcher (run_dispatcher, the caller of work()): fetch tokens, claim
-//   their matters in one statement, ack the tokens, queue the claimed matters;
+// - fetchers (run_fetcher), one per priority class: pull the class's tokens
+//   while there is room for them, and no higher class has tokens waiting;
+// - dispatcher (run_dispatcher, the caller of work()): take fetched tokens,
+//   highest class first, claim their matters in one statement, ack the
+//   tokens, queue the claimed matters by class (docs/DESIGN.md, "Priority");
 // - executors (run_executor, KindOptions::concurrency of them): run
 //   materialize/finalize (attempt.hpp);
 // - committer (run_committer): write outcomes back in batches (fenced by
@@ -11,6 +14,7 @@
 // - sweeper: re-send tokens whose kick_at passed (sweeper.cpp).
 #pragma once
 
+#include <array>
 #include <atomic>
 #include <condition_variable>
 #include <deque>
@@ -25,6 +29,7 @@
 #include "engine/deps.hpp"
 #include "engine/metrics.hpp"
 #include "protocol/names.hpp"
+#include "protocol/vocabulary.hpp"
 #include "store/matters.hpp"
 #include "tokens/tokens.hpp"
 
@@ -40,21 +45,41 @@ class WorkStreamEngine {
   // Blocks until no work() is running.
   void wait_idle();
   const std::string& kind() const;
-  // True while work() runs with a live subscription to the kind's consumer.
-  bool bound() const { return bound_.load(); }
+  // True while work() runs with a live subscription to the consumer of every
+  // class of the kind.
+  bool bound() const { return bound_.load() == static_cast<int>(kPriorities.size()); }
 
  private:
   struct Item {
     Claimed row;
+    Priority priority = Priority::normal;  // the highest class of the tokens that named it
     std::stop_source stop;
     bool running = false;    // guarded by mu_
     bool abandoned = false;  // guarded by mu_: lease lost or released; drop the outcome
     bool outcome_queued = false;  // guarded by mu_: the attempt's outcome waits for a write-back
   };
 
+  // A fetched token and the row ids it names, waiting for the dispatcher.
+  struct Fetched {
+    Token token;
+    std::vector<std::int64_t> ids;
+    Priority priority;
+    std::chrono::steady_clock::time_point at;
+  };
+
+  void run_fetcher(Priority priority, std::stop_token stop);
+  // Whether the fetcher of `priority` may pull now (mu_ held).
+  bool may_fetch(Priority priority) const;
   void run_dispatcher(std::stop_token stop);
+  // Up to about `room` matters' worth of fetched tokens, highest class first,
+  // oldest first within a class (mu_ held).
+  std::vector<Fetched> take_fetched(int room);
+  // Fetched tokens waiting longer than a claim could take (their class kept
+  // losing to higher ones), handed back to the stream for any worker (mu_
+  // held; returns them to be nak'ed outside the lock).
+  std::vector<Fetched> take_stale(std::chrono::steady_clock::time_point now);
   // Claims the matters the tokens name, at most `room` of them.
-  void claim_tokens(pqxx::connection& conn, std::vector<Token>& tokens, int room);
+  void claim_tokens(pqxx::connection& conn, std::vector<Fetched>& tokens, int room);
   void run_executor();  // one of KindOptions::concurrency
   Outcome attempt(Item& item);
   void run_committer();
@@ -66,20 +91,25 @@ class WorkStreamEngine {
   const EngineDeps deps_;  // constant; what it points to outlives this engine
   const KindSpec& kind_;   // constant; outlives this engine
   KindMetrics& metrics_;   // thread-safe; owned by deps_.metrics
-  std::atomic<bool> bound_{false};
+  std::atomic<int> bound_{0};  // fetchers with a live subscription
   const int capacity_;     // most matters held (claimed, running or not yet written back)
   std::stop_source stop_;  // sticky: a stopped stream stays stopped
-  // Dispatcher only: matters per token lately, which sizes fetches. It starts
-  // high: fetching too few tokens costs a round trip, too many hands tokens
-  // back.
-  double ids_per_token_ = static_cast<double>(kMaxIdsPerToken);
 
   std::mutex mu_;
   std::condition_variable ready_cv_;  // ready_ grew or executors_exit_
   std::condition_variable done_cv_;   // done_ grew or committer_exit_
-  std::condition_variable room_cv_;   // held_ shrank
+  std::condition_variable room_cv_;   // held_ shrank or fetched_ grew: the dispatcher may claim
+  std::condition_variable fetch_cv_;  // held_ or fetched_ shrank: a fetcher may pull
   std::condition_variable idle_cv_;   // running_ dropped, or working_ ended
-  std::deque<std::shared_ptr<Item>> ready_;                        // guarded by mu_
+  // Guarded by mu_, by index_of(Priority): claimed, waiting for an executor.
+  std::array<std::deque<std::shared_ptr<Item>>, kPriorities.size()> ready_;
+  // Guarded by mu_, by index_of(Priority): fetched, waiting to be claimed.
+  std::array<std::deque<Fetched>, kPriorities.size()> fetched_;
+  std::size_t fetched_ids_ = 0;  // guarded by mu_: row ids in fetched_
+  // Guarded by mu_: matters per token lately, which sizes fetches. It starts
+  // high: fetching too few tokens costs a round trip, too many hands tokens
+  // back.
+  double ids_per_token_ = static_cast<double>(kMaxIdsPerToken);
   std::vector<Outcome> done_;                                      // guarded by mu_
   std::unordered_map<std::int64_t, std::shared_ptr<Item>> held_;  // guarded by mu_: every lease we hold
   int running_ = 0;                                                // guarded by mu_

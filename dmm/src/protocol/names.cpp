@@ -5,6 +5,7 @@
 #include <fmt/format.h>
 
 #include "dmm/errors.hpp"
+#include "protocol/vocabulary.hpp"
 
 namespace dmm::detail {
 namespace {
@@ -97,11 +98,17 @@ void check_state_size(const nlohmann::json& state, std::size_t limit, StateSourc
 
 std::string stream_name(std::string_view bucket) { return fmt::format("DMM_{}", bucket); }
 std::string bucket_subjects(std::string_view bucket) { return fmt::format("dmm.{}.>", bucket); }
-std::string kind_subjects(std::string_view bucket, std::string_view kind) {
-  return fmt::format("dmm.{}.{}.>", bucket, kind);
+std::string class_name(std::string_view kind, Priority priority) {
+  return fmt::format("{}{}", kind, kPriorities.at(index_of(priority)).suffix);
 }
-std::string token_subject(std::string_view bucket, std::string_view kind, std::int64_t row_id) {
-  return fmt::format("dmm.{}.{}.{}", bucket, kind, row_id);
+std::string_view kind_of_class_name(std::string_view class_name) {
+  return class_name.substr(0, class_name.find('~'));
+}
+std::string kind_subjects(std::string_view bucket, std::string_view kind, Priority priority) {
+  return fmt::format("dmm.{}.{}.>", bucket, class_name(kind, priority));
+}
+std::string token_subject(std::string_view bucket, std::string_view kind, std::int64_t row_id, Priority priority) {
+  return fmt::format("dmm.{}.{}.{}", bucket, class_name(kind, priority), row_id);
 }
 
 namespace {
@@ -114,10 +121,11 @@ std::optional<std::int64_t> parse_row_id(std::string_view text) {
   return id;
 }
 
-// What follows "dmm.<bucket>.<kind>." in `subject`; nullopt if it is not that.
+// What follows "dmm.<bucket>.<class name>." in `subject`; nullopt if it is
+// not that.
 std::optional<std::string_view> after_kind_prefix(std::string_view subject, std::string_view bucket,
-                                                  std::string_view kind) {
-  const std::string prefix = fmt::format("dmm.{}.{}.", bucket, kind);
+                                                  std::string_view kind, Priority priority) {
+  const std::string prefix = fmt::format("dmm.{}.{}.", bucket, class_name(kind, priority));
   if (subject.size() <= prefix.size() || subject.substr(0, prefix.size()) != prefix) return std::nullopt;
   return subject.substr(prefix.size());
 }
@@ -125,18 +133,18 @@ std::optional<std::string_view> after_kind_prefix(std::string_view subject, std:
 }  // namespace
 
 std::vector<TokenMessage> token_messages(std::string_view bucket, std::string_view kind,
-                                         std::vector<std::int64_t> ids) {
+                                         std::vector<std::int64_t> ids, Priority priority) {
   std::sort(ids.begin(), ids.end());
   ids.erase(std::unique(ids.begin(), ids.end()), ids.end());
   std::vector<TokenMessage> out;
-  if (ids.size() == 1) out.push_back({token_subject(bucket, kind, ids[0]), {}});
+  if (ids.size() == 1) out.push_back({token_subject(bucket, kind, ids[0], priority), {}});
   if (ids.size() <= 1) return out;
   // As few tokens as the limit allows, their sizes differing by at most one
   // (each gets at least 33 ids once there are two or more).
   const auto tokens = (ids.size() + kMaxIdsPerToken - 1) / kMaxIdsPerToken;
   for (std::size_t t = 0, begin = 0; t < tokens; ++t) {
     const auto end = begin + ids.size() / tokens + (t < ids.size() % tokens ? 1 : 0);
-    TokenMessage m{fmt::format("dmm.{}.{}.{}.{}", bucket, kind, ids[begin], ids[end - 1]), {}};
+    TokenMessage m{fmt::format("dmm.{}.{}.{}.{}", bucket, class_name(kind, priority), ids[begin], ids[end - 1]), {}};
     m.payload.reserve((end - begin) * 8);
     for (auto i = begin; i < end; ++i)
       fmt::format_to(std::back_inserter(m.payload), "{}{}", i == begin ? "" : ",", ids[i]);
@@ -147,8 +155,9 @@ std::vector<TokenMessage> token_messages(std::string_view bucket, std::string_vi
 }
 
 std::optional<std::vector<std::int64_t>> parse_token(std::string_view subject, std::string_view payload,
-                                                     std::string_view bucket, std::string_view kind) {
-  const auto rest = after_kind_prefix(subject, bucket, kind);
+                                                     std::string_view bucket, std::string_view kind,
+                                                     Priority priority) {
+  const auto rest = after_kind_prefix(subject, bucket, kind, priority);
   if (!rest) return std::nullopt;
   const auto dot = rest->find('.');
   if (dot == std::string_view::npos) {

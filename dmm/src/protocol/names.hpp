@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "dmm/options.hpp"
+
 namespace dmm::detail {
 
 inline constexpr std::size_t kMaxIdentityBytes = 1024;
@@ -33,14 +35,28 @@ void check_state_size(const nlohmann::json& state, std::size_t limit, StateSourc
 
 std::string stream_name(std::string_view bucket);                 // DMM_<bucket>
 std::string bucket_subjects(std::string_view bucket);             // dmm.<bucket>.>
-std::string kind_subjects(std::string_view bucket, std::string_view kind);  // dmm.<bucket>.<kind>.>
 
-// Tokens. One matter: subject dmm.<bucket>.<kind>.<row id>, no payload; many
-// notifies of one matter coalesce into it (MaxMsgsPerSubject = 1). Several
-// matters: subject dmm.<bucket>.<kind>.<first>.<last>, payload the row ids in
-// ascending order, comma-separated, `first` to `last` (one message instead of
-// one per matter is what makes bulk work cheap on the NATS side).
-std::string token_subject(std::string_view bucket, std::string_view kind, std::int64_t row_id);
+// Each priority class of a kind has its own subjects and its own durable
+// consumer, so that a worker can take a higher class first
+// (docs/DESIGN.md, "Priority"). Their name is the kind's with the class's
+// suffix (vocabulary.hpp): "<kind>" for normal, "<kind>~high", "<kind>~low".
+// '~' is outside the characters of a kind name, so no two kinds' names
+// collide, and the normal class keeps the names of a bucket made before
+// priorities.
+std::string class_name(std::string_view kind, Priority priority);
+// The kind a class name (a consumer, or a subject's third token) belongs to.
+std::string_view kind_of_class_name(std::string_view class_name);
+// dmm.<bucket>.<class name>.>
+std::string kind_subjects(std::string_view bucket, std::string_view kind, Priority priority = Priority::normal);
+
+// Tokens. One matter: subject dmm.<bucket>.<class name>.<row id>, no
+// payload; many notifies of one matter coalesce into it (MaxMsgsPerSubject =
+// 1). Several matters: subject dmm.<bucket>.<class name>.<first>.<last>,
+// payload the row ids in ascending order, comma-separated, `first` to `last`
+// (one message instead of one per matter is what makes bulk work cheap on
+// the NATS side).
+std::string token_subject(std::string_view bucket, std::string_view kind, std::int64_t row_id,
+                          Priority priority = Priority::normal);
 
 // Most row ids dmm puts into one token.
 inline constexpr std::size_t kMaxIdsPerToken = 64;
@@ -56,10 +72,11 @@ struct TokenMessage {
 // single id, else as few as possible of at most kMaxIdsPerToken ids each, of
 // about equal size.
 std::vector<TokenMessage> token_messages(std::string_view bucket, std::string_view kind,
-                                         std::vector<std::int64_t> ids);
-// The row ids a message on the kind's subjects names; nullopt if it is not a
-// well-formed token of this bucket and kind.
+                                         std::vector<std::int64_t> ids, Priority priority = Priority::normal);
+// The row ids a message on the class's subjects names; nullopt if it is not a
+// well-formed token of this bucket, kind and class.
 std::optional<std::vector<std::int64_t>> parse_token(std::string_view subject, std::string_view payload,
-                                                     std::string_view bucket, std::string_view kind);
+                                                     std::string_view bucket, std::string_view kind,
+                                                     Priority priority = Priority::normal);
 
 }  // namespace dmm::detail

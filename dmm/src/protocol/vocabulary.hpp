@@ -10,6 +10,8 @@
 #include <string>
 #include <string_view>
 
+#include "dmm/options.hpp"
+
 namespace dmm::detail {
 
 // How an attempt ended. The one place that maps an outcome to the next
@@ -67,6 +69,30 @@ inline constexpr std::array<PhaseName, 6> kPhases = {{
 static_assert(in_enum_order(kPhases, &PhaseName::phase), "kPhases must list Phase in declaration order");
 
 constexpr const char* to_string(Phase phase) { return kPhases[static_cast<std::size_t>(phase)].name; }
+
+// Priority classes (dmm::Priority), lowest first: what dmmctl and /metrics
+// call them, and the suffix of their NATS subjects and consumers ("" for
+// normal, so the normal class keeps the names of a bucket made before
+// priorities; names.hpp). The stored value (dmm.matter.priority) is the
+// index.
+struct PriorityName {
+  Priority priority;
+  const char* name;
+  const char* suffix;
+};
+inline constexpr std::array<PriorityName, 3> kPriorities = {{
+    {Priority::low, "low", "~low"},
+    {Priority::normal, "normal", ""},
+    {Priority::high, "high", "~high"},
+}};
+static_assert(in_enum_order(kPriorities, &PriorityName::priority),
+              "kPriorities must list Priority in declaration order");
+
+constexpr std::size_t index_of(Priority p) { return static_cast<std::size_t>(p); }
+constexpr bool is_known(Priority p) { return index_of(p) < kPriorities.size(); }
+constexpr const char* to_string(Priority p) { return is_known(p) ? kPriorities[index_of(p)].name : "unknown"; }
+// Highest class first: the order workers take tokens in.
+inline constexpr std::array<Priority, 3> kPrioritiesHighFirst = {Priority::high, Priority::normal, Priority::low};
 
 // How the error of a matter that gave up after KindOptions::max_attempts
 // begins ("gave up after 3 attempts ..."): what why, stats and /metrics

@@ -30,17 +30,18 @@ WITH due AS (
    FOR UPDATE SKIP LOCKED
 ), looked AS (
   SELECT d.matter_id, m.due_at IS NOT NULL AS owed,
-         m.due_at <= now() AND (m.lease_until IS NULL OR m.lease_until < now()) AS publish
+         m.due_at <= now() AND (m.lease_until IS NULL OR m.lease_until < now()) AS publish, m.priority
     FROM due d LEFT JOIN LATERAL (
-      SELECT due_at, lease_until FROM dmm.matter WHERE id = d.matter_id OFFSET 0) m ON true
+      SELECT m.due_at, m.lease_until, @TOKEN_PRIORITY@ AS priority
+        FROM dmm.matter m WHERE m.id = d.matter_id OFFSET 0) m ON true
 ), dropped AS (
   DELETE FROM dmm.kick
    WHERE matter_id = ANY (ARRAY(SELECT matter_id FROM looked WHERE owed IS NOT TRUE))
   RETURNING matter_id
 ), published AS (
+  -- Every row of `looked` that publishes (its kick row is locked by `due`).
   UPDATE dmm.kick SET kick_at = now() + $4 * interval '1 millisecond'
    WHERE matter_id = ANY (ARRAY(SELECT matter_id FROM looked WHERE publish IS TRUE))
-  RETURNING matter_id
 ), later AS (
   UPDATE dmm.kick k SET kick_at = (
     SELECT CASE WHEN m.lease_until >= now() THEN m.lease_until ELSE m.due_at END
@@ -48,11 +49,11 @@ WITH due AS (
    WHERE k.matter_id = ANY (ARRAY(SELECT matter_id FROM looked WHERE owed AND publish IS NOT TRUE))
   RETURNING k.matter_id
 )
-SELECT matter_id, true FROM published
+SELECT matter_id, true, priority FROM looked WHERE publish IS TRUE
 UNION ALL
-SELECT matter_id, false FROM later
+SELECT matter_id, false, 0 FROM later
 UNION ALL
-SELECT matter_id, false FROM dropped
+SELECT matter_id, false, 0 FROM dropped
 )sql";
 
 constexpr const char* kNextKick = R"sql(
@@ -63,7 +64,7 @@ SELECT (extract(epoch FROM (min(kick_at) - clock_timestamp())) * 1000)::bigint
 }  // namespace
 
 void prepare_kick_statements(pqxx::connection& conn) {
-  conn.prepare("dmm_sweep", kSweep);
+  conn.prepare("dmm_sweep", replace_all(kSweep, "@TOKEN_PRIORITY@", token_priority_sql()));
   conn.prepare("dmm_next_kick", kNextKick);
 }
 
@@ -88,7 +89,7 @@ Swept sweep(pqxx::connection& conn, const std::string& bucket, const std::string
   Swept swept;
   for (const auto& row : tx.exec_prepared("dmm_sweep", bucket, kind, limit, grace.count())) {
     ++swept.looked;
-    if (row[1].as<bool>()) swept.owed.push_back(row[0].as<std::int64_t>());
+    if (row[1].as<bool>()) swept.owed[index_of(priority_of(row[2]))].push_back(row[0].as<std::int64_t>());
   }
   return swept;
 }

@@ -3,6 +3,7 @@
 // set has a kick row (docs/DESIGN.md, "Protocol (as built)").
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -10,6 +11,8 @@
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "protocol/vocabulary.hpp"
 
 namespace dmm::detail {
 
@@ -29,8 +32,15 @@ void forget_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& 
 void wake_sweepers(pqxx::transaction_base& txn, const std::string& bucket);
 
 struct Swept {
-  int looked = 0;                  // kicks that came due and were handled
-  std::vector<std::int64_t> owed;  // of those, the matters whose token is owed now
+  int looked = 0;  // kicks that came due and were handled
+  // Of those, the matters whose token is owed now, by priority class
+  // (index_of(Priority)).
+  std::array<std::vector<std::int64_t>, kPriorities.size()> owed;
+  std::size_t owed_count() const {
+    std::size_t n = 0;
+    for (const auto& ids : owed) n += ids.size();
+    return n;
+  }
 };
 
 // Handles up to `limit` kicks of (bucket, kind) that came due (dmm.kick):

@@ -51,7 +51,7 @@ namespace {
 // was planned as a join over every row of the bucket while it grew.
 constexpr const char* kUpsertTemplate = R"sql(
 WITH r AS (
-  SELECT * FROM jsonb_to_recordset($3::jsonb) AS r(identity text, state jsonb, delay_ms bigint)
+  SELECT * FROM jsonb_to_recordset($3::jsonb) AS r(identity text, state jsonb, delay_ms bigint, priority smallint)
 ), found AS (
   SELECT f.id FROM r CROSS JOIN LATERAL (
     SELECT id FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = r.identity OFFSET 0) f
@@ -59,16 +59,19 @@ WITH r AS (
   SELECT l.id FROM (SELECT id FROM found ORDER BY id) s
    CROSS JOIN LATERAL (SELECT id FROM dmm.matter WHERE id = s.id FOR UPDATE) l
 ), up AS (
-  INSERT INTO dmm.matter AS m (bucket, kind, identity, state, due_at)
-  SELECT $1, $2, r.identity, r.state, now() + coalesce(r.delay_ms, 0) * interval '1 millisecond'
+  INSERT INTO dmm.matter AS m (bucket, kind, identity, state, due_at, priority)
+  SELECT $1, $2, r.identity, r.state, now() + coalesce(r.delay_ms, 0) * interval '1 millisecond',
+         coalesce(r.priority, @NORMAL@)
     FROM r WHERE (SELECT count(*) FROM locked) >= 0
    ORDER BY r.identity
   ON CONFLICT (bucket, kind, identity) DO UPDATE SET
     state = EXCLUDED.state,
     deleted_at = NULL,
+    priority = EXCLUDED.priority,
     @NEW_GENERATION@
   WHERE m.state IS DISTINCT FROM EXCLUDED.state OR m.deleted_at IS NOT NULL
-  RETURNING m.id, m.lease_until >= now() AS leased, m.lease_until, m.due_at > now() AS delayed, m.due_at
+  RETURNING m.id, m.lease_until >= now() AS leased, m.lease_until, m.due_at > now() AS delayed, m.due_at,
+            m.priority
 ), kick AS (
   INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at)
   SELECT id, $1, $2, CASE WHEN leased THEN lease_until WHEN delayed THEN due_at
@@ -76,7 +79,7 @@ WITH r AS (
     FROM up ORDER BY id
   ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at)
 )
-SELECT id, leased IS NOT TRUE AND NOT delayed FROM up
+SELECT id, leased IS NOT TRUE AND NOT delayed, priority FROM up
 )sql";
 
 // The rows are found one id at a time by primary key, and only then checked
@@ -210,7 +213,8 @@ WITH r AS (
     AND (SELECT count(*) FROM locked) >= 0
   RETURNING m.id, m.kind, m.due_at <= now() AS owed_now, m.attempt_seq,
             CASE WHEN m.due_at > now() THEN m.due_at
-                 WHEN m.due_at IS NOT NULL THEN now() + $10 * interval '1 millisecond' END AS next_kick
+                 WHEN m.due_at IS NOT NULL THEN now() + $10 * interval '1 millisecond' END AS next_kick,
+            @TOKEN_PRIORITY@ AS priority
 ), woken AS (
   -- As a notify of the stored state: a leased dependent keeps its phase, and
   -- its holder's write-back sees the new generation.
@@ -220,7 +224,8 @@ WITH r AS (
     AND (SELECT count(*) FROM locked) >= 0
   RETURNING m.id, m.kind, m.lease_until IS NULL OR m.lease_until < now() AS owed_now,
             CASE WHEN m.lease_until >= now() THEN m.lease_until
-                 ELSE now() + $10 * interval '1 millisecond' END AS next_kick
+                 ELSE now() + $10 * interval '1 millisecond' END AS next_kick,
+            @TOKEN_PRIORITY@ AS priority
 ), kick_set AS (
   -- When the sweeper looks at them next: the retry's due time, or a grace
   -- after now for the tokens published at once, or the lease's end.
@@ -250,9 +255,9 @@ WITH r AS (
     started_at = EXCLUDED.started_at, duration_ms = EXCLUDED.duration_ms, outcome = EXCLUDED.outcome,
     error = EXCLUDED.error, worker = EXCLUDED.worker
 )
-SELECT id, kind FROM kept WHERE owed_now
+SELECT id, kind, priority FROM kept WHERE owed_now
 UNION ALL
-SELECT id, kind FROM woken WHERE owed_now
+SELECT id, kind, priority FROM woken WHERE owed_now
 )sql";
 
 // Renews the leases of $1 (ids, sorted) still held under the epochs $2 (in
@@ -274,7 +279,8 @@ SELECT id FROM unnest($1::bigint[]) AS id WHERE id NOT IN (SELECT id FROM renewe
 // now" filled in (store/sql.hpp), built once.
 const std::string& upsert_sql() {
   static const std::string sql =
-      replace_all(kUpsertTemplate, "@NEW_GENERATION@", new_generation_owed_now("'pending'", "EXCLUDED.due_at"));
+      replace_all(replace_all(kUpsertTemplate, "@NEW_GENERATION@", new_generation_owed_now("'pending'", "EXCLUDED.due_at")),
+                  "@NORMAL@", std::to_string(index_of(Priority::normal)));
   return sql;
 }
 
@@ -282,6 +288,7 @@ const std::string& write_back_sql() {
   static const std::string sql = [] {
     auto s = replace_all(kWriteBackTemplate, "@OUTCOMES@", outcome_array_sql());
     s = replace_all(s, "@FINALIZED@", std::to_string(outcome_code(OutcomeKind::finalized)));
+    s = replace_all(s, "@TOKEN_PRIORITY@", token_priority_sql());
     return replace_all(s, "@NEW_GENERATION_KEEP_REMOVAL@", new_generation_owed_now(kPhaseKeepingRemoval));
   }();
   return sql;
@@ -296,21 +303,22 @@ void prepare_matter_statements(pqxx::connection& conn) {
   conn.prepare("dmm_heartbeat", kHeartbeat);
 }
 
-std::vector<std::int64_t> upsert_matters(pqxx::transaction_base& txn, const std::string& bucket,
-                                         const std::string& kind, const std::vector<JsonMatter>& matters,
-                                         std::chrono::milliseconds grace, bool prepared) {
+std::vector<TokenOwed> upsert_matters(pqxx::transaction_base& txn, const std::string& bucket,
+                                      const std::string& kind, const std::vector<JsonMatter>& matters,
+                                      std::chrono::milliseconds grace, bool prepared) {
   auto rows = nlohmann::json::array();
   for (const auto& m : matters) {
     rows.push_back({{"identity", m.identity}, {"state", m.state}});
     if (m.delay_ms > 0) rows.back()["delay_ms"] = m.delay_ms;
+    if (m.priority != Priority::normal) rows.back()["priority"] = index_of(m.priority);
   }
-  std::vector<std::int64_t> owed;
+  std::vector<TokenOwed> owed;
   // The caller's own transaction (notify(txn, obj)) runs on a connection dmm
   // did not prepare.
   auto result = prepared ? txn.exec_prepared("dmm_upsert", bucket, kind, rows.dump(), grace.count())
                          : txn.exec_params(upsert_sql(), bucket, kind, rows.dump(), grace.count());
   for (const auto& row : result)
-    if (row[1].as<bool>()) owed.push_back(row[0].as<std::int64_t>());
+    if (row[1].as<bool>()) owed.push_back({row[0].as<std::int64_t>(), kind, priority_of(row[2])});
   return owed;
 }
 
@@ -365,7 +373,7 @@ std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outc
            bigint_array(delays), bigint_array(started), bigint_array(durations), bigint_array(attempts),
            extra.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace), grace.count(), history.limit,
            history.bucket, history.worker))
-    owed.push_back({row[0].as<std::int64_t>(), row[1].as<std::string>()});
+    owed.push_back({row[0].as<std::int64_t>(), row[1].as<std::string>(), priority_of(row[2])});
   // A sweeper sleeping until the earliest kick_at it knew of must learn of the
   // retries and requeues just scheduled, or a short backoff becomes a long one.
   const bool scheduled = std::any_of(outcomes.begin(), outcomes.end(), [](const Outcome& o) {

@@ -18,19 +18,22 @@ namespace dmm::detail {
 
 void prepare_matter_statements(pqxx::connection& conn);
 
-// A matter whose token is owed after commit.
+// A matter whose token is owed after commit, and the priority class it goes
+// to (sql.hpp, token_priority_sql).
 struct TokenOwed {
   std::int64_t id;
   std::string kind;
+  Priority priority = Priority::normal;
 };
 
-// Upserts absolute states (identities unique within `matters`). Returns the
-// rows that changed and are not leased: their tokens are owed now. With
-// `grace` zero the sweeper publishes instead (its kick is now()). `prepared`:
-// the connection is one of dmm's (connect_pg), with statements prepared.
-std::vector<std::int64_t> upsert_matters(pqxx::transaction_base& txn, const std::string& bucket,
-                                         const std::string& kind, const std::vector<JsonMatter>& matters,
-                                         std::chrono::milliseconds grace, bool prepared = true);
+// Upserts absolute states (identities unique within `matters`), each with
+// its priority. Returns the rows that changed and are not leased: their
+// tokens are owed now. With `grace` zero the sweeper publishes instead (its
+// kick is now()). `prepared`: the connection is one of dmm's (connect_pg),
+// with statements prepared.
+std::vector<TokenOwed> upsert_matters(pqxx::transaction_base& txn, const std::string& bucket,
+                                      const std::string& kind, const std::vector<JsonMatter>& matters,
+                                      std::chrono::milliseconds grace, bool prepared = true);
 
 
 // A matter claimed by this worker: the lease is ours until `epoch` changes.

@@ -1,6 +1,9 @@
 #include "store/sql.hpp"
 
+#include <fmt/format.h>
 #include <pqxx/pqxx>
+
+#include "protocol/vocabulary.hpp"
 
 namespace dmm::detail {
 
@@ -36,6 +39,16 @@ std::string new_generation_owed_now(std::string_view free_phase, std::string_vie
          "    last_error = NULL,\n"
          "    due_at = " + std::string(due_at) + ",\n"
          "    updated_at = now()";
+}
+
+std::string token_priority_sql() {
+  return fmt::format("CASE WHEN m.attempts = 0 AND m.phase IN ('{}', '{}') THEN m.priority ELSE {} END",
+                     to_string(Phase::pending), to_string(Phase::deleting), index_of(Priority::low));
+}
+
+Priority priority_of(const pqxx::field& number) {
+  const auto p = static_cast<Priority>(number.as<int>());
+  return is_known(p) ? p : Priority::normal;
 }
 
 }  // namespace dmm::detail

@@ -9,6 +9,8 @@
 #include <string_view>
 #include <vector>
 
+#include "dmm/options.hpp"
+
 namespace dmm::detail {
 
 // "{1,2,3}" for use as $n::bigint[].
@@ -27,6 +29,16 @@ std::string replace_all(std::string text, std::string_view from, std::string_vie
 // matter should be (notify, remove, a woken dependent) uses it.
 // `due_at`: when the work is owed (an SQL expression; a delayed notify's).
 std::string new_generation_owed_now(std::string_view free_phase, std::string_view due_at = "now()");
+
+// The priority class (protocol/vocabulary.hpp, as a number) a token of
+// `dmm.matter m` goes to, from the row as it is after the statement: the
+// matter's own priority while its latest state has not been tried (pending,
+// or deleting, with no failed attempt), else low: a retry, a requeue or a
+// resync (docs/DESIGN.md, "Priority").
+std::string token_priority_sql();
+// A stored priority number as a class; normal for one this version does not
+// know (the column's CHECK allows none).
+Priority priority_of(const pqxx::field& number);
 
 // `free_phase` for statements that keep a pending removal: deleting if the
 // matter is being removed, else pending.

@@ -22,7 +22,8 @@ std::vector<MadeDue> made_due(pqxx::transaction_base& txn, const pqxx::result& r
                               Kick kick) {
   std::vector<MadeDue> out;
   out.reserve(rows.size());
-  for (const auto& r : rows) out.push_back({r[0].as<std::int64_t>(), kick.grace.count() > 0 && r[1].as<bool>()});
+  for (const auto& r : rows)
+    out.push_back({r[0].as<std::int64_t>(), kick.grace.count() > 0 && r[1].as<bool>(), priority_of(r[2])});
   arm_kicks(txn, ids_of(rows), kick.grace);
   if (kick.grace.count() == 0 && !rows.empty()) wake_sweepers(txn, bucket);
   return out;
@@ -34,9 +35,9 @@ std::vector<MadeDue> retry_matters(pqxx::transaction_base& txn, const Selection&
   static const std::string sql = fmt::format(R"sql(
 UPDATE dmm.matter m SET phase = {}, attempts = 0, due_at = now(), updated_at = now()
 WHERE {} AND m.phase IN ('{}', '{}')
-RETURNING m.id, m.lease_until IS NULL OR m.lease_until < now())sql",
+RETURNING m.id, m.lease_until IS NULL OR m.lease_until < now(), {})sql",
                                              kPhaseKeepingRemoval, kMatch, to_string(Phase::failed),
-                                             to_string(Phase::retrying));
+                                             to_string(Phase::retrying), token_priority_sql());
   return made_due(txn, exec_on(txn, sql, sel), sel.bucket, kick);
 }
 
@@ -74,9 +75,9 @@ UPDATE dmm.matter m SET
   deleted_at = coalesce(m.deleted_at, now()),
   {}
 WHERE {}
-RETURNING m.id, m.lease_until IS NULL OR m.lease_until < now())sql",
+RETURNING m.id, m.lease_until IS NULL OR m.lease_until < now(), {})sql",
                                              new_generation_owed_now(fmt::format("'{}'", to_string(Phase::deleting))),
-                                             kMatch);
+                                             kMatch, token_priority_sql());
   return made_due(txn, exec_on(txn, sql, sel), sel.bucket, kick);
 }
 

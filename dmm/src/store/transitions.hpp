@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "dmm/dependency.hpp"
+#include "dmm/options.hpp"
 
 namespace dmm::detail {
 
@@ -27,10 +28,11 @@ struct Selection {
 };
 
 // A matter a transition made due: its token is owed after commit unless it
-// is leased (its holder's write-back sees the change).
+// is leased (its holder's write-back sees the change), in class `priority`.
 struct MadeDue {
   std::int64_t id = 0;
   bool owed_now = false;
+  Priority priority = Priority::normal;
 };
 
 // How the sweepers learn of matters made due: with a grace, the caller

@@ -1,6 +1,6 @@
-// The NATS half of kind_stats: tokens pending per kind, read from each kind's
-// durable consumer (read-only; creates nothing). Connects as the engine does
-// (tokens.hpp: clusters, TLS).
+// The NATS half of kind_stats: tokens pending per kind, read from the durable
+// consumers of each kind's priority classes (read-only; creates nothing).
+// Connects as the engine does (tokens.hpp: clusters, TLS).
 #include <fmt/format.h>
 #include <nats/nats.h>
 
@@ -8,6 +8,7 @@
 #include "dmm/inspect.hpp"
 #include "dmm/url.hpp"
 #include "protocol/names.hpp"
+#include "protocol/vocabulary.hpp"
 #include "tokens/tokens.hpp"
 
 namespace dmm {
@@ -21,14 +22,18 @@ void stream_stats(std::vector<KindStats>& stats, const std::string& nats, const 
   s = natsConnection_JetStream(&js, conn, nullptr);
   const auto stream = detail::stream_name(bucket);
   for (auto& k : stats) {
-    if (s != NATS_OK) break;
-    jsConsumerInfo* ci = nullptr;
-    jsErrCode jerr = static_cast<jsErrCode>(0);
-    if (js_GetConsumerInfo(&ci, js, stream.c_str(), k.kind.c_str(), nullptr, &jerr) != NATS_OK) continue;
-    k.consumer_lag = static_cast<std::int64_t>(ci->NumPending);
-    k.ack_pending = static_cast<std::int64_t>(ci->NumAckPending);
-    k.tokens_pending = *k.consumer_lag + *k.ack_pending;
-    jsConsumerInfo_Destroy(ci);
+    // Summed over the kind's priority classes, each a consumer of its own.
+    for (const auto& p : detail::kPriorities) {
+      if (s != NATS_OK) break;
+      jsConsumerInfo* ci = nullptr;
+      jsErrCode jerr = static_cast<jsErrCode>(0);
+      const auto name = detail::class_name(k.kind, p.priority);
+      if (js_GetConsumerInfo(&ci, js, stream.c_str(), name.c_str(), nullptr, &jerr) != NATS_OK) continue;
+      k.consumer_lag = k.consumer_lag.value_or(0) + static_cast<std::int64_t>(ci->NumPending);
+      k.ack_pending = k.ack_pending.value_or(0) + static_cast<std::int64_t>(ci->NumAckPending);
+      k.tokens_pending = *k.consumer_lag + *k.ack_pending;
+      jsConsumerInfo_Destroy(ci);
+    }
   }
   jsCtx_Destroy(js);
   natsConnection_Destroy(conn);

@@ -10,6 +10,7 @@
 #include "dmm/errors.hpp"
 #include "dmm/url.hpp"
 #include "protocol/names.hpp"
+#include "protocol/vocabulary.hpp"
 
 namespace dmm::detail {
 namespace {
@@ -165,22 +166,27 @@ void Nats::ensure_stream() {
   log_.info("bucket '{}': created NATS stream {} ({}, {} replica(s))", bucket_, name, subjects, replicas_);
 }
 
-void Nats::ensure_consumer(const std::string& kind) {
+void Nats::ensure_consumers(const std::string& kind) {
+  for (const auto& p : kPriorities) ensure_consumer(kind, p.priority);
+}
+
+void Nats::ensure_consumer(const std::string& kind, Priority priority) {
   const auto stream = stream_name(bucket_);
+  const auto name = class_name(kind, priority);
   jsConsumerInfo* ci = nullptr;
   jsErrCode jerr = static_cast<jsErrCode>(0);
-  natsStatus s = js_GetConsumerInfo(&ci, js_, stream.c_str(), kind.c_str(), nullptr, &jerr);
+  natsStatus s = js_GetConsumerInfo(&ci, js_, stream.c_str(), name.c_str(), nullptr, &jerr);
   if (s == NATS_OK) {
     jsConsumerInfo_Destroy(ci);
     return;
   }
   if (s != NATS_NOT_FOUND && jerr != JSConsumerNotFoundErr)
-    throw ConnectionError(fmt::format("NATS at {}: cannot read consumer {} of stream {}: {}", url_, kind, stream,
+    throw ConnectionError(fmt::format("NATS at {}: cannot read consumer {} of stream {}: {}", url_, name, stream,
                                       nats_error(s, jerr)));
-  const auto filter = kind_subjects(bucket_, kind);
+  const auto filter = kind_subjects(bucket_, kind, priority);
   jsConsumerConfig cc;
   jsConsumerConfig_Init(&cc);
-  cc.Durable = kind.c_str();
+  cc.Durable = name.c_str();
   cc.FilterSubject = filter.c_str();
   cc.AckPolicy = js_AckExplicit;
   cc.DeliverPolicy = js_DeliverAll;
@@ -192,30 +198,35 @@ void Nats::ensure_consumer(const std::string& kind) {
   cc.MaxDeliver = -1;
   s = js_AddConsumer(&ci, js_, stream.c_str(), &cc, nullptr, &jerr);
   if (s != NATS_OK)
-    throw ConnectionError(fmt::format("NATS at {}: cannot create consumer {} on stream {}: {}", url_, kind, stream,
+    throw ConnectionError(fmt::format("NATS at {}: cannot create consumer {} on stream {}: {}", url_, name, stream,
                                       nats_error(s, jerr)));
   jsConsumerInfo_Destroy(ci);
-  log_.info("bucket '{}': created NATS consumer {} ({})", bucket_, kind, filter);
+  log_.info("bucket '{}': created NATS consumer {} ({})", bucket_, name, filter);
 }
 
 std::optional<Nats::Backlog> Nats::backlog(const std::string& kind) {
   const auto stream = stream_name(bucket_);
-  jsConsumerInfo* ci = nullptr;
-  jsErrCode jerr = static_cast<jsErrCode>(0);
   if (!connected()) return std::nullopt;
   jsOptions jo;
   jsOptions_Init(&jo);
   jo.Wait = 1000;
-  if (js_GetConsumerInfo(&ci, js_, stream.c_str(), kind.c_str(), &jo, &jerr) != NATS_OK) return std::nullopt;
-  Backlog b{ci->NumPending, ci->Delivered.Consumer};
-  jsConsumerInfo_Destroy(ci);
+  Backlog b;
+  for (const auto& p : kPriorities) {
+    const auto name = class_name(kind, p.priority);
+    jsConsumerInfo* ci = nullptr;
+    jsErrCode jerr = static_cast<jsErrCode>(0);
+    if (js_GetConsumerInfo(&ci, js_, stream.c_str(), name.c_str(), &jo, &jerr) != NATS_OK) return std::nullopt;
+    b.pending += ci->NumPending;
+    b.delivered += ci->Delivered.Consumer;
+    jsConsumerInfo_Destroy(ci);
+  }
   return b;
 }
 
-void Nats::publish(const std::string& kind, const std::vector<std::int64_t>& ids) noexcept {
+void Nats::publish(const std::string& kind, Priority priority, const std::vector<std::int64_t>& ids) noexcept {
   if (ids.empty()) return;
   try {
-    for (const auto& token : token_messages(bucket_, kind, ids)) {
+    for (const auto& token : token_messages(bucket_, kind, ids, priority)) {
       const natsStatus s = js_PublishAsync(js_, token.subject.c_str(), token.payload.data(),
                                            static_cast<int>(token.payload.size()), nullptr);
       if (s == NATS_OK) continue;
@@ -251,12 +262,12 @@ void NatsCallbacks::on_publish_error(jsCtx*, jsPubAckErr* pae, void* closure) {
     return;
   ++self->publish_errors_;
   if (self->count_error_ && pae->Msg) {
-    // dmm.<bucket>.<kind>.<row id> or dmm.<bucket>.<kind>.<first>.<last>
+    // dmm.<bucket>.<class name>.<row id> or dmm.<bucket>.<class name>.<first>.<last>
     const std::string subject = natsMsg_GetSubject(pae->Msg);
     const auto first = subject.find('.', subject.find('.') + 1);
     const auto last = first == std::string::npos ? first : subject.find('.', first + 1);
     if (last != std::string::npos)
-      self->count_error_(std::string_view(subject).substr(first + 1, last - first - 1));
+      self->count_error_(kind_of_class_name(std::string_view(subject).substr(first + 1, last - first - 1)));
   }
   self->errors_.warn("bucket '{}': NATS did not accept a token: {} (the sweeper will resend it)", self->bucket_,
                     pae->ErrText ? pae->ErrText : natsStatus_GetText(pae->Err));
@@ -275,18 +286,19 @@ bool Token::ack() { return natsMsg_Ack(msg_, nullptr) == NATS_OK; }
 
 bool Token::nak() { return natsMsg_Nak(msg_, nullptr) == NATS_OK; }
 
-TokenSource::TokenSource(Nats& nats, const std::string& kind) : conn_(nats.connection()) {
-  nats.ensure_consumer(kind);
+TokenSource::TokenSource(Nats& nats, const std::string& kind, Priority priority) : conn_(nats.connection()) {
+  nats.ensure_consumer(kind, priority);
   const auto stream = stream_name(nats.bucket());
-  const auto filter = kind_subjects(nats.bucket(), kind);
+  const auto name = class_name(kind, priority);
+  const auto filter = kind_subjects(nats.bucket(), kind, priority);
   jsSubOptions so;
   jsSubOptions_Init(&so);
   so.Stream = stream.c_str();
-  so.Consumer = kind.c_str();
+  so.Consumer = name.c_str();
   jsErrCode jerr = static_cast<jsErrCode>(0);
-  natsStatus s = js_PullSubscribe(&sub_, nats.js(), filter.c_str(), kind.c_str(), nullptr, &so, &jerr);
+  natsStatus s = js_PullSubscribe(&sub_, nats.js(), filter.c_str(), name.c_str(), nullptr, &so, &jerr);
   if (s != NATS_OK)
-    throw ConnectionError(fmt::format("bucket '{}': cannot subscribe to consumer {}: {}", nats.bucket(), kind,
+    throw ConnectionError(fmt::format("bucket '{}': cannot subscribe to consumer {}: {}", nats.bucket(), name,
                                       nats_error(s, jerr)));
 }
 

@@ -1,5 +1,6 @@
 // The JetStream side: one connection per bucket, the bucket's stream, one
-// durable pull consumer per kind, and token publish/fetch/ack. Tokens only say
+// durable pull consumer per kind and priority class (names.hpp), and token
+// publish/fetch/ack. Tokens only say
 // "look at row N"; they may be lost, duplicated or coalesced.
 #pragma once
 
@@ -13,6 +14,7 @@
 #include <string_view>
 #include <vector>
 
+#include "dmm/options.hpp"
 #include "support/rate_limited_log.hpp"
 
 // nats.c's handle types, declared as nats.h does: only tokens/*.cpp include
@@ -46,21 +48,24 @@ class Nats {
   // Creates the stream if missing; dmm::Error if one of that name exists with
   // a configuration dmm cannot work with.
   void ensure_stream();
-  // Creates the kind's durable consumer if missing.
-  void ensure_consumer(const std::string& kind);
+  // Creates the durable consumers of the kind's classes that are missing.
+  void ensure_consumers(const std::string& kind);
+  void ensure_consumer(const std::string& kind, Priority priority);
 
   // Tokens of `kind` waiting in the stream (not yet delivered) and how many
-  // the consumer has delivered so far; nullopt if NATS cannot tell now.
+  // its consumers have delivered so far, over all classes; nullopt if NATS
+  // cannot tell now.
   struct Backlog {
     std::uint64_t pending = 0;
     std::uint64_t delivered = 0;
   };
   std::optional<Backlog> backlog(const std::string& kind);
 
-  // Asynchronous publish of the tokens for `ids` (one per matter for a single
-  // id, else up to kMaxIdsPerToken per token, names.hpp); failures are logged
-  // and counted, never thrown (the sweeper re-sends). Thread-safe.
-  void publish(const std::string& kind, const std::vector<std::int64_t>& ids) noexcept;
+  // Asynchronous publish of the tokens for `ids` in class `priority` (one
+  // per matter for a single id, else up to kMaxIdsPerToken per token,
+  // names.hpp); failures are logged and counted, never thrown (the sweeper
+  // re-sends). Thread-safe.
+  void publish(const std::string& kind, Priority priority, const std::vector<std::int64_t>& ids) noexcept;
   // Waits up to `timeout` for outstanding publishes to be acknowledged.
   void flush(std::chrono::milliseconds timeout) noexcept;
   // Publish errors seen since the last call (the sweeper re-checks the
@@ -108,10 +113,10 @@ class Token {
   natsMsg* msg_;
 };
 
-// The pull subscription of one kind's durable consumer.
+// The pull subscription of the durable consumer of one kind's class.
 class TokenSource {
  public:
-  TokenSource(Nats& nats, const std::string& kind);
+  TokenSource(Nats& nats, const std::string& kind, Priority priority);
   ~TokenSource();
   TokenSource(const TokenSource&) = delete;
   TokenSource& operator=(const TokenSource&) = delete;

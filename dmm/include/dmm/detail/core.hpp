@@ -59,6 +59,7 @@ struct JsonMatter {
   std::string identity;
   nlohmann::json state;
   std::int64_t delay_ms = 0;  // not due before now + this (NotifyOptions)
+  Priority priority = Priority::normal;  // NotifyOptions::priority
 };
 
 WorkStream& register_kind(BucketCore&, std::string name, KindOptions, KindHooks);
