@@ -71,8 +71,8 @@ TEST_CASE("every statement of the hot path is planned as index probes, even on t
        "('{1,2}', '{1,1}', '{1,1}', '{1,5}', '{0,0}', '{1,1}', '{1,1}', '{1,1}', '{\"1\": {\"state\": {}}}', 500, "
        "10, 'b', 'w')"},
       {"dmm_heartbeat", "('{1,2}', '{1,1}', 3000)"},
-      {"dmm_sweep", "('b', 'noop', 1000, 500)"},
-      {"dmm_next_kick", "('b', 'noop')"},
+      {"dmm_sweep", "('b', 'noop', 1000, 500, 2)"},
+      {"dmm_next_kick", "('b', 'noop', 1)"},
   };
   for (const auto& [name, args] : statements) conn->prepare_now(name);  // libpqxx prepares lazily
   pqxx::nontransaction tx(*conn);

@@ -245,6 +245,7 @@ int cmd_stats(Settings& s, const std::vector<std::string>& buckets) {
                      {"phases", k.phases},
                      {"total", k.total},
                      {"due_now", k.due_now},
+                     {"due_by_priority", k.due_by_priority},
                      {"in_flight", k.in_flight},
                      {"oldest_due", k.oldest_due.empty() ? json() : json(k.oldest_due)},
                      {"oldest_due_age_ms", k.oldest_due_age_ms},
@@ -256,7 +257,8 @@ int cmd_stats(Settings& s, const std::vector<std::string>& buckets) {
     return 0;
   }
   std::vector<std::string> header{"KIND",    "PENDING", "RECONCILING", "RETRYING",  "READY",      "DELETING", "FAILED",
-                                  "GAVE UP", "TOTAL",   "DUE NOW",     "IN FLIGHT", "OLDEST DUE", "TOKENS",   "LAG"};
+                                  "GAVE UP", "TOTAL",   "DUE NOW",     "DUE H/N/L", "IN FLIGHT",  "OLDEST DUE",
+                                  "TOKENS",  "LAG"};
   if (several) header.insert(header.begin(), "BUCKET");
   Table t(header);
   for (std::size_t i = 0; i < stats.size(); ++i) {
@@ -275,6 +277,7 @@ int cmd_stats(Settings& s, const std::vector<std::string>& buckets) {
                                  std::to_string(k.gave_up),
                                  std::to_string(k.total),
                                  std::to_string(k.due_now),
+                                 due_by_priority_text(k),
                                  std::to_string(k.in_flight),
                                  k.oldest_due.empty() ? "-" : human_duration(k.oldest_due_age_ms) + " ago",
                                  opt(k.tokens_pending),

@@ -104,6 +104,9 @@ struct KindStats {
   std::map<std::string, std::int64_t> phases{};  // matters by phase (phases with none are absent)
   std::int64_t total = 0;
   std::int64_t due_now = 0;    // work owed now and not leased: waiting for a worker
+  // due_now by the priority class its token goes to ("high", "normal", "low";
+  // a retry, requeue or resync is low); classes with none are absent.
+  std::map<std::string, std::int64_t> due_by_priority{};
   std::int64_t in_flight = 0;  // leased by a live worker
   std::int64_t gave_up = 0;    // failed after KindOptions::max_attempts (counted in phases["failed"] too)
   std::string oldest_due{};      // due_at of the longest-waiting of due_now; empty when none
@@ -121,6 +124,9 @@ std::vector<KindStats> kind_stats(const std::string& postgres, const std::string
 // A duration for people, sign dropped: "850ms", "4.2s", "3m12s", "2h05m",
 // "3d04h" (dmmctl and explain use it).
 std::string human_duration(std::int64_t ms);
+// KindStats::due_by_priority as "<high>/<normal>/<low>", e.g. "2/310/0"
+// (dmmctl stats and the web view).
+std::string due_by_priority_text(const KindStats& k);
 
 // TLS files for NATS (empty: none), as in BucketOptions::nats_ca_file etc.
 struct NatsTls {

@@ -96,6 +96,14 @@ std::string Metrics::render(const std::string& bucket, const std::map<std::strin
 
   header("dmm_due", "gauge", "Matters whose work is owed now (due_at <= now()), from PostgreSQL.");
   for (auto& [k, g] : gauges) out += fmt::format("dmm_due{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k), g.due);
+  header("dmm_due_by_priority", "gauge",
+         "Matters whose work is owed now and not leased, by the priority class they run in, from PostgreSQL.");
+  for (auto& [k, g] : gauges)
+    for (const auto& p : kPriorities) {
+      auto it = g.due_by_priority.find(p.name);
+      out += fmt::format("dmm_due_by_priority{{bucket=\"{}\",kind=\"{}\",priority=\"{}\"}} {}\n", b, label(k),
+                         p.name, it == g.due_by_priority.end() ? 0 : it->second);
+    }
   header("dmm_gave_up", "gauge", "Failed matters that gave up after KindOptions::max_attempts, from PostgreSQL.");
   for (auto& [k, g] : gauges)
     out += fmt::format("dmm_gave_up{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k), g.gave_up);

@@ -39,6 +39,7 @@ struct KindMetrics {
 struct KindGauges {
   std::map<std::string, std::int64_t> matters_by_phase;
   std::int64_t due = 0;      // work owed now (due_at <= now())
+  std::map<std::string, std::int64_t> due_by_priority;  // of `due`, by class name
   std::int64_t gave_up = 0;  // failed after KindOptions::max_attempts
 };
 

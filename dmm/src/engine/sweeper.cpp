@@ -4,6 +4,7 @@
 #include <spdlog/spdlog.h>
 
 #include "protocol/names.hpp"
+#include "protocol/vocabulary.hpp"
 #include "store/kicks.hpp"
 #include "store/pg.hpp"
 #include "support/rate_limited_log.hpp"
@@ -20,11 +21,11 @@ constexpr auto kMaxDrainStretch = std::chrono::seconds(60);
 
 using SteadyClock = std::chrono::steady_clock;
 
-// Watches the kind's consumer. Tokens already queued reach a worker before any
-// token sent now (a WorkQueue delivers in order), so while that queue drains
-// a sweep can only re-send tokens that are still pending (the stream rejects
-// them, but every such row is still UPDATEd, for nothing) and put its own
-// tokens behind the queue anyway. Hence: while the backlog is draining, sweep
+// Watches the consumer of one class of the kind. Tokens already queued reach
+// a worker before any token of the class sent now (a WorkQueue delivers in
+// order), so while that queue drains a sweep can only re-send tokens that are
+// still pending (the stream rejects them, but every such row is still
+// UPDATEd, for nothing) and put its own tokens behind the queue anyway. Hence: while the backlog is draining, sweep
 // at most once per token_grace, and re-arm swept rows for the grace plus the
 // time the backlog needs to drain (at most kMaxDrainStretch), so a matter
 // whose token is merely queued is not re-kicked again and again.
@@ -88,13 +89,21 @@ void Sweeper::run(std::stop_token stop) {
   std::unique_ptr<pqxx::connection> conn;
   std::unique_ptr<Wake> wake;
   RateLimitedLog errors(log);
-  BacklogWatch backlog(deps_.options.token_grace);
-  // Tokens the last sweep sent when it found a full batch (more are due),
-  // else 0. While no more than these are queued, the queue is this sweeper's
-  // own tail (matters whose only token it just sent: a transactional notify,
-  // or tokens that were lost): look again soon instead of in 250 ms, or such a
-  // backlog drains at only kSweepBatch matters per 250 ms.
-  std::uint64_t sent_by_full_sweep = 0;
+  // Per class, highest first: each class has its own queue in NATS and its
+  // own kicks, so one class's backlog never holds another's back.
+  struct Class {
+    Priority priority;
+    BacklogWatch backlog;
+    // Tokens the last sweep sent when it found a full batch (more are due),
+    // else 0. While no more than these are queued, the queue is this
+    // sweeper's own tail (matters whose only token it just sent: a
+    // transactional notify, or tokens that were lost): look again soon
+    // instead of in 250 ms, or such a backlog drains at only kSweepBatch
+    // matters per 250 ms.
+    std::uint64_t sent_by_full_sweep = 0;
+  };
+  std::vector<Class> classes;
+  for (auto p : kPrioritiesHighFirst) classes.push_back({p, BacklogWatch(deps_.options.token_grace), 0});
   while (!stop.stop_requested()) {
     try {
       if (!conn) {
@@ -102,7 +111,7 @@ void Sweeper::run(std::stop_token stop) {
         wake = std::make_unique<Wake>(*conn);
       }
       // Publishes failing may mean the stream is gone (deleted, or a new
-      // server): make sure it and our consumer exist before sending more.
+      // server): make sure it and our consumers exist before sending more.
       if (deps_.nats->take_publish_errors() > 0) {
         deps_.nats->ensure_stream();
         deps_.nats->ensure_consumers(kind_);
@@ -111,25 +120,35 @@ void Sweeper::run(std::stop_token stop) {
         schedule_resyncs(*conn, stop);
         resync_scheduled_ = true;
       }
-      backlog.observe(deps_.nats->backlog(kind_));
-      if (!backlog.sweep_due()) {
-        const bool own_tail = sent_by_full_sweep > 0 && backlog.pending() <= sent_by_full_sweep;
-        conn->await_notification(0, (own_tail ? 10 : 250) * 1000);
-        continue;
+      bool full = false;
+      std::int64_t wait_ms = kMaxIdleMs;
+      for (auto& c : classes) {
+        c.backlog.observe(deps_.nats->backlog(kind_, c.priority));
+        if (!c.backlog.sweep_due()) {
+          const bool own_tail = c.sent_by_full_sweep > 0 && c.backlog.pending() <= c.sent_by_full_sweep;
+          wait_ms = std::min<std::int64_t>(wait_ms, own_tail ? 10 : 250);
+          continue;
+        }
+        c.backlog.swept();
+        auto swept = sweep(*conn, deps_.options.name, kind_, c.priority, kSweepBatch, c.backlog.rekick_grace());
+        if (const auto owed = swept.owed_count(); owed > 0) {
+          log.debug("bucket '{}' kind '{}': sweeper sends {} {} token(s)", deps_.options.name, kind_, owed,
+                    to_string(c.priority));
+          for (auto p : kPrioritiesHighFirst) deps_.publish(kind_, p, swept.owed[index_of(p)]);
+        }
+        c.sent_by_full_sweep =
+            swept.looked == kSweepBatch ? (swept.owed_count() + kMaxIdsPerToken - 1) / kMaxIdsPerToken : 0;
+        if (swept.looked == kSweepBatch) {
+          full = true;
+          continue;
+        }
+        if (auto next = next_kick_in_ms(*conn, deps_.options.name, kind_, c.priority))
+          wait_ms = std::min(wait_ms, *next);
       }
-      backlog.swept();
-      auto swept = sweep(*conn, deps_.options.name, kind_, kSweepBatch, backlog.rekick_grace());
-      const auto owed = swept.owed_count();
-      if (owed > 0) {
-        log.debug("bucket '{}' kind '{}': sweeper sends {} token(s)", deps_.options.name, kind_, owed);
-        for (auto p : kPrioritiesHighFirst) deps_.publish(kind_, p, swept.owed[index_of(p)]);
-      }
-      sent_by_full_sweep = swept.looked == kSweepBatch ? (owed + kMaxIdsPerToken - 1) / kMaxIdsPerToken : 0;
-      if (swept.looked == kSweepBatch) continue;
+      if (full) continue;
       deps_.pruner.run_if_due(*conn);
-      auto next = next_kick_in_ms(*conn, deps_.options.name, kind_).value_or(kMaxIdleMs);
       // At least a few ms: rows locked by another sweeper are skipped, not waited on.
-      const auto wait_ms = std::clamp<std::int64_t>(next, 5, kMaxIdleMs);
+      wait_ms = std::clamp<std::int64_t>(wait_ms, 5, kMaxIdleMs);
       conn->await_notification(wait_ms / 1000, (wait_ms % 1000) * 1000);
     } catch (const std::exception& e) {
       errors.warn("bucket '{}' kind '{}': sweeping failed: {}; retrying", deps_.options.name, kind_, e.what());

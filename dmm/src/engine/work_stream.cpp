@@ -133,13 +133,13 @@ bool WorkStreamEngine::may_fetch(Priority priority) const {
 
 void WorkStreamEngine::run_fetcher(Priority priority, std::stop_token stop) {
   RateLimitedLog errors(*deps_.logger);
-  std::unique_ptr<TokenSource> source;
+  std::shared_ptr<TokenSource> source;
   auto delay = std::chrono::milliseconds(100);
   auto& queue = fetched_[index_of(priority)];
   while (!stop.stop_requested()) {
     try {
       if (!source) {
-        source = std::make_unique<TokenSource>(*deps_.nats, kind_.name, priority);
+        source = std::make_shared<TokenSource>(*deps_.nats, kind_.name, priority);
         ++bound_;
       }
       int want;
@@ -169,7 +169,7 @@ void WorkStreamEngine::run_fetcher(Priority priority, std::stop_token stop) {
           continue;
         }
         named += ids->size();
-        parsed.push_back({std::move(token), std::move(*ids), priority, Clock::now()});
+        parsed.push_back({source, std::move(token), std::move(*ids), priority, Clock::now()});
       }
       if (parsed.empty()) continue;
       {

@@ -61,6 +61,9 @@ class WorkStreamEngine {
 
   // A fetched token and the row ids it names, waiting for the dispatcher.
   struct Fetched {
+    // Acking or nak'ing a token uses its subscription: it lives as long as
+    // the tokens it fetched (declared first, so destroyed after the token).
+    std::shared_ptr<TokenSource> source;
     Token token;
     std::vector<std::int64_t> ids;
     Priority priority;

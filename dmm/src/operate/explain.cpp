@@ -18,6 +18,15 @@ std::string human_duration(std::int64_t ms) {
   return fmt::format("{}d{:02}h", s / 86400, (s % 86400) / 3600);
 }
 
+std::string due_by_priority_text(const KindStats& k) {
+  std::string out;
+  for (auto p : detail::kPrioritiesHighFirst) {
+    auto it = k.due_by_priority.find(detail::to_string(p));
+    out += fmt::format("{}{}", out.empty() ? "" : "/", it == k.due_by_priority.end() ? 0 : it->second);
+  }
+  return out;
+}
+
 namespace {
 
 // " (in 4.2s)" / " (3m12s ago)" for due_in_ms.

@@ -10,7 +10,8 @@
 namespace dmm::detail {
 namespace {
 
-// The sweeper's statement. Of the kicks that came due (skipping rows locked by
+// The sweeper's statement, for the kicks of one class ($5). Of the kicks that
+// came due (skipping rows locked by
 // a writer, who leaves a token behind), it publishes for the matters that are
 // due and not leased, and re-arms their kick a grace ($4) later; a leased
 // matter is looked at again when its lease ends, one not yet due when it is;
@@ -24,7 +25,7 @@ namespace {
 constexpr const char* kSweep = R"sql(
 WITH due AS (
   SELECT matter_id FROM dmm.kick
-   WHERE bucket = $1 AND kind = $2 AND kick_at <= now()
+   WHERE bucket = $1 AND kind = $2 AND priority = $5 AND kick_at <= now()
    ORDER BY kick_at
    LIMIT $3
    FOR UPDATE SKIP LOCKED
@@ -58,7 +59,7 @@ SELECT matter_id, false, 0 FROM dropped
 
 constexpr const char* kNextKick = R"sql(
 SELECT (extract(epoch FROM (min(kick_at) - clock_timestamp())) * 1000)::bigint
-  FROM dmm.kick WHERE bucket = $1 AND kind = $2
+  FROM dmm.kick WHERE bucket = $1 AND kind = $2 AND priority = $3
 )sql";
 
 }  // namespace
@@ -70,24 +71,28 @@ void prepare_kick_statements(pqxx::connection& conn) {
 
 void arm_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& ids, std::chrono::milliseconds grace) {
   if (ids.empty()) return;
-  txn.exec_params(R"sql(
-INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at)
-SELECT id, bucket, kind, CASE WHEN lease_until >= now() THEN lease_until ELSE now() + $2 * interval '1 millisecond' END
-  FROM dmm.matter WHERE id = ANY ($1::bigint[]) AND due_at IS NOT NULL
- ORDER BY id
-ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at))sql",
-                  bigint_array(ids), grace.count());
+  static const std::string sql = replace_all(R"sql(
+INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at, priority)
+SELECT m.id, m.bucket, m.kind,
+       CASE WHEN m.lease_until >= now() THEN m.lease_until ELSE now() + $2 * interval '1 millisecond' END,
+       @TOKEN_PRIORITY@
+  FROM dmm.matter m WHERE m.id = ANY ($1::bigint[]) AND m.due_at IS NOT NULL
+ ORDER BY m.id
+ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at), priority = EXCLUDED.priority)sql",
+                                             "@TOKEN_PRIORITY@", token_priority_sql());
+  txn.exec_params(sql, bigint_array(ids), grace.count());
 }
 
 void forget_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& ids) {
   if (!ids.empty()) txn.exec_params("DELETE FROM dmm.kick WHERE matter_id = ANY ($1::bigint[])", bigint_array(ids));
 }
 
-Swept sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,
-            std::chrono::milliseconds grace) {
+Swept sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, Priority priority,
+            int limit, std::chrono::milliseconds grace) {
   pqxx::nontransaction tx(conn);
   Swept swept;
-  for (const auto& row : tx.exec_prepared("dmm_sweep", bucket, kind, limit, grace.count())) {
+  for (const auto& row :
+       tx.exec_prepared("dmm_sweep", bucket, kind, limit, grace.count(), static_cast<int>(index_of(priority)))) {
     ++swept.looked;
     if (row[1].as<bool>()) swept.owed[index_of(priority_of(row[2]))].push_back(row[0].as<std::int64_t>());
   }
@@ -95,9 +100,9 @@ Swept sweep(pqxx::connection& conn, const std::string& bucket, const std::string
 }
 
 std::optional<std::int64_t> next_kick_in_ms(pqxx::connection& conn, const std::string& bucket,
-                                            const std::string& kind) {
+                                            const std::string& kind, Priority priority) {
   pqxx::nontransaction tx(conn);
-  auto rows = tx.exec_prepared("dmm_next_kick", bucket, kind);
+  auto rows = tx.exec_prepared("dmm_next_kick", bucket, kind, static_cast<int>(index_of(priority)));
   if (rows.empty() || rows[0][0].is_null()) return std::nullopt;
   return rows[0][0].as<std::int64_t>();
 }
@@ -121,12 +126,13 @@ WITH batch AS (
    WHERE m.id = ANY (ARRAY(SELECT id FROM picked))
   RETURNING m.id, m.due_at
 ), kick AS (
-  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at)
-  SELECT id, $1, $2, due_at FROM up ORDER BY id
-  ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at)
+  -- A resync is low (store/sql.hpp, token_priority_sql).
+  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at, priority)
+  SELECT id, $1, $2, due_at, {} FROM up ORDER BY id
+  ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at), priority = EXCLUDED.priority
 )
 SELECT (SELECT max(id) FROM batch), (SELECT count(*) FROM up))sql",
-                                             to_string(Phase::ready));
+                                             to_string(Phase::ready), index_of(Priority::low));
   pqxx::nontransaction tx(conn);
   auto rows = tx.exec_params(sql, bucket, kind, after_id, period.count(), limit);
   ResyncBatch out;

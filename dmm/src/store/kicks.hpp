@@ -47,8 +47,10 @@ struct Swept {
 // a matter due and not leased is owed a token and looked at again `grace`
 // later; a leased one at its lease's end, one due later at its due time; the
 // kick of a matter that owes nothing is deleted.
-Swept sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int limit,
-            std::chrono::milliseconds grace);
+// Only the kicks of class `priority` (dmm.kick.priority): each class is swept
+// on its own, so that one is never found behind another's backlog.
+Swept sweep(pqxx::connection& conn, const std::string& bucket, const std::string& kind, Priority priority,
+            int limit, std::chrono::milliseconds grace);
 
 // One batch of schedule_unscheduled_resyncs.
 struct ResyncBatch {
@@ -63,8 +65,9 @@ struct ResyncBatch {
 ResyncBatch schedule_unscheduled_resyncs(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
                                          std::chrono::milliseconds period, std::int64_t after_id, int limit);
 
-// Milliseconds until the next kick of (bucket, kind); nullopt if none.
+// Milliseconds until the next kick of (bucket, kind) in class `priority`;
+// nullopt if none.
 std::optional<std::int64_t> next_kick_in_ms(pqxx::connection& conn, const std::string& bucket,
-                                            const std::string& kind);
+                                            const std::string& kind, Priority priority);
 
 }  // namespace dmm::detail

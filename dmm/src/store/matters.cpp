@@ -73,11 +73,11 @@ WITH r AS (
   RETURNING m.id, m.lease_until >= now() AS leased, m.lease_until, m.due_at > now() AS delayed, m.due_at,
             m.priority
 ), kick AS (
-  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at)
+  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at, priority)
   SELECT id, $1, $2, CASE WHEN leased THEN lease_until WHEN delayed THEN due_at
-                          ELSE now() + $4 * interval '1 millisecond' END
+                          ELSE now() + $4 * interval '1 millisecond' END, priority
     FROM up ORDER BY id
-  ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at)
+  ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at), priority = EXCLUDED.priority
 )
 SELECT id, leased IS NOT TRUE AND NOT delayed, priority FROM up
 )sql";
@@ -229,12 +229,12 @@ WITH r AS (
 ), kick_set AS (
   -- When the sweeper looks at them next: the retry's due time, or a grace
   -- after now for the tokens published at once, or the lease's end.
-  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at)
-  SELECT id, $12, kind, next_kick
-    FROM (SELECT id, kind, next_kick FROM kept WHERE next_kick IS NOT NULL
-          UNION ALL SELECT id, kind, next_kick FROM woken) s
+  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at, priority)
+  SELECT id, $12, kind, next_kick, priority
+    FROM (SELECT id, kind, next_kick, priority FROM kept WHERE next_kick IS NOT NULL
+          UNION ALL SELECT id, kind, next_kick, priority FROM woken) s
    ORDER BY id
-  ON CONFLICT (matter_id) DO UPDATE SET kick_at = EXCLUDED.kick_at
+  ON CONFLICT (matter_id) DO UPDATE SET kick_at = EXCLUDED.kick_at, priority = EXCLUDED.priority
 ), kick_drop AS (
   -- Nothing owed (done, failed) or gone: no token either.
   DELETE FROM dmm.kick k

@@ -8,6 +8,7 @@
 #include "dmm/url.hpp"
 #include "protocol/vocabulary.hpp"
 #include "store/pg.hpp"
+#include "store/sql.hpp"
 #include "store/views.hpp"
 
 namespace dmm {
@@ -128,18 +129,21 @@ std::vector<KindStats> kind_stats(const std::string& postgres, const std::string
   pqxx::read_transaction tx(*conn);
   auto rows = tx.exec_params(fmt::format(R"sql(
 WITH s AS (
-  SELECT kind, phase, due_at, (lease_until IS NOT NULL AND lease_until >= now()) AS leased,
-         phase = '{}' AND starts_with(coalesce(last_error, ''), $2) AS gave_up
-    FROM dmm.matter WHERE bucket = $1
+  SELECT m.kind, m.phase, m.due_at, (m.lease_until IS NOT NULL AND m.lease_until >= now()) AS leased,
+         m.phase = '{}' AND starts_with(coalesce(m.last_error, ''), $2) AS gave_up, {} AS priority
+    FROM dmm.matter m WHERE m.bucket = $1
 )
 SELECT kind, phase, count(*),
        count(*) FILTER (WHERE due_at <= now() AND NOT leased),
        count(*) FILTER (WHERE leased),
        {},
        coalesce((extract(epoch FROM now() - min(due_at) FILTER (WHERE due_at <= now() AND NOT leased)) * 1000)::bigint, 0),
-       count(*) FILTER (WHERE gave_up)
+       count(*) FILTER (WHERE gave_up),
+       count(*) FILTER (WHERE due_at <= now() AND NOT leased AND priority = 0),
+       count(*) FILTER (WHERE due_at <= now() AND NOT leased AND priority = 1),
+       count(*) FILTER (WHERE due_at <= now() AND NOT leased AND priority = 2)
   FROM s GROUP BY kind, phase ORDER BY kind, phase)sql",
-                                         detail::to_string(detail::Phase::failed),
+                                         detail::to_string(detail::Phase::failed), detail::token_priority_sql(),
                                          iso("min(due_at) FILTER (WHERE due_at <= now() AND NOT leased)")),
                              bucket, std::string(detail::kGaveUpPrefix));
   std::vector<KindStats> out;
@@ -153,6 +157,10 @@ SELECT kind, phase, count(*),
     k.due_now += r[3].as<std::int64_t>();
     k.in_flight += r[4].as<std::int64_t>();
     k.gave_up += r[7].as<std::int64_t>();
+    static_assert(detail::kPriorities.size() == 3, "one column per class above");
+    for (std::size_t i = 0; i < detail::kPriorities.size(); ++i)
+      if (const auto due = r[static_cast<int>(8 + i)].as<std::int64_t>(); due > 0)
+        k.due_by_priority[detail::kPriorities[i].name] += due;
     const auto oldest = r[5].as<std::string>();
     const auto age = r[6].as<std::int64_t>();
     if (!oldest.empty() && (k.oldest_due.empty() || oldest < k.oldest_due)) {

@@ -204,22 +204,18 @@ void Nats::ensure_consumer(const std::string& kind, Priority priority) {
   log_.info("bucket '{}': created NATS consumer {} ({})", bucket_, name, filter);
 }
 
-std::optional<Nats::Backlog> Nats::backlog(const std::string& kind) {
+std::optional<Nats::Backlog> Nats::backlog(const std::string& kind, Priority priority) {
   const auto stream = stream_name(bucket_);
+  const auto name = class_name(kind, priority);
   if (!connected()) return std::nullopt;
   jsOptions jo;
   jsOptions_Init(&jo);
   jo.Wait = 1000;
-  Backlog b;
-  for (const auto& p : kPriorities) {
-    const auto name = class_name(kind, p.priority);
-    jsConsumerInfo* ci = nullptr;
-    jsErrCode jerr = static_cast<jsErrCode>(0);
-    if (js_GetConsumerInfo(&ci, js_, stream.c_str(), name.c_str(), &jo, &jerr) != NATS_OK) return std::nullopt;
-    b.pending += ci->NumPending;
-    b.delivered += ci->Delivered.Consumer;
-    jsConsumerInfo_Destroy(ci);
-  }
+  jsConsumerInfo* ci = nullptr;
+  jsErrCode jerr = static_cast<jsErrCode>(0);
+  if (js_GetConsumerInfo(&ci, js_, stream.c_str(), name.c_str(), &jo, &jerr) != NATS_OK) return std::nullopt;
+  Backlog b{ci->NumPending, ci->Delivered.Consumer};
+  jsConsumerInfo_Destroy(ci);
   return b;
 }
 

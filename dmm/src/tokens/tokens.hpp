@@ -52,14 +52,14 @@ class Nats {
   void ensure_consumers(const std::string& kind);
   void ensure_consumer(const std::string& kind, Priority priority);
 
-  // Tokens of `kind` waiting in the stream (not yet delivered) and how many
-  // its consumers have delivered so far, over all classes; nullopt if NATS
-  // cannot tell now.
+  // Tokens of the kind's class waiting in the stream (not yet delivered) and
+  // how many its consumer has delivered so far; nullopt if NATS cannot tell
+  // now.
   struct Backlog {
     std::uint64_t pending = 0;
     std::uint64_t delivered = 0;
   };
-  std::optional<Backlog> backlog(const std::string& kind);
+  std::optional<Backlog> backlog(const std::string& kind, Priority priority);
 
   // Asynchronous publish of the tokens for `ids` in class `priority` (one
   // per matter for a single id, else up to kMaxIdsPerToken per token,

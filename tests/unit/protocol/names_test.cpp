@@ -99,6 +99,33 @@ TEST_CASE("streams and subjects are named after the bucket and kind", "[names]")
   CHECK(token_subject("b", "k", 9'007'199'254'740'993) == "dmm.b.k.9007199254740993");
 }
 
+TEST_CASE("each priority class of a kind has subjects and a consumer of its own", "[names]") {
+  using namespace dmm::detail;
+  using dmm::Priority;
+  using Ids = std::vector<std::int64_t>;
+  // Normal keeps the names of a bucket made before priorities.
+  CHECK(class_name("player", Priority::normal) == "player");
+  CHECK(class_name("player", Priority::high) == "player~high");
+  CHECK(class_name("player", Priority::low) == "player~low");
+  CHECK(kind_of_class_name("player~high") == "player");
+  CHECK(kind_of_class_name("player") == "player");
+  CHECK(kind_subjects("music", "player", Priority::high) == "dmm.music.player~high.>");
+  CHECK(token_subject("music", "player", 42, Priority::low) == "dmm.music.player~low.42");
+  // A class's filter does not cover another class's tokens (WorkQueue streams
+  // refuse overlapping consumers), and a token parses only in its own class.
+  const auto high = token_messages("music", "player", {3, 1, 2}, Priority::high);
+  REQUIRE(high.size() == 1);
+  CHECK(high[0].subject == "dmm.music.player~high.1.3");
+  CHECK(parse_token(high[0].subject, high[0].payload, "music", "player", Priority::high) == Ids{1, 2, 3});
+  for (auto other : {Priority::normal, Priority::low}) {
+    CHECK_FALSE(parse_token(high[0].subject, high[0].payload, "music", "player", other).has_value());
+    CHECK_FALSE(parse_token(token_subject("music", "player", 7, other), "", "music", "player", Priority::high));
+  }
+  // A kind whose name merely starts like another kind's class name is a
+  // different kind: '~' is not allowed in kind names.
+  CHECK_THROWS_AS(validate_name("kind", "player~high"), dmm::InvalidArgument);
+}
+
 TEST_CASE("a token subject parses back into its row id", "[names]") {
   using dmm::detail::parse_token;
   using dmm::detail::token_subject;
