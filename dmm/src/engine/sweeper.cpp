@@ -25,10 +25,11 @@ using SteadyClock = std::chrono::steady_clock;
 // a worker before any token of the class sent now (a WorkQueue delivers in
 // order), so while that queue drains a sweep can only re-send tokens that are
 // still pending (the stream rejects them, but every such row is still
-// UPDATEd, for nothing) and put its own tokens behind the queue anyway. Hence: while the backlog is draining, sweep
-// at most once per token_grace, and re-arm swept rows for the grace plus the
-// time the backlog needs to drain (at most kMaxDrainStretch), so a matter
-// whose token is merely queued is not re-kicked again and again.
+// UPDATEd, for nothing) and put its own tokens behind the queue anyway.
+// Hence: while the backlog is draining, sweep at most once per token_grace,
+// and re-arm swept rows for the grace plus the time the backlog needs to
+// drain (at most kMaxDrainStretch), so a matter whose token is merely queued
+// is not re-kicked again and again.
 class BacklogWatch {
  public:
   explicit BacklogWatch(std::chrono::milliseconds grace) : grace_(grace) {}

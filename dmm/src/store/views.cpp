@@ -127,24 +127,26 @@ SELECT seq, generation, attempt, {}, duration_ms, outcome, coalesce(error, ''), 
 std::vector<KindStats> kind_stats(const std::string& postgres, const std::string& bucket) {
   auto conn = connect_tool(postgres);
   pqxx::read_transaction tx(*conn);
+  // Columns 8.. count the waiting matters of each class, in kPriorities order.
+  std::string by_class;
+  for (std::size_t i = 0; i < detail::kPriorities.size(); ++i)
+    by_class += fmt::format(",\n       count(*) FILTER (WHERE waiting AND priority = {})", i);
   auto rows = tx.exec_params(fmt::format(R"sql(
 WITH s AS (
   SELECT m.kind, m.phase, m.due_at, (m.lease_until IS NOT NULL AND m.lease_until >= now()) AS leased,
+         m.due_at <= now() AND NOT (m.lease_until IS NOT NULL AND m.lease_until >= now()) AS waiting,
          m.phase = '{}' AND starts_with(coalesce(m.last_error, ''), $2) AS gave_up, {} AS priority
     FROM dmm.matter m WHERE m.bucket = $1
 )
 SELECT kind, phase, count(*),
-       count(*) FILTER (WHERE due_at <= now() AND NOT leased),
+       count(*) FILTER (WHERE waiting),
        count(*) FILTER (WHERE leased),
        {},
-       coalesce((extract(epoch FROM now() - min(due_at) FILTER (WHERE due_at <= now() AND NOT leased)) * 1000)::bigint, 0),
-       count(*) FILTER (WHERE gave_up),
-       count(*) FILTER (WHERE due_at <= now() AND NOT leased AND priority = 0),
-       count(*) FILTER (WHERE due_at <= now() AND NOT leased AND priority = 1),
-       count(*) FILTER (WHERE due_at <= now() AND NOT leased AND priority = 2)
+       coalesce((extract(epoch FROM now() - min(due_at) FILTER (WHERE waiting)) * 1000)::bigint, 0),
+       count(*) FILTER (WHERE gave_up){}
   FROM s GROUP BY kind, phase ORDER BY kind, phase)sql",
                                          detail::to_string(detail::Phase::failed), detail::token_priority_sql(),
-                                         iso("min(due_at) FILTER (WHERE due_at <= now() AND NOT leased)")),
+                                         iso("min(due_at) FILTER (WHERE waiting)"), by_class),
                              bucket, std::string(detail::kGaveUpPrefix));
   std::vector<KindStats> out;
   for (const auto& r : rows) {
@@ -157,7 +159,6 @@ SELECT kind, phase, count(*),
     k.due_now += r[3].as<std::int64_t>();
     k.in_flight += r[4].as<std::int64_t>();
     k.gave_up += r[7].as<std::int64_t>();
-    static_assert(detail::kPriorities.size() == 3, "one column per class above");
     for (std::size_t i = 0; i < detail::kPriorities.size(); ++i)
       if (const auto due = r[static_cast<int>(8 + i)].as<std::int64_t>(); due > 0)
         k.due_by_priority[detail::kPriorities[i].name] += due;
