@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <deque>
 #include <filesystem>
 #include <fstream>
 #include <functional>
@@ -142,7 +143,7 @@ class Run {
     if (!cluster_dir_.empty()) std::filesystem::remove_all(cluster_dir_);
   }
 
-  int kills = 0, restarts = 0, graceful_stops = 0;
+  int kills = 0, restarts = 0, graceful_stops = 0, crashes = 0;
   int faults_injected = 0, injection_failures = 0;
   long leases_left = 0;
 
@@ -158,6 +159,30 @@ class Run {
   std::string log_path() const { return (std::filesystem::temp_directory_path() / (bucket_name_ + ".log")).string(); }
 
   void kill_random_worker() { kill_worker(static_cast<int>(rng_() % workers_.size())); }
+
+  // A worker that exited without being told to (a crash, an abort, a fatal
+  // error) fails the scenario: its unfinished runs would otherwise show up
+  // only as overlaps. Reported with its status and last log lines, then
+  // replaced so the scenario goes on.
+  void replace_crashed_workers() {
+    for (auto& [slot, w] : workers_) {
+      auto& [id, child] = w;
+      if (child->alive()) continue;
+      const auto status = child->wait_exit(0ms).value_or(-1);
+      std::cerr << "  worker " << id << " exited on its own with status " << status << " (signal "
+                << (status > 128 ? status - 128 : 0) << "); its last log lines (" << log_path() << "):\n";
+      std::ifstream log(log_path());
+      std::deque<std::string> tail;
+      for (std::string line; std::getline(log, line);)
+        if (line.find("[" + id + "]") != std::string::npos) {
+          tail.push_back(line.substr(0, 300));
+          if (tail.size() > 8) tail.pop_front();
+        }
+      for (const auto& line : tail) std::cerr << "    " << line << "\n";
+      ++crashes;
+      start_worker(slot);
+    }
+  }
 
   // Kills a live worker that holds a run unfinished for longer than the lease
   // (a hanging materialization kept alive by heartbeats), so its matters must
@@ -453,6 +478,7 @@ void Run::execute(Totals& totals) {
   auto next_chaos = Clock::now() + sc_.chaos_every;
   while (Clock::now() < end) {
     std::this_thread::sleep_for(50ms);
+    replace_crashed_workers();
     if (sc_.chaos && Clock::now() >= next_chaos) {
       try {
         sc_.chaos(*this);
@@ -466,8 +492,7 @@ void Run::execute(Totals& totals) {
   }
   running = false;
   notifier.join();
-  for (auto& [slot, w] : workers_)
-    if (!w.second->alive()) start_worker(slot);
+  replace_crashed_workers();
   if (down_node_ >= 0) toggle_cluster_node();
 
   // Converge.
@@ -489,7 +514,13 @@ void Run::execute(Totals& totals) {
   const auto checks_start = Clock::now();
   // Stop every worker cleanly: nothing may be left leased.
   for (auto& [slot, w] : workers_) w.second->signal(SIGTERM);
-  for (auto& [slot, w] : workers_) w.second->wait_exit(20s);
+  for (auto& [slot, w] : workers_) {
+    const auto status = w.second->wait_exit(20s);
+    if (!status || *status != 0) {
+      std::cerr << "  worker " << w.first << " did not stop cleanly (status " << (status ? *status : -1) << ")\n";
+      ++crashes;
+    }
+  }
   pqxx::nontransaction tx(c);
   leases_left += tx.exec_params1("SELECT count(*) FROM dmm.matter WHERE bucket = $1 AND lease_until > now()",
                                  bucket_name_)[0].as<long>();
@@ -521,6 +552,11 @@ void Run::execute(Totals& totals) {
   const long unfinished =
       tx.exec_params1("SELECT count(*) FROM dmm_test.runs WHERE bucket = $1 AND finished IS NULL", bucket_name_)[0]
           .as<long>();
+  for (const auto& r : tx.exec_params("SELECT worker, identity, seq, started::text FROM dmm_test.runs "
+                                      "WHERE bucket = $1 AND finished IS NULL ORDER BY started LIMIT 5",
+                                      bucket_name_))
+    std::cerr << "  never finished: run of " << r[1].c_str() << " seq " << r[2].c_str() << " by "
+              << r[0].c_str() << ", started " << r[3].c_str() << "\n";
   const long overlaps = tx.exec_params1(R"sql(
 SELECT count(*) FROM (
   SELECT started, max(coalesce(finished, 'infinity')) OVER (PARTITION BY identity ORDER BY started, run_id
@@ -535,6 +571,7 @@ SELECT count(*) FROM (
   const auto runs = tx.exec_params1("SELECT count(*) FROM dmm_test.runs WHERE bucket = $1", bucket_name_)[0].as<long>();
   unconverged += leases_left;
   unconverged += injection_failures;  // a scenario whose faults were not injected did not run
+  unconverged += crashes;             // nor does one whose workers crashed
   const auto recovery = recovery_times(tx);
   std::string recovery_text = "-";
   if (!recovery.empty()) {
@@ -544,11 +581,11 @@ SELECT count(*) FROM (
     recovery_text = buf;
   }
 
-  std::printf("  %s: %ld runs (%ld never finished, %ld of killed workers recorded after the kill), %d kills, %d graceful stops, %d server faults, %d faults "
+  std::printf("  %s: %ld runs (%ld never finished, %ld of killed workers recorded after the kill), %d kills, %d graceful stops, %d crashes, %d server faults, %d faults "
               "injected (%d failed), %ld notify retries; work resumed after each fault: %s; converged %.1fs after the "
               "last fault; lost=%ld overlaps=%ld unconverged=%ld (leases left %ld) [setup %.0fs, stop and checks "
               "%.0fs, all %.0fs]\n",
-              sc_.name.c_str(), runs, unfinished, closed_late, kills, graceful_stops, restarts, faults_injected, injection_failures,
+              sc_.name.c_str(), runs, unfinished, closed_late, kills, graceful_stops, crashes, restarts, faults_injected, injection_failures,
               notify_retries_.load(), recovery_text.c_str(), converge_s, lost, overlaps, unconverged, leases_left, setup_s,
               seconds_since(checks_start), seconds_since(t0));
   if (!s_.report.empty()) {

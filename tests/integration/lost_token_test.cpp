@@ -114,9 +114,10 @@ TEST_CASE("the sweeper deletes kicks that owe nothing and re-kicks a leased matt
 
 // Migration 0005 moved kick_at out of dmm.matter. A database migrated before
 // it (rebuilt here from the current schema: the column and its partial index
-// back, dmm.kick and its migration row gone) with a matter owed work whose
-// token was lost must still converge after the upgrade: the migration gives
-// the matter its kick, and the sweeper sends the token.
+// back, dmm.kick gone, and every later migration undone with its row) with a
+// matter owed work whose token was lost must still converge after the
+// upgrade: the migration gives the matter its kick, and the sweeper sends the
+// token. A migration after 0006 that changes dmm.matter is undone here too.
 TEST_CASE("a matter owed work before migration 0005 still converges after it", "[notify]") {
   const ScratchDatabase db("dmm_up");
   const std::string name = unique_name("upgrade");
@@ -132,7 +133,8 @@ TEST_CASE("a matter owed work before migration 0005 still converges after it", "
     tx.exec("UPDATE dmm.matter m SET kick_at = k.kick_at FROM dmm.kick k WHERE k.matter_id = m.id");
     tx.exec("CREATE INDEX matter_kick ON dmm.matter (bucket, kind, kick_at) WHERE kick_at IS NOT NULL");
     tx.exec("DROP TABLE dmm.kick");
-    tx.exec("DELETE FROM dmm.schema_migrations WHERE version = 5");
+    tx.exec("ALTER TABLE dmm.matter DROP COLUMN priority");  // 0006
+    tx.exec("DELETE FROM dmm.schema_migrations WHERE version >= 5");
     tx.commit();
   }
   Nats nats(servers().nats);
