@@ -55,7 +55,7 @@ TEST_CASE("every statement of the hot path is planned as index probes, even on t
     // "empty" (never-vacuumed tables get a default of 10 pages instead).
     auto admin = connect_pg(db.url());
     pqxx::nontransaction tx(admin);
-    for (const char* table : {"dmm.matter", "dmm.kick", "dmm.attempt", "dmm.dependency"})
+    for (const char* table : {"dmm.matter", "dmm.kick", "dmm.attempt", "dmm.dependency", "dmm.slot"})
       tx.exec(std::string("VACUUM ANALYZE ") + table);
   }
 
@@ -67,6 +67,8 @@ TEST_CASE("every statement of the hot path is planned as index probes, even on t
   const std::vector<std::pair<std::string, std::string>> statements = {
       {"dmm_upsert", "('b', 'noop', '[{\"identity\": \"a\", \"state\": {}}]', 500)"},
       {"dmm_claim", "('{1,2,3}', 'b', 'noop', 'w', 3000)"},
+      {"dmm_claim_with_slots", "('{1,2,3}', 'b', 'noop', 'w', 3000, 5)"},
+      {"dmm_release_slots", "('b', 'noop', '{1,2}', '{1,1}')"},
       {"dmm_write_back",
        "('{1,2}', '{1,1}', '{1,1}', '{1,5}', '{0,0}', '{1,1}', '{1,1}', '{1,1}', '{\"1\": {\"state\": {}}}', 500, "
        "10, 'b', 'w')"},
@@ -108,14 +110,14 @@ TEST_CASE("a write-back counts only the outcome of the current lease, in any ord
   auto conn = dmm::detail::connect_pg(servers().postgres, "checking the write-back fence");
   dmm::detail::prepare_statements(*conn);
   const std::vector<std::int64_t> ids = {id_of("a"), id_of("b"), id_of("c")};
-  auto first = dmm::detail::claim(*conn, name, "probe", ids, "w1", std::chrono::seconds(30));
+  auto first = dmm::detail::claim(*conn, name, "probe", ids, "w1", std::chrono::seconds(30)).claimed;
   REQUIRE(first.size() == 3);
   // "b"'s lease runs out and another worker takes it: a new epoch.
   {
     pqxx::nontransaction tx(pg());
     tx.exec_params("UPDATE dmm.matter SET lease_until = now() - interval '1 s' WHERE id = $1", ids[1]);
   }
-  auto second = dmm::detail::claim(*conn, name, "probe", {ids[1]}, "w2", std::chrono::seconds(30));
+  auto second = dmm::detail::claim(*conn, name, "probe", {ids[1]}, "w2", std::chrono::seconds(30)).claimed;
   REQUIRE(second.size() == 1);
   REQUIRE(second[0].epoch > first[1].epoch);
 

@@ -133,6 +133,17 @@ struct KindOptions {
   // process take more of a backlog before others see it.
   // Default 0: 2 x max(concurrency, batch) (512 with the default batch).
   int prefetch = 0;
+  // Most materializations of this kind running at once across all processes
+  // of the bucket, for a downstream API that takes no more (DBOS's queue
+  // `concurrency`). Enforced in PostgreSQL: each running matter holds one of
+  // N slots (dmm.slot), taken in the claim and given back with the outcome;
+  // a slot held by a process that died is free again when its lease ends
+  // (lease_ttl). A matter due while all slots are taken waits, leased by no
+  // one, and `dmmctl why` says so. Every process of the kind should give the
+  // same N; while they differ (a rolling change) the largest one given is in
+  // force (docs/DESIGN.md, "Global concurrency"). Default 0: no global
+  // limit; at most 100000.
+  int global_concurrency = 0;
 };
 
 // How urgent a matter's work is. Workers in every process take due matters

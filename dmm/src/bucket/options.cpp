@@ -69,6 +69,9 @@ void validate_kind_options(const KindOptions& o, const std::string& kind) {
   if (o.resync_every.count() != 0 &&
       (o.resync_every < std::chrono::seconds(1) || o.resync_every > std::chrono::hours(24 * 365)))
     bad("resync_every must be 0 (off) or from 1s to 365 days");
+  if (o.global_concurrency < 0 || o.global_concurrency > 100'000)
+    bad(fmt::format("global_concurrency is {}; it must be in 0..100000 (default 0: no limit across processes)",
+                    o.global_concurrency));
   validate_backoff(o.backoff, kind);
 }
 

@@ -7,6 +7,7 @@
 #include <random>
 #include <spdlog/spdlog.h>
 #include <thread>
+#include <unordered_set>
 
 #include "dmm/context.hpp"
 #include "dmm/errors.hpp"
@@ -115,6 +116,9 @@ namespace {
 // How long a fetched token may wait for the dispatcher before it goes back
 // to the stream: far longer than a claim takes, far shorter than AckWait.
 constexpr auto kStaleFetched = std::chrono::seconds(5);
+// With every global slot taken, how soon a claim looks again: a slot that
+// another process gives back is found this late at most.
+constexpr auto kSlotPoll = std::chrono::milliseconds(20);
 
 }  // namespace
 
@@ -232,18 +236,25 @@ void WorkStreamEngine::run_dispatcher(std::stop_token stop) {
     while (!stop.stop_requested()) {
       std::vector<Fetched> taken;
       try {
-        if (!conn) conn = connect_pg(deps_.options.postgres, "claiming matters of kind '" + kind_.name + "'");
+        if (!conn) {
+          conn = connect_pg(deps_.options.postgres, "claiming matters of kind '" + kind_.name + "'");
+          if (kind_.options.global_concurrency > 0)
+            ensure_slots(*conn, deps_.options.name, kind_.name, kind_.options.global_concurrency);
+        }
         int room;
         std::vector<Fetched> stale;
         {
           std::unique_lock lock(mu_);
-          room_cv_.wait_for(lock, std::chrono::milliseconds(250), [&] {
-            return stop.stop_requested() || (static_cast<int>(held_.size()) < capacity_ && fetched_ids_ > 0);
+          auto until = Clock::now() + std::chrono::milliseconds(250);
+          if (!slots_freed_) until = std::min(until, slot_retry_at_);
+          room_cv_.wait_until(lock, until, [&] {
+            return stop.stop_requested() || (static_cast<int>(held_.size()) < capacity_ && fetched_ids_ > 0 &&
+                                             slots_may_be_free(Clock::now()));
           });
           if (stop.stop_requested()) break;
           stale = take_stale(Clock::now());
           room = std::min(capacity_ - static_cast<int>(held_.size()), kind_.options.batch);
-          if (room > 0) taken = take_fetched(room);
+          if (room > 0 && slots_may_be_free(Clock::now())) taken = take_fetched(room);
         }
         if (!stale.empty()) {
           deps_.logger->debug("bucket '{}' kind '{}': handing back {} token(s) that waited behind higher classes",
@@ -296,16 +307,40 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Fetched>
   if (!leftover.empty())
     deps_.logger->debug("bucket '{}' kind '{}': {} matter(s) fit; sending {} matter(s) again in new tokens",
                         deps_.options.name, kind_.name, ids.size(), leftover.size());
-  auto claimed = claim(conn, deps_.options.name, kind_.name, ids, deps_.worker_id, kind_.options.lease_ttl);
+  auto [claimed, waiting] = claim(conn, deps_.options.name, kind_.name, ids, deps_.worker_id,
+                                  kind_.options.lease_ttl, kind_.options.global_concurrency);
   // The part of a token that did not fit goes out as a token of its own
   // before that token is acked.
   if (!leftover.empty()) deps_.publish(kind_.name, leftover_class, leftover);
-  // Claimed or not, the tokens have done their job: a matter not claimed is
-  // leased elsewhere (its holder sees any new generation at write-back), not
-  // due yet (the sweeper sends a token when it is), or gone.
-  for (auto& f : tokens)
-    if (!f.token.ack()) metrics_.ack_errors.fetch_add(1, std::memory_order_relaxed);
+  // A token naming matters that found no free global slot is kept, naming
+  // just those, and tried again first (a slot frees when a run ends). The
+  // other tokens have done their job, claimed or not: a matter not claimed
+  // is leased elsewhere (its holder sees any new generation at write-back),
+  // not due yet (the sweeper sends a token when it is), or gone.
+  const std::unordered_set<std::int64_t> wait(waiting.begin(), waiting.end());
+  std::vector<Fetched> parked;
+  for (auto& f : tokens) {
+    std::vector<std::int64_t> still;
+    if (!wait.empty())
+      for (auto id : f.ids)
+        if (wait.count(id)) still.push_back(id);  // never one of `leftover`: those were not asked for
+    if (still.empty()) {
+      if (!f.token.ack()) metrics_.ack_errors.fetch_add(1, std::memory_order_relaxed);
+      continue;
+    }
+    f.ids = std::move(still);
+    parked.push_back(std::move(f));
+  }
   tokens.clear();
+  if (!parked.empty()) {
+    std::lock_guard lock(mu_);
+    slots_freed_ = false;
+    slot_retry_at_ = Clock::now() + kSlotPoll;
+    for (auto it = parked.rbegin(); it != parked.rend(); ++it) {
+      fetched_ids_ += it->ids.size();
+      fetched_[index_of(it->priority)].push_front(std::move(*it));
+    }
+  }
   if (claimed.empty()) return;
   {
     std::lock_guard lock(mu_);
@@ -323,6 +358,10 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Fetched>
     ready_cv_.notify_all();
   else
     for (std::size_t i = 0; i < claimed.size(); ++i) ready_cv_.notify_one();
+}
+
+bool WorkStreamEngine::slots_may_be_free(Clock::time_point now) const {
+  return slots_freed_ || now >= slot_retry_at_;
 }
 
 void WorkStreamEngine::run_executor() {
@@ -404,8 +443,10 @@ void WorkStreamEngine::run_committer() {
       if (!batch.empty()) {
         deps_.publish(write_back(*conn, batch, deps_.options.token_grace, deps_.options.name,
                                              {deps_.options.name, deps_.worker_id, kind_.options.history_limit}));
+        if (kind_.options.global_concurrency > 0) release_slots(*conn, deps_.options.name, kind_.name, batch);
         {
           std::lock_guard lock(mu_);
+          slots_freed_ = true;
           for (const auto& o : batch)
             if (auto it = held_.find(o.id); it != held_.end() && it->second->row.epoch == o.epoch) held_.erase(it);
         }

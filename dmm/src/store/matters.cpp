@@ -107,6 +107,79 @@ WHERE m.id = ANY (ARRAY(SELECT id FROM free))
 RETURNING m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attempts, m.deleted_at IS NOT NULL
 )sql";
 
+// The claim of a kind with a global concurrency limit ($6 slots): the same
+// lease, given only to as many matters as there are free slots, each taking
+// one (dmm.slot, migration 0007). Slots are locked SKIP LOCKED, so claims in
+// other processes take other slots and never wait; a slot is free by its own
+// row (held_until), which the lock re-checks. Matters are looked at in the
+// order of $1 (the dispatcher lists higher classes first) and only until
+// every free slot has one, so a claim while all slots are taken locks no
+// matter. When the slots ran out, the ids not leased come back with
+// `waiting` true (some may merely be leased elsewhere): the dispatcher keeps
+// their tokens and tries again (engine/work_stream.cpp).
+constexpr const char* kClaimWithSlots = R"sql(
+WITH want AS (
+  SELECT id, min(ord) AS ord FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, ord) GROUP BY id
+),
+slots AS (
+  SELECT slot, row_number() OVER (ORDER BY slot) AS n FROM (
+    SELECT slot FROM dmm.slot
+     WHERE bucket = $2 AND kind = $3 AND slot < $6 AND (held_until IS NULL OR held_until < now())
+     ORDER BY slot LIMIT (SELECT count(*) FROM want)
+     FOR UPDATE SKIP LOCKED) s
+),
+free AS (
+  SELECT id, row_number() OVER () AS n FROM (
+    SELECT f.id FROM (SELECT id, ord FROM want ORDER BY ord) w
+     CROSS JOIN LATERAL (
+       SELECT id, bucket, kind FROM dmm.matter
+        WHERE id = w.id AND due_at <= now() AND (lease_until IS NULL OR lease_until < now())
+       OFFSET 0 FOR UPDATE SKIP LOCKED) f
+     WHERE f.bucket = $2 AND f.kind = $3
+     LIMIT (SELECT count(*) FROM slots)) f
+),
+paired AS (SELECT free.id, slots.slot FROM free JOIN slots USING (n)),
+claimed AS (
+  UPDATE dmm.matter m SET
+    lease_owner = $4,
+    lease_until = now() + $5 * interval '1 millisecond',
+    lease_epoch = m.lease_epoch + 1,
+    leased_at = now(),
+    phase = CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'reconciling' END,
+    updated_at = now()
+  WHERE m.id = ANY (ARRAY(SELECT id FROM paired))
+  RETURNING m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attempts, m.deleted_at IS NOT NULL AS deleting
+),
+taken AS (
+  UPDATE dmm.slot s SET matter_id = c.id, lease_epoch = c.lease_epoch, held_until = now() + $5 * interval '1 millisecond'
+    FROM claimed c JOIN paired p ON p.id = c.id
+   WHERE s.bucket = $2 AND s.kind = $3 AND s.slot = p.slot
+)
+SELECT id, identity, state, generation, lease_epoch, attempts, deleting, false FROM claimed
+UNION ALL
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, true FROM want
+ WHERE (SELECT count(*) FROM free) >= (SELECT count(*) FROM slots) AND id NOT IN (SELECT id FROM claimed)
+)sql";
+
+// The slots of a kind with a global concurrency limit: rows 0..$3-1 exist.
+constexpr const char* kEnsureSlots = R"sql(
+INSERT INTO dmm.slot (bucket, kind, slot) SELECT $1, $2, g FROM generate_series(0, $3 - 1) AS g
+ON CONFLICT DO NOTHING
+)sql";
+
+// Gives back the slots of leases that ended with an outcome ($3 ids, $4
+// epochs): a slot of a later lease of the same matter stays held. Each slot
+// is found by its holder, one matter at a time (a join planned while
+// dmm.slot looked empty scanned the whole index); no other process writes a
+// slot that is held, so its ctid holds still.
+constexpr const char* kReleaseSlots = R"sql(
+UPDATE dmm.slot s SET matter_id = NULL, lease_epoch = NULL, held_until = NULL
+ WHERE s.ctid = ANY (ARRAY(
+   SELECT h.ctid FROM unnest($3::bigint[], $4::bigint[]) AS o(id, epoch) CROSS JOIN LATERAL (
+     SELECT ctid FROM dmm.slot WHERE matter_id = o.id AND lease_epoch = o.epoch AND bucket = $1 AND kind = $2
+     OFFSET 0) h))
+)sql";
+
 // The one place an attempt's outcome becomes the next stored state.
 // Rows whose generation moved on while leased keep their newer state and owe
 // work now, whatever the outcome; so do released ones.
@@ -270,7 +343,15 @@ renewed AS (
     lease_until = now() + $3 * interval '1 millisecond'
    WHERE m.id = ANY ($1::bigint[]) AND m.lease_epoch = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
      AND (SELECT count(*) FROM locked) >= 0
-  RETURNING m.id
+  RETURNING m.id, m.lease_epoch
+),
+-- A global concurrency slot lasts as long as the lease that holds it (found
+-- one matter at a time, as kReleaseSlots does).
+slots AS (
+  UPDATE dmm.slot s SET held_until = now() + $3 * interval '1 millisecond'
+   WHERE s.ctid = ANY (ARRAY(
+     SELECT h.ctid FROM renewed r CROSS JOIN LATERAL (
+       SELECT ctid FROM dmm.slot WHERE matter_id = r.id AND lease_epoch = r.lease_epoch OFFSET 0) h))
 )
 SELECT id FROM unnest($1::bigint[]) AS id WHERE id NOT IN (SELECT id FROM renewed)
 )sql";
@@ -299,6 +380,8 @@ const std::string& write_back_sql() {
 void prepare_matter_statements(pqxx::connection& conn) {
   conn.prepare("dmm_upsert", upsert_sql());
   conn.prepare("dmm_claim", kClaim);
+  conn.prepare("dmm_claim_with_slots", kClaimWithSlots);
+  conn.prepare("dmm_release_slots", kReleaseSlots);
   conn.prepare("dmm_write_back", write_back_sql());
   conn.prepare("dmm_heartbeat", kHeartbeat);
 }
@@ -322,19 +405,42 @@ std::vector<TokenOwed> upsert_matters(pqxx::transaction_base& txn, const std::st
   return owed;
 }
 
-std::vector<Claimed> claim(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
-                           const std::vector<std::int64_t>& ids, const std::string& owner,
-                           std::chrono::milliseconds ttl) {
+Claim claim(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
+            const std::vector<std::int64_t>& ids, const std::string& owner, std::chrono::milliseconds ttl,
+            int global_concurrency) {
   pqxx::nontransaction tx(conn);
-  auto rows = tx.exec_prepared("dmm_claim", bigint_array(ids), bucket, kind, owner, ttl.count());
-  std::vector<Claimed> claimed;
-  claimed.reserve(rows.size());
+  auto rows = global_concurrency > 0
+                  ? tx.exec_prepared("dmm_claim_with_slots", bigint_array(ids), bucket, kind, owner, ttl.count(),
+                                     global_concurrency)
+                  : tx.exec_prepared("dmm_claim", bigint_array(ids), bucket, kind, owner, ttl.count());
+  Claim result;
+  result.claimed.reserve(rows.size());
   for (const auto& row : rows) {
-    claimed.push_back(Claimed{row[0].as<std::int64_t>(), row[1].as<std::string>(), row[2].as<std::string>(),
-                              row[3].as<std::int64_t>(), row[4].as<std::int64_t>(), row[5].as<int>(),
-                              row[6].as<bool>()});
+    if (row.size() > 7 && row[7].as<bool>()) {
+      result.waiting.push_back(row[0].as<std::int64_t>());
+      continue;
+    }
+    result.claimed.push_back(Claimed{row[0].as<std::int64_t>(), row[1].as<std::string>(), row[2].as<std::string>(),
+                                     row[3].as<std::int64_t>(), row[4].as<std::int64_t>(), row[5].as<int>(),
+                                     row[6].as<bool>()});
   }
-  return claimed;
+  return result;
+}
+
+void ensure_slots(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int slots) {
+  pqxx::nontransaction(conn).exec_params(kEnsureSlots, bucket, kind, slots);
+}
+
+void release_slots(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
+                   const std::vector<Outcome>& outcomes) {
+  std::vector<std::int64_t> ids, epochs;
+  ids.reserve(outcomes.size());
+  epochs.reserve(outcomes.size());
+  for (const auto& o : outcomes) {
+    ids.push_back(o.id);
+    epochs.push_back(o.epoch);
+  }
+  pqxx::nontransaction(conn).exec_prepared("dmm_release_slots", bucket, kind, bigint_array(ids), bigint_array(epochs));
 }
 
 std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,

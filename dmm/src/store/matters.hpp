@@ -47,9 +47,23 @@ struct Claimed {
   bool deleting = false;
 };
 
-std::vector<Claimed> claim(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
-                           const std::vector<std::int64_t>& ids, const std::string& owner,
-                           std::chrono::milliseconds ttl);
+// What a claim leased, and (with a global limit) the matters it could have
+// leased but found no free slot for: they stay due, leased by no one.
+struct Claim {
+  std::vector<Claimed> claimed;
+  std::vector<std::int64_t> waiting;
+};
+
+// Leases those of `ids` that are of `kind`, due and not leased, for `ttl`.
+// With `global_concurrency` N > 0 each also takes one of the kind's N slots
+// (docs/DESIGN.md, "Global concurrency"), and only as many are leased as
+// slots are free.
+Claim claim(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
+            const std::vector<std::int64_t>& ids, const std::string& owner, std::chrono::milliseconds ttl,
+            int global_concurrency = 0);
+
+// Creates the slots 0..slots-1 of a kind with a global limit (idempotent).
+void ensure_slots(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int slots);
 
 
 struct Outcome {
@@ -82,6 +96,11 @@ struct HistoryWrite {
 std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outcome>& outcomes,
                                      std::chrono::milliseconds grace, const std::string& wake_payload,
                                      const HistoryWrite& history = {});
+// Gives back the global concurrency slots of the leases these outcomes end
+// (after their write-back: until then the slot only looks busy a little
+// longer). A kind without a limit holds none.
+void release_slots(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
+                   const std::vector<Outcome>& outcomes);
 
 // Extends leases we still hold; returns the ids whose lease was lost.
 std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<std::int64_t>& ids,
