@@ -117,6 +117,16 @@ TEST_CASE("a global slot whose holder died is free again when its lease ends", "
   const auto held_from = std::chrono::steady_clock::now();
   constexpr int kCalls = 100;
   w.notify(kCalls);
+  // What an operator sees meanwhile: every slot in use, and why a call waits.
+  const auto stats = dmm::kind_stats(servers().postgres, w.name);
+  REQUIRE(stats.size() == 1);
+  CHECK(stats[0].slots == kSlots);
+  CHECK(stats[0].slots_in_use == kSlots);
+  CHECK(dmm::slots_text(stats[0]) == "5/5");
+  const auto waiting = dmm::inspect({.postgres = servers().postgres, .bucket = w.name, .identity = "call-0"});
+  REQUIRE(waiting.size() == 1);
+  CHECK_THAT(dmm::explain(waiting[0]), Catch::Matchers::StartsWith("waiting for a global concurrency slot (5 of 5 "
+                                                                   "in use)"));
   w.run();
   wait_until([&] { return w.in_flight->started.load() > 0; }, 20s, "a first call to start");
   CHECK(std::chrono::steady_clock::now() - held_from >= 1500ms);  // not before the dead leases ended (2 s, less slack)

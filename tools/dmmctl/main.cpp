@@ -247,6 +247,8 @@ int cmd_stats(Settings& s, const std::vector<std::string>& buckets) {
                      {"due_now", k.due_now},
                      {"due_by_priority", k.due_by_priority},
                      {"in_flight", k.in_flight},
+                     {"slots", k.slots},
+                     {"slots_in_use", k.slots_in_use},
                      {"oldest_due", k.oldest_due.empty() ? json() : json(k.oldest_due)},
                      {"oldest_due_age_ms", k.oldest_due_age_ms},
                      {"tokens_pending", jopt(k.tokens_pending)},
@@ -257,7 +259,7 @@ int cmd_stats(Settings& s, const std::vector<std::string>& buckets) {
     return 0;
   }
   std::vector<std::string> header{"KIND",    "PENDING", "RECONCILING", "RETRYING",  "READY",      "DELETING", "FAILED",
-                                  "GAVE UP", "TOTAL",   "DUE NOW",     "DUE H/N/L", "IN FLIGHT",  "OLDEST DUE",
+                                  "GAVE UP", "TOTAL",   "DUE NOW",     "DUE H/N/L", "IN FLIGHT",  "SLOTS", "OLDEST DUE",
                                   "TOKENS",  "LAG"};
   if (several) header.insert(header.begin(), "BUCKET");
   Table t(header);
@@ -279,6 +281,7 @@ int cmd_stats(Settings& s, const std::vector<std::string>& buckets) {
                                  std::to_string(k.due_now),
                                  due_by_priority_text(k),
                                  std::to_string(k.in_flight),
+                                 slots_text(k),
                                  k.oldest_due.empty() ? "-" : human_duration(k.oldest_due_age_ms) + " ago",
                                  opt(k.tokens_pending),
                                  opt(k.consumer_lag)};

@@ -43,6 +43,10 @@ struct MatterStatus {
   std::int64_t age_ms = 0;                // since created
   std::optional<std::int64_t> due_in_ms;  // until due_at (negative: overdue); none when nothing owed
   std::string state;                      // JSON text
+  // The kind's global concurrency slots (KindOptions::global_concurrency; 0:
+  // no global limit) and how many are held now.
+  std::int64_t slots = 0;
+  std::int64_t slots_in_use = 0;
 };
 
 struct InspectQuery {
@@ -109,6 +113,10 @@ struct KindStats {
   std::map<std::string, std::int64_t> due_by_priority{};
   std::int64_t in_flight = 0;  // leased by a live worker
   std::int64_t gave_up = 0;    // failed after KindOptions::max_attempts (counted in phases["failed"] too)
+  // Global concurrency slots of the kind (0: no global limit) and how many
+  // are held now; with all held, the due_now matters wait for a slot.
+  std::int64_t slots = 0;
+  std::int64_t slots_in_use = 0;
   std::string oldest_due{};      // due_at of the longest-waiting of due_now; empty when none
   std::int64_t oldest_due_age_ms = 0;
   // From NATS (stream_stats); nullopt when not read or the consumer is missing.
@@ -127,6 +135,9 @@ std::string human_duration(std::int64_t ms);
 // KindStats::due_by_priority as "<high>/<normal>/<low>", e.g. "2/310/0"
 // (dmmctl stats and the web view).
 std::string due_by_priority_text(const KindStats& k);
+// KindStats' slots as "<in use>/<slots>", e.g. "5/5"; "-" without a global
+// limit (dmmctl stats and the web view).
+std::string slots_text(const KindStats& k);
 
 // TLS files for NATS (empty: none), as in BucketOptions::nats_ca_file etc.
 struct NatsTls {

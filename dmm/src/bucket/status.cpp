@@ -18,7 +18,7 @@ std::string metrics_text(BucketCore& core) {
   bool up = true;
   try {
     for (auto& k : kind_stats(core.options().postgres, core.options().name))
-      gauges[k.kind] = KindGauges{k.phases, k.due_now, k.due_by_priority, k.gave_up};
+      gauges[k.kind] = KindGauges{k.phases, k.due_now, k.due_by_priority, k.gave_up, k.slots, k.slots_in_use};
   } catch (const std::exception&) {
     up = false;
   }

@@ -107,6 +107,13 @@ std::string Metrics::render(const std::string& bucket, const std::map<std::strin
   header("dmm_gave_up", "gauge", "Failed matters that gave up after KindOptions::max_attempts, from PostgreSQL.");
   for (auto& [k, g] : gauges)
     out += fmt::format("dmm_gave_up{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k), g.gave_up);
+  header("dmm_global_slots", "gauge",
+         "Global concurrency slots of the kind (KindOptions::global_concurrency; 0: no limit), from PostgreSQL.");
+  for (auto& [k, g] : gauges)
+    out += fmt::format("dmm_global_slots{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k), g.slots);
+  header("dmm_global_slots_in_use", "gauge", "Global concurrency slots held by a running matter, from PostgreSQL.");
+  for (auto& [k, g] : gauges)
+    out += fmt::format("dmm_global_slots_in_use{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k), g.slots_in_use);
   header("dmm_matters", "gauge", "Stored matters by phase, from PostgreSQL.");
   for (auto& [k, g] : gauges)
     for (const auto& [_, phase] : kPhases) {

@@ -41,6 +41,8 @@ struct KindGauges {
   std::int64_t due = 0;      // work owed now (due_at <= now())
   std::map<std::string, std::int64_t> due_by_priority;  // of `due`, by class name
   std::int64_t gave_up = 0;  // failed after KindOptions::max_attempts
+  std::int64_t slots = 0;    // global concurrency slots (0: no global limit)
+  std::int64_t slots_in_use = 0;
 };
 
 class Metrics {

@@ -27,6 +27,10 @@ std::string due_by_priority_text(const KindStats& k) {
   return out;
 }
 
+std::string slots_text(const KindStats& k) {
+  return k.slots == 0 ? "-" : fmt::format("{}/{}", k.slots_in_use, k.slots);
+}
+
 namespace {
 
 // " (in 4.2s)" / " (3m12s ago)" for due_in_ms.
@@ -72,6 +76,11 @@ std::string explain(const MatterStatus& m, const std::vector<AttemptRecord>& his
     return fmt::format("delayed: generation {} is not due before {}{} (a notify with a delay)", m.generation,
                        m.due_at, relative(m.due_in_ms));
   // pending: work is owed and nobody holds the lease.
+  if (m.slots > 0 && m.slots_in_use >= m.slots)
+    return fmt::format("waiting for a global concurrency slot ({} of {} in use): generation {} is due since {}{} "
+                       "and runs when a run of kind '{}' ends",
+                       m.slots_in_use, m.slots, m.generation, m.due_at.empty() ? "now" : m.due_at,
+                       relative(m.due_in_ms), m.kind);
   const std::string resend =
       m.kick_at.empty() ? "" : fmt::format("; the sweeper re-sends it at {} if no worker takes it", m.kick_at);
   return fmt::format("waiting for a token: generation {} is due since {}{} and no worker of kind '{}' has taken it "

@@ -60,6 +60,8 @@ MatterStatus status_of(const pqxx::row& r) {
   m.age_ms = r[16].as<std::int64_t>();
   if (!r[17].is_null()) m.due_in_ms = r[17].as<std::int64_t>();
   m.state = r[18].as<std::string>();
+  m.slots = r[19].as<std::int64_t>();
+  m.slots_in_use = r[20].as<std::int64_t>();
   return m;
 }
 
@@ -78,7 +80,10 @@ SELECT id, kind, identity, phase, generation, materialized_generation, attempts,
        {}, {}, deleted_at IS NOT NULL,
        (extract(epoch FROM now() - created_at) * 1000)::bigint,
        (extract(epoch FROM due_at - now()) * 1000)::bigint,
-       state::text
+       state::text,
+       (SELECT count(*) FROM dmm.slot s WHERE s.bucket = matter.bucket AND s.kind = matter.kind),
+       (SELECT count(*) FROM dmm.slot s WHERE s.bucket = matter.bucket AND s.kind = matter.kind
+           AND s.held_until > now())
   FROM dmm.matter
  WHERE {}
  ORDER BY kind, identity
@@ -169,6 +174,14 @@ SELECT kind, phase, count(*),
       k.oldest_due_age_ms = age;
     }
   }
+  for (const auto& r : tx.exec_params("SELECT kind, count(*), count(*) FILTER (WHERE held_until > now()) "
+                                      "FROM dmm.slot WHERE bucket = $1 GROUP BY kind",
+                                      bucket))
+    for (auto& k : out)
+      if (k.kind == r[0].as<std::string>()) {
+        k.slots = r[1].as<std::int64_t>();
+        k.slots_in_use = r[2].as<std::int64_t>();
+      }
   return out;
 }
 
