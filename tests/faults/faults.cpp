@@ -125,6 +125,7 @@ struct Scenario {
   std::function<void(class Run&)> chaos{};
   long terminal_every = 0;
   bool cluster = false;  // a three-node JetStream cluster of its own, R3 stream
+  int global_concurrency = 0;  // given to the workers too: never more runs at once, no slot left held
 };
 
 struct Totals {
@@ -143,7 +144,7 @@ class Run {
     if (!cluster_dir_.empty()) std::filesystem::remove_all(cluster_dir_);
   }
 
-  int kills = 0, restarts = 0, graceful_stops = 0, crashes = 0;
+  int kills = 0, restarts = 0, graceful_stops = 0, crashes = 0, over_limit = 0;
   int faults_injected = 0, injection_failures = 0;
   long leases_left = 0;
 
@@ -564,6 +565,44 @@ SELECT count(*) FROM (
     FROM dmm_test.runs WHERE bucket = $1) r
  WHERE started < earlier_end)sql",
                                         bucket_name_)[0].as<long>();
+  // With a global limit: the most runs in flight at once, from the runs'
+  // intervals (an end sorts before a start at the same instant; a run never
+  // finished counts as running to the end), and the slots left held after
+  // every worker stopped (a clean stop gives them back, a killed worker's
+  // lapse with its lease).
+  std::string limit_text;
+  if (sc_.global_concurrency > 0) {
+    const long most = tx.exec_params1(R"sql(
+SELECT coalesce(max(running), 0) FROM (
+  SELECT sum(delta) OVER (ORDER BY at, delta, run_id ROWS UNBOUNDED PRECEDING) AS running FROM (
+    SELECT started AS at, 1 AS delta, run_id FROM dmm_test.runs WHERE bucket = $1
+    UNION ALL
+    SELECT finished, -1, run_id FROM dmm_test.runs WHERE bucket = $1 AND finished IS NOT NULL) e) r)sql",
+                                      bucket_name_)[0].as<long>();
+    long held = 0;
+    const auto slots_deadline = Clock::now() + 5s;
+    while (true) {
+      held = tx.exec_params1("SELECT count(*) FROM dmm.slot WHERE bucket = $1 AND held_until > now()",
+                             bucket_name_)[0].as<long>();
+      if (held == 0 || Clock::now() > slots_deadline) break;
+      std::this_thread::sleep_for(100ms);
+    }
+    if (most > sc_.global_concurrency) {
+      std::cerr << "  " << most << " runs at once, over global_concurrency " << sc_.global_concurrency << "\n";
+      ++over_limit;
+    }
+    if (most < sc_.global_concurrency) {
+      std::cerr << "  at most " << most << " runs at once: the " << sc_.global_concurrency
+                << " slots were never all used\n";
+      ++over_limit;
+    }
+    if (held > 0) {
+      std::cerr << "  " << held << " global slot(s) still held after every worker stopped\n";
+      ++over_limit;
+    }
+    limit_text = "; most runs at once " + std::to_string(most) + " of " + std::to_string(sc_.global_concurrency) +
+                 ", slots held after the stop " + std::to_string(held);
+  }
   if (sc_.chaos && faults_injected == 0) {
     std::cerr << "  no fault was injected\n";
     ++injection_failures;
@@ -572,6 +611,7 @@ SELECT count(*) FROM (
   unconverged += leases_left;
   unconverged += injection_failures;  // a scenario whose faults were not injected did not run
   unconverged += crashes;             // nor does one whose workers crashed
+  unconverged += over_limit;          // nor one that broke or never reached its global limit
   const auto recovery = recovery_times(tx);
   std::string recovery_text = "-";
   if (!recovery.empty()) {
@@ -583,10 +623,10 @@ SELECT count(*) FROM (
 
   std::printf("  %s: %ld runs (%ld never finished, %ld of killed workers recorded after the kill), %d kills, %d graceful stops, %d crashes, %d server faults, %d faults "
               "injected (%d failed), %ld notify retries; work resumed after each fault: %s; converged %.1fs after the "
-              "last fault; lost=%ld overlaps=%ld unconverged=%ld (leases left %ld) [setup %.0fs, stop and checks "
-              "%.0fs, all %.0fs]\n",
+              "last fault; lost=%ld overlaps=%ld unconverged=%ld (leases left %ld%s) [setup %.0fs, stop and "
+              "checks %.0fs, all %.0fs]\n",
               sc_.name.c_str(), runs, unfinished, closed_late, kills, graceful_stops, crashes, restarts, faults_injected, injection_failures,
-              notify_retries_.load(), recovery_text.c_str(), converge_s, lost, overlaps, unconverged, leases_left, setup_s,
+              notify_retries_.load(), recovery_text.c_str(), converge_s, lost, overlaps, unconverged, leases_left, limit_text.c_str(), setup_s,
               seconds_since(checks_start), seconds_since(t0));
   if (!s_.report.empty()) {
     std::ofstream out(s_.report, std::ios::app);
@@ -652,6 +692,15 @@ std::vector<Scenario> scenarios(bool long_profile) {
                  .chaos_every = duration / 5,
                  .chaos = [](Run& r) { r.toggle_cluster_node(); },
                  .cluster = true});
+  all.push_back({.name = "limits",
+                 .what = "global_concurrency 5 across 3 workers, workers SIGKILLed at random moments and replaced",
+                 .matters = matters,
+                 .workers = 3,
+                 .duration = duration,
+                 .worker_flags = {"--global-concurrency", "5", "--work-ms", "5"},
+                 .chaos_every = long_profile ? 2500ms : 2000ms,
+                 .chaos = [](Run& r) { r.kill_random_worker(); },
+                 .global_concurrency = 5});
   all.push_back({.name = "storm",
                  .what = "notify storm on 5 hot identities while they are materialized",
                  .matters = matters,
