@@ -3,7 +3,7 @@
 //   fault_worker --postgres URL --nats URL --bucket B --worker-id W
 //                [--concurrency N] [--lease-ms N] [--work-ms N] [--fail-rate F]
 //                [--hang-rate F] [--hang-ms N] [--terminal-every N]
-//                [--global-concurrency N]
+//                [--global-concurrency N] [--rate-count N --rate-per-ms N --rate-burst N]
 #include <dmm/signals.hpp>
 #include <iostream>
 #include <map>
@@ -16,7 +16,8 @@ int main(int argc, char** argv) {
   std::map<std::string, std::string> flags = {{"concurrency", "8"}, {"lease-ms", "3000"}, {"work-ms", "2"},
                                               {"fail-rate", "0"},   {"hang-rate", "0"},   {"hang-ms", "0"},
                                               {"terminal-every", "0"}, {"replicas", "1"},
-                                              {"global-concurrency", "0"}};
+                                              {"global-concurrency", "0"}, {"rate-count", "0"},
+                                              {"rate-per-ms", "1000"}, {"rate-burst", "1"}};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string key = argv[i];
     if (key.rfind("--", 0) != 0) {
@@ -53,7 +54,10 @@ int main(int argc, char** argv) {
                             .lease_ttl = std::chrono::milliseconds(std::stol(flags["lease-ms"])),
                             .backoff = {.initial = std::chrono::milliseconds(50), .max = std::chrono::milliseconds(1000)},
                             .stop_grace = std::chrono::milliseconds(5000),
-                            .global_concurrency = std::stoi(flags["global-concurrency"])});
+                            .global_concurrency = std::stoi(flags["global-concurrency"]),
+                            .rate_limit = {.count = std::stoi(flags["rate-count"]),
+                                           .per = std::chrono::milliseconds(std::stol(flags["rate-per-ms"])),
+                                           .burst = std::stoi(flags["rate-burst"])}});
     bucket.provide(behavior);
     std::cout << "ready" << std::endl;
     signals.run(bucket);

@@ -12,6 +12,7 @@
 #include <arpa/inet.h>
 #include <nats/nats.h>
 #include <netinet/in.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <signal.h>
 #include <spdlog/spdlog.h>
@@ -45,10 +46,12 @@ struct Settings {
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
 
-// A child process (fault_worker), killed on destruction.
+// A child process (fault_worker), killed on destruction. With `core_dir` it
+// runs there and may dump core (core_pattern "core" writes it into the
+// working directory), so that a crash can be shown with a backtrace.
 class Child {
  public:
-  Child(const std::vector<std::string>& argv, const std::string& log) {
+  Child(const std::vector<std::string>& argv, const std::string& log, const std::string& core_dir = "") {
     pid_ = fork();
     if (pid_ < 0) throw std::runtime_error("fork failed");
     if (pid_ == 0) {
@@ -56,6 +59,10 @@ class Child {
       if (out) {
         dup2(fileno(out), 1);
         dup2(fileno(out), 2);
+      }
+      if (!core_dir.empty() && chdir(core_dir.c_str()) == 0) {
+        const rlimit unlimited{RLIM_INFINITY, RLIM_INFINITY};
+        setrlimit(RLIMIT_CORE, &unlimited);
       }
       std::vector<char*> args;
       for (const auto& a : argv) args.push_back(const_cast<char*>(a.c_str()));
@@ -126,6 +133,7 @@ struct Scenario {
   long terminal_every = 0;
   bool cluster = false;  // a three-node JetStream cluster of its own, R3 stream
   int global_concurrency = 0;  // given to the workers too: never more runs at once, no slot left held
+  dmm::RateLimit rate{};        // likewise: never more starts in a window of rate.per than count + burst
 };
 
 struct Totals {
@@ -142,6 +150,8 @@ class Run {
   ~Run() {
     nodes_.clear();
     if (!cluster_dir_.empty()) std::filesystem::remove_all(cluster_dir_);
+    std::error_code ec;
+    std::filesystem::remove_all(std::filesystem::temp_directory_path() / "dmm-fault-cores" / bucket_name_, ec);
   }
 
   int kills = 0, restarts = 0, graceful_stops = 0, crashes = 0, over_limit = 0;
@@ -154,10 +164,33 @@ class Run {
                                      "--bucket", bucket_name_, "--worker-id", id,          "--lease-ms",
                                      "2000",     "--concurrency", "8",      "--replicas", sc_.cluster ? "3" : "1"};
     for (const auto& f : sc_.worker_flags) argv.push_back(f);
-    workers_[slot] = {id, std::make_unique<Child>(argv, log_path())};
+    const auto cores = core_dir(id);
+    std::filesystem::create_directories(cores);
+    workers_[slot] = {id, std::make_unique<Child>(argv, log_path(), cores.string())};
   }
 
   std::string log_path() const { return (std::filesystem::temp_directory_path() / (bucket_name_ + ".log")).string(); }
+  // Where worker `id` runs, and dumps core if it crashes.
+  std::filesystem::path core_dir(const std::string& id) const {
+    return std::filesystem::temp_directory_path() / "dmm-fault-cores" / bucket_name_ / id;
+  }
+  // The crashing thread's backtrace from a worker's core, if it left one
+  // (gdb is on this machine; without it, nothing is shown). The core is
+  // deleted: they are large.
+  void show_backtrace(const std::string& id) {
+    std::error_code ec;
+    for (const auto& entry : std::filesystem::directory_iterator(core_dir(id), ec)) {
+      if (entry.path().filename().string().rfind("core", 0) != 0) continue;
+      const auto cmd = "gdb -batch -q -ex bt '" + s_.worker + "' '" + entry.path().string() + "' 2>/dev/null | head -40";
+      std::cerr << "    backtrace of the crash (" << entry.path().string() << "):\n";
+      if (FILE* gdb = popen(cmd.c_str(), "r")) {
+        char line[512];
+        while (std::fgets(line, sizeof line, gdb)) std::cerr << "      " << line;
+        pclose(gdb);
+      }
+      std::filesystem::remove(entry.path(), ec);
+    }
+  }
 
   void kill_random_worker() { kill_worker(static_cast<int>(rng_() % workers_.size())); }
 
@@ -180,6 +213,7 @@ class Run {
           if (tail.size() > 8) tail.pop_front();
         }
       for (const auto& line : tail) std::cerr << "    " << line << "\n";
+      show_backtrace(id);
       ++crashes;
       start_worker(slot);
     }
@@ -519,6 +553,7 @@ void Run::execute(Totals& totals) {
     const auto status = w.second->wait_exit(20s);
     if (!status || *status != 0) {
       std::cerr << "  worker " << w.first << " did not stop cleanly (status " << (status ? *status : -1) << ")\n";
+      show_backtrace(w.first);
       ++crashes;
     }
   }
@@ -602,6 +637,30 @@ SELECT coalesce(max(running), 0) FROM (
     }
     limit_text = "; most runs at once " + std::to_string(most) + " of " + std::to_string(sc_.global_concurrency) +
                  ", slots held after the stop " + std::to_string(held);
+  }
+  // With a rate limit: the most starts in any window of its period (a run is
+  // started after its lease spent a token, so starts <= tokens spent).
+  if (sc_.rate.count > 0) {
+    const long bound = sc_.rate.count + sc_.rate.burst;
+    const auto window_us = std::to_string(sc_.rate.per.count() * 1000 - 1);  // [start, start + per)
+    const long most = tx.exec_params1(R"sql(
+SELECT coalesce(max(c), 0) FROM (
+  SELECT count(*) OVER (ORDER BY started RANGE BETWEEN CURRENT ROW AND interval ')sql" + window_us +
+                                          R"sql( microseconds' FOLLOWING) AS c
+    FROM dmm_test.runs WHERE bucket = $1) w)sql",
+                                      bucket_name_)[0].as<long>();
+    if (most > bound) {
+      std::cerr << "  " << most << " starts in one window of " << sc_.rate.per.count() << "ms, over count + burst "
+                << bound << "\n";
+      ++over_limit;
+    }
+    if (most < sc_.rate.count / 2) {
+      std::cerr << "  at most " << most << " starts in a window of " << sc_.rate.per.count()
+                << "ms: the rate was never used\n";
+      ++over_limit;
+    }
+    limit_text += "; most starts in " + std::to_string(sc_.rate.per.count()) + "ms " + std::to_string(most) +
+                  " of count + burst " + std::to_string(bound);
   }
   if (sc_.chaos && faults_injected == 0) {
     std::cerr << "  no fault was injected\n";
@@ -701,6 +760,16 @@ std::vector<Scenario> scenarios(bool long_profile) {
                  .chaos_every = long_profile ? 2500ms : 2000ms,
                  .chaos = [](Run& r) { r.kill_random_worker(); },
                  .global_concurrency = 5});
+  all.push_back({.name = "rate",
+                 .what = "rate_limit 200 per 1s (burst 20) across 3 workers, workers SIGKILLed at random moments and "
+                         "replaced",
+                 .matters = matters,
+                 .workers = 3,
+                 .duration = duration,
+                 .worker_flags = {"--rate-count", "200", "--rate-per-ms", "1000", "--rate-burst", "20"},
+                 .chaos_every = long_profile ? 2500ms : 2000ms,
+                 .chaos = [](Run& r) { r.kill_random_worker(); },
+                 .rate = {.count = 200, .per = 1000ms, .burst = 20}});
   all.push_back({.name = "storm",
                  .what = "notify storm on 5 hot identities while they are materialized",
                  .matters = matters,

@@ -1,7 +1,8 @@
 // Global limits of a kind across processes (docs/DESIGN.md, "Global
-// concurrency") on real servers: never more runs at once than
+// concurrency", "Rate limit") on real servers: never more runs at once than
 // KindOptions::global_concurrency, every slot used, a slot of a lease that
-// ended without an outcome free again when the lease runs out.
+// ended without an outcome free again when the lease runs out; never more
+// starts in a period than the rate limit allows, and the rate used.
 #include <catch2/catch.hpp>
 
 #include <atomic>
@@ -18,6 +19,7 @@ struct InFlight {
   std::atomic<int> now{0};
   std::atomic<int> most{0};
   std::atomic<long> started{0};
+  std::atomic<int> stopped{0};  // runs that saw their stop token requested
 
   void enter() {
     const int n = now.fetch_add(1) + 1;
@@ -134,6 +136,112 @@ TEST_CASE("a global slot whose holder died is free again when its lease ends", "
   CHECK(w.in_flight->most.load() == kSlots);
 }
 
+// Runs until asked to stop, and says when it was.
+struct Long {
+  std::string id;
+
+  std::string identity() const { return id; }
+  dmm::Result materialize(dmm::Context& ctx) {
+    auto& in_flight = ctx.service<InFlight>();
+    in_flight.enter();
+    const auto until = std::chrono::steady_clock::now() + 20s;
+    while (!ctx.stop_requested() && std::chrono::steady_clock::now() < until) std::this_thread::sleep_for(5ms);
+    in_flight.leave();
+    if (ctx.stop_requested()) in_flight.stopped.fetch_add(1);
+    throw std::runtime_error("stopped");
+  }
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Long, id)
+
+TEST_CASE("a run whose global slot was taken over is asked to stop, even if its matter was not", "[limits]") {
+  const auto name = unique_name("limits-lost");
+  auto in_flight = std::make_shared<InFlight>();
+  auto bucket = open_bucket(name);
+  bucket.provide(in_flight);
+  auto options = limited_kind();
+  options.lease_ttl = 900ms;  // a heartbeat every 300 ms
+  bucket.register_kind<Long>("long", options);
+  bucket.notify(Long{.id = "held"});
+  Runner runner(bucket);
+  wait_until([&] { return in_flight->started.load() == 1; }, 20s, "the run to start");
+  // The slot's time ran out unseen (a paused process) and another claim took
+  // it: the row names another lease now.
+  {
+    pqxx::nontransaction tx(pg());
+    REQUIRE(tx.exec_params("UPDATE dmm.slot SET matter_id = -2, lease_epoch = 1 WHERE bucket = $1 AND kind = 'long' "
+                           "AND matter_id IS NOT NULL",
+                           name)
+                .affected_rows() == 1);
+  }
+  wait_until([&] { return in_flight->stopped.load() == 1; }, 5s, "the run to be asked to stop");
+}
+
+// When each start happened, across every bucket of a test.
+struct StartTimes {
+  std::mutex mu;
+  std::vector<std::chrono::steady_clock::time_point> at;  // guarded by mu
+};
+
+struct Paced {
+  std::string id;
+
+  std::string identity() const { return id; }
+  dmm::Result materialize(dmm::Context& ctx) {
+    auto& times = ctx.service<StartTimes>();
+    std::lock_guard lock(times.mu);
+    times.at.push_back(std::chrono::steady_clock::now());
+    return dmm::Result::done();
+  }
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Paced, id)
+
+TEST_CASE("rate_limit keeps the starts in any window of its period within count + burst, across processes",
+          "[limits]") {
+  const dmm::RateLimit rate{.count = 10, .per = 500ms, .burst = 3};
+  const auto name = unique_name("limits-rate");
+  auto times = std::make_shared<StartTimes>();
+  std::vector<std::unique_ptr<dmm::Bucket>> buckets;
+  for (int i = 0; i < 3; ++i) {
+    buckets.push_back(std::make_unique<dmm::Bucket>(open_bucket(name)));
+    buckets.back()->provide(times);
+    auto options = fast_kind(4);
+    options.rate_limit = rate;
+    buckets.back()->register_kind<Paced>("paced", options);
+  }
+  std::vector<Paced> calls;
+  for (int i = 0; i < 400; ++i) calls.push_back({.id = "paced-" + std::to_string(i)});
+  buckets.front()->notify_many(calls);
+  const auto from = std::chrono::steady_clock::now();
+  std::vector<std::unique_ptr<Runner>> runners;
+  for (auto& b : buckets) runners.push_back(std::make_unique<Runner>(*b));
+  // 5 s at 20 per second: about 100 starts, far from all 400.
+  wait_until([&] { return std::chrono::steady_clock::now() - from >= 5s; }, 10s, "5 s of work");
+  // While the rate is spent, a waiting call says why.
+  const auto waiting = dmm::inspect({.postgres = servers().postgres, .bucket = name, .phase = "pending", .limit = 1});
+  REQUIRE(waiting.size() == 1);
+  CHECK_THAT(dmm::explain(waiting[0]), Catch::Matchers::StartsWith("rate limited (10 per 500ms, burst 3)"));
+  runners.clear();
+  const auto elapsed = std::chrono::steady_clock::now() - from;
+  std::vector<std::chrono::steady_clock::time_point> at;
+  {
+    std::lock_guard lock(times->mu);
+    at = times->at;
+  }
+  std::sort(at.begin(), at.end());
+  std::size_t most = 0;
+  for (std::size_t i = 0, j = 0; i < at.size(); ++i) {
+    while (at[i] - at[j] >= rate.per) ++j;
+    most = std::max(most, i - j + 1);
+  }
+  INFO(at.size() << " starts; most in one window of 500 ms: " << most);
+  CHECK(most <= static_cast<std::size_t>(rate.count + rate.burst));
+  // The rate was used, not just kept: 5 s at 20/s, less slack for the start.
+  CHECK(at.size() >= 80);
+  // And never more than the bucket allows over the whole run.
+  const auto periods = static_cast<std::size_t>(elapsed / rate.per) + 1;
+  CHECK(at.size() <= static_cast<std::size_t>(rate.burst) + periods * static_cast<std::size_t>(rate.count));
+}
+
 TEST_CASE("a global_concurrency out of range is refused, naming the kind", "[limits][bad-input]") {
   auto bucket = open_bucket(unique_name("limits-bad"));
   auto options = fast_kind();
@@ -144,4 +252,21 @@ TEST_CASE("a global_concurrency out of range is refused, naming the kind", "[lim
                         Catch::Matchers::Contains("0..100000"));
   options.global_concurrency = 100'001;
   CHECK_THROWS_AS(bucket.register_kind<Call>("call", options), dmm::InvalidArgument);
+}
+
+TEST_CASE("a rate_limit with a zero period, a negative count or no burst is refused, naming the kind",
+          "[limits][bad-input]") {
+  auto bucket = open_bucket(unique_name("limits-bad-rate"));
+  auto with = [](dmm::RateLimit rate) {
+    auto options = fast_kind();
+    options.rate_limit = rate;
+    return options;
+  };
+  CHECK_THROWS_WITH(bucket.register_kind<Call>("call", with({.count = 10, .per = 0ms})),
+                    Catch::Matchers::Contains("kind 'call'") && Catch::Matchers::Contains("rate_limit.per is 0ms"));
+  CHECK_THROWS_WITH(bucket.register_kind<Call>("call", with({.count = -1})),
+                    Catch::Matchers::Contains("rate_limit.count is -1"));
+  CHECK_THROWS_WITH(bucket.register_kind<Call>("call", with({.count = 10, .burst = 0})),
+                    Catch::Matchers::Contains("rate_limit.burst is 0"));
+  CHECK_THROWS_AS(bucket.register_kind<Call>("call", with({.count = 10, .per = 0ms})), dmm::InvalidArgument);
 }

@@ -55,7 +55,7 @@ TEST_CASE("every statement of the hot path is planned as index probes, even on t
     // "empty" (never-vacuumed tables get a default of 10 pages instead).
     auto admin = connect_pg(db.url());
     pqxx::nontransaction tx(admin);
-    for (const char* table : {"dmm.matter", "dmm.kick", "dmm.attempt", "dmm.dependency", "dmm.slot"})
+    for (const char* table : {"dmm.matter", "dmm.kick", "dmm.attempt", "dmm.dependency", "dmm.slot", "dmm.rate"})
       tx.exec(std::string("VACUUM ANALYZE ") + table);
   }
 
@@ -67,12 +67,13 @@ TEST_CASE("every statement of the hot path is planned as index probes, even on t
   const std::vector<std::pair<std::string, std::string>> statements = {
       {"dmm_upsert", "('b', 'noop', '[{\"identity\": \"a\", \"state\": {}}]', 500)"},
       {"dmm_claim", "('{1,2,3}', 'b', 'noop', 'w', 3000)"},
-      {"dmm_claim_with_slots", "('{1,2,3}', 'b', 'noop', 'w', 3000, 5)"},
+      {"dmm_claim_limited", "('{1,2,3}', 'b', 'noop', 'w', 3000, 5, true)"},
       {"dmm_release_slots", "('b', 'noop', '{1,2}', '{1,1}')"},
       {"dmm_write_back",
        "('{1,2}', '{1,1}', '{1,1}', '{1,5}', '{0,0}', '{1,1}', '{1,1}', '{1,1}', '{\"1\": {\"state\": {}}}', 500, "
        "10, 'b', 'w')"},
       {"dmm_heartbeat", "('{1,2}', '{1,1}', 3000)"},
+      {"dmm_heartbeat_with_slots", "('{1,2}', '{1,1}', 3000)"},
       {"dmm_sweep", "('b', 'noop', 1000, 500, 2)"},
       {"dmm_next_kick", "('b', 'noop', 1)"},
   };

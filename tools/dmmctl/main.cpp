@@ -249,6 +249,9 @@ int cmd_stats(Settings& s, const std::vector<std::string>& buckets) {
                      {"in_flight", k.in_flight},
                      {"slots", k.slots},
                      {"slots_in_use", k.slots_in_use},
+                     {"rate_limit", k.rate.count == 0 ? json() : json{{"count", k.rate.count}, {"per_ms", k.rate.per_ms},
+                                                                       {"burst", k.rate.burst},
+                                                                       {"available", k.rate.available}}},
                      {"oldest_due", k.oldest_due.empty() ? json() : json(k.oldest_due)},
                      {"oldest_due_age_ms", k.oldest_due_age_ms},
                      {"tokens_pending", jopt(k.tokens_pending)},
@@ -259,7 +262,7 @@ int cmd_stats(Settings& s, const std::vector<std::string>& buckets) {
     return 0;
   }
   std::vector<std::string> header{"KIND",    "PENDING", "RECONCILING", "RETRYING",  "READY",      "DELETING", "FAILED",
-                                  "GAVE UP", "TOTAL",   "DUE NOW",     "DUE H/N/L", "IN FLIGHT",  "SLOTS", "OLDEST DUE",
+                                  "GAVE UP", "TOTAL",   "DUE NOW",     "DUE H/N/L", "IN FLIGHT",  "SLOTS", "RATE", "OLDEST DUE",
                                   "TOKENS",  "LAG"};
   if (several) header.insert(header.begin(), "BUCKET");
   Table t(header);
@@ -282,6 +285,7 @@ int cmd_stats(Settings& s, const std::vector<std::string>& buckets) {
                                  due_by_priority_text(k),
                                  std::to_string(k.in_flight),
                                  slots_text(k),
+                                 rate_text(k.rate),
                                  k.oldest_due.empty() ? "-" : human_duration(k.oldest_due_age_ms) + " ago",
                                  opt(k.tokens_pending),
                                  opt(k.consumer_lag)};

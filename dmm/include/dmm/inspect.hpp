@@ -23,6 +23,15 @@
 
 namespace dmm {
 
+// A kind's rate limit as stored in dmm.rate (count 0: none), and the starts
+// it allows now (fractional: they accrue).
+struct RateState {
+  int count = 0;
+  std::int64_t per_ms = 0;
+  int burst = 0;
+  double available = 0;
+};
+
 struct MatterStatus {
   std::int64_t id = 0;
   std::string kind;
@@ -47,6 +56,7 @@ struct MatterStatus {
   // no global limit) and how many are held now.
   std::int64_t slots = 0;
   std::int64_t slots_in_use = 0;
+  RateState rate{};  // the kind's rate limit (KindOptions::rate_limit)
 };
 
 struct InspectQuery {
@@ -117,6 +127,7 @@ struct KindStats {
   // are held now; with all held, the due_now matters wait for a slot.
   std::int64_t slots = 0;
   std::int64_t slots_in_use = 0;
+  RateState rate{};  // the kind's rate limit; with available < 1, due_now waits for it
   std::string oldest_due{};      // due_at of the longest-waiting of due_now; empty when none
   std::int64_t oldest_due_age_ms = 0;
   // From NATS (stream_stats); nullopt when not read or the consumer is missing.
@@ -138,6 +149,8 @@ std::string due_by_priority_text(const KindStats& k);
 // KindStats' slots as "<in use>/<slots>", e.g. "5/5"; "-" without a global
 // limit (dmmctl stats and the web view).
 std::string slots_text(const KindStats& k);
+// A rate limit as "10 per 1s, burst 5"; "-" without one.
+std::string rate_text(const RateState& r);
 
 // TLS files for NATS (empty: none), as in BucketOptions::nats_ca_file etc.
 struct NatsTls {

@@ -85,6 +85,16 @@ struct BucketOptions {
   static BucketOptions from_env();
 };
 
+// At most `count` starts per `per`, across all processes of the bucket, and
+// up to `burst` at once after a quiet spell: in any window of length `per`,
+// at most count + burst starts (a token bucket; docs/DESIGN.md, "Rate
+// limit"). `count` 0: no rate limit.
+struct RateLimit {
+  int count = 0;           // 0..1,000,000
+  milliseconds per{1000};  // 1 ms to 24 h
+  int burst = 1;           // 1..1,000,000
+};
+
 struct KindOptions {
   // Materializations of this kind running at once in this process. Default 4.
   int concurrency = 4;
@@ -144,6 +154,13 @@ struct KindOptions {
   // force (docs/DESIGN.md, "Global concurrency"). Default 0: no global
   // limit; at most 100000.
   int global_concurrency = 0;
+  // Most starts of this kind's materializations per period across all
+  // processes, for a downstream API with a quota (DBOS's queue `limiter`):
+  // `{.count = 10, .per = 1s, .burst = 5}`. Enforced in PostgreSQL
+  // (dmm.rate, one row per kind, spent by the claim). A due matter waits,
+  // leased by no one, while the rate is spent, and `dmmctl why` says so. The
+  // values of the worker that started last are in force. Default: none.
+  RateLimit rate_limit{};
 };
 
 // How urgent a matter's work is. Workers in every process take due matters

@@ -72,6 +72,18 @@ void validate_kind_options(const KindOptions& o, const std::string& kind) {
   if (o.global_concurrency < 0 || o.global_concurrency > 100'000)
     bad(fmt::format("global_concurrency is {}; it must be in 0..100000 (default 0: no limit across processes)",
                     o.global_concurrency));
+  if (o.rate_limit.count != 0) {
+    const auto& r = o.rate_limit;
+    if (r.count < 0 || r.count > 1'000'000)
+      bad(fmt::format("rate_limit.count is {}; it must be in 0..1000000 (0: no rate limit)", r.count));
+    if (r.per < std::chrono::milliseconds(1) || r.per > std::chrono::hours(24))
+      bad(fmt::format("rate_limit.per is {}ms; it must be from 1ms to 24h (e.g. 1s for {} per second)", r.per.count(),
+                      r.count));
+    if (r.burst < 1 || r.burst > 1'000'000)
+      bad(fmt::format("rate_limit.burst is {}; it must be in 1..1000000 (default 1: no burst)", r.burst));
+  } else if (o.rate_limit.burst < 0 || o.rate_limit.per.count() < 0) {
+    bad("rate_limit has a negative burst or period but no count; give a count (e.g. {.count = 10, .per = 1s})");
+  }
   validate_backoff(o.backoff, kind);
 }
 

@@ -18,7 +18,9 @@ std::string metrics_text(BucketCore& core) {
   bool up = true;
   try {
     for (auto& k : kind_stats(core.options().postgres, core.options().name))
-      gauges[k.kind] = KindGauges{k.phases, k.due_now, k.due_by_priority, k.gave_up, k.slots, k.slots_in_use};
+      gauges[k.kind] = KindGauges{k.phases,       k.due_now,       k.due_by_priority,
+                                  k.gave_up,      k.slots,         k.slots_in_use,
+                                  k.rate.count ? std::optional<double>(k.rate.available) : std::nullopt};
   } catch (const std::exception&) {
     up = false;
   }

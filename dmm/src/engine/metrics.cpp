@@ -114,6 +114,13 @@ std::string Metrics::render(const std::string& bucket, const std::map<std::strin
   header("dmm_global_slots_in_use", "gauge", "Global concurrency slots held by a running matter, from PostgreSQL.");
   for (auto& [k, g] : gauges)
     out += fmt::format("dmm_global_slots_in_use{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k), g.slots_in_use);
+  header("dmm_rate_limit_available", "gauge",
+         "Starts the kind's rate limit (KindOptions::rate_limit) allows now; below 1, due matters wait for it. "
+         "Only kinds with a rate limit.");
+  for (auto& [k, g] : gauges)
+    if (g.rate_available)
+      out += fmt::format("dmm_rate_limit_available{{bucket=\"{}\",kind=\"{}\"}} {:.3f}\n", b, label(k),
+                         *g.rate_available);
   header("dmm_matters", "gauge", "Stored matters by phase, from PostgreSQL.");
   for (auto& [k, g] : gauges)
     for (const auto& [_, phase] : kPhases) {

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -43,6 +44,7 @@ struct KindGauges {
   std::int64_t gave_up = 0;  // failed after KindOptions::max_attempts
   std::int64_t slots = 0;    // global concurrency slots (0: no global limit)
   std::int64_t slots_in_use = 0;
+  std::optional<double> rate_available;  // starts the rate limit allows now; none without one
 };
 
 class Metrics {

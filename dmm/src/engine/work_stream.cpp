@@ -116,9 +116,9 @@ namespace {
 // How long a fetched token may wait for the dispatcher before it goes back
 // to the stream: far longer than a claim takes, far shorter than AckWait.
 constexpr auto kStaleFetched = std::chrono::seconds(5);
-// With every global slot taken, how soon a claim looks again: a slot that
-// another process gives back is found this late at most.
-constexpr auto kSlotPoll = std::chrono::milliseconds(20);
+// With every global slot taken or the rate spent, how soon a claim looks
+// again: a slot that another process gives back is found this late at most.
+constexpr auto kLimitPoll = std::chrono::milliseconds(20);
 
 }  // namespace
 
@@ -140,12 +140,16 @@ void WorkStreamEngine::run_fetcher(Priority priority, std::stop_token stop) {
   std::shared_ptr<TokenSource> source;
   auto delay = std::chrono::milliseconds(100);
   auto& queue = fetched_[index_of(priority)];
+  bool failed = false;  // the last fetch failed: the consumer may be gone (a deleted stream)
   while (!stop.stop_requested()) {
     try {
       if (!source) {
         source = std::make_shared<TokenSource>(*deps_.nats, kind_.name, priority);
         ++bound_;
+      } else if (failed) {
+        deps_.nats->ensure_consumer(kind_.name, priority);
       }
+      failed = false;
       int want;
       {
         std::unique_lock lock(mu_);
@@ -186,8 +190,16 @@ void WorkStreamEngine::run_fetcher(Priority priority, std::stop_token stop) {
     } catch (const std::exception& e) {
       errors.warn("bucket '{}' kind '{}': fetching {} tokens failed: {}; retrying", deps_.options.name, kind_.name,
                   to_string(priority), e.what());
-      if (source) --bound_;
-      source.reset();
+      failed = true;
+      // The subscription is kept unless it is closed: nats.c resubscribes it
+      // after a reconnect, and freeing one while the connection may still
+      // deliver to it (the server's "Server Shutdown" to every waiting pull
+      // comes just before the socket closes) corrupted the heap: nats.c 3.4.1
+      // frees it under its read loop (tokens.cpp, ~TokenSource).
+      if (source && source->broken()) {
+        --bound_;
+        source.reset();
+      }
       sleep_for(stop, delay);
       delay = std::min(delay * 2, std::chrono::milliseconds(5000));
     }
@@ -238,23 +250,24 @@ void WorkStreamEngine::run_dispatcher(std::stop_token stop) {
       try {
         if (!conn) {
           conn = connect_pg(deps_.options.postgres, "claiming matters of kind '" + kind_.name + "'");
-          if (kind_.options.global_concurrency > 0)
-            ensure_slots(*conn, deps_.options.name, kind_.name, kind_.options.global_concurrency);
+          if (limits().any())
+            ensure_limits(*conn, deps_.options.name, kind_.name, kind_.options.global_concurrency,
+                          kind_.options.rate_limit);
         }
         int room;
         std::vector<Fetched> stale;
         {
           std::unique_lock lock(mu_);
           auto until = Clock::now() + std::chrono::milliseconds(250);
-          if (!slots_freed_) until = std::min(until, slot_retry_at_);
+          if (!limits_eased_) until = std::min(until, limits_retry_at_);
           room_cv_.wait_until(lock, until, [&] {
             return stop.stop_requested() || (static_cast<int>(held_.size()) < capacity_ && fetched_ids_ > 0 &&
-                                             slots_may_be_free(Clock::now()));
+                                             may_claim_under_limits(Clock::now()));
           });
           if (stop.stop_requested()) break;
           stale = take_stale(Clock::now());
           room = std::min(capacity_ - static_cast<int>(held_.size()), kind_.options.batch);
-          if (room > 0 && slots_may_be_free(Clock::now())) taken = take_fetched(room);
+          if (room > 0 && may_claim_under_limits(Clock::now())) taken = take_fetched(room);
         }
         if (!stale.empty()) {
           deps_.logger->debug("bucket '{}' kind '{}': handing back {} token(s) that waited behind higher classes",
@@ -308,7 +321,7 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Fetched>
     deps_.logger->debug("bucket '{}' kind '{}': {} matter(s) fit; sending {} matter(s) again in new tokens",
                         deps_.options.name, kind_.name, ids.size(), leftover.size());
   auto [claimed, waiting] = claim(conn, deps_.options.name, kind_.name, ids, deps_.worker_id,
-                                  kind_.options.lease_ttl, kind_.options.global_concurrency);
+                                  kind_.options.lease_ttl, limits());
   // The part of a token that did not fit goes out as a token of its own
   // before that token is acked.
   if (!leftover.empty()) deps_.publish(kind_.name, leftover_class, leftover);
@@ -334,8 +347,8 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Fetched>
   tokens.clear();
   if (!parked.empty()) {
     std::lock_guard lock(mu_);
-    slots_freed_ = false;
-    slot_retry_at_ = Clock::now() + kSlotPoll;
+    limits_eased_ = false;
+    limits_retry_at_ = Clock::now() + kLimitPoll;
     for (auto it = parked.rbegin(); it != parked.rend(); ++it) {
       fetched_ids_ += it->ids.size();
       fetched_[index_of(it->priority)].push_front(std::move(*it));
@@ -360,8 +373,12 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Fetched>
     for (std::size_t i = 0; i < claimed.size(); ++i) ready_cv_.notify_one();
 }
 
-bool WorkStreamEngine::slots_may_be_free(Clock::time_point now) const {
-  return slots_freed_ || now >= slot_retry_at_;
+ClaimLimits WorkStreamEngine::limits() const {
+  return {kind_.options.global_concurrency, kind_.options.rate_limit.count > 0};
+}
+
+bool WorkStreamEngine::may_claim_under_limits(Clock::time_point now) const {
+  return limits_eased_ || now >= limits_retry_at_;
 }
 
 void WorkStreamEngine::run_executor() {
@@ -446,7 +463,7 @@ void WorkStreamEngine::run_committer() {
         if (kind_.options.global_concurrency > 0) release_slots(*conn, deps_.options.name, kind_.name, batch);
         {
           std::lock_guard lock(mu_);
-          slots_freed_ = true;
+          limits_eased_ = true;
           for (const auto& o : batch)
             if (auto it = held_.find(o.id); it != held_.end() && it->second->row.epoch == o.epoch) held_.erase(it);
         }
@@ -492,7 +509,7 @@ void WorkStreamEngine::renew_leases(pqxx::connection& conn) {
     }
   }
   if (ids.empty()) return;
-  auto lost = heartbeat(conn, ids, epochs, kind_.options.lease_ttl);
+  auto lost = heartbeat(conn, ids, epochs, kind_.options.lease_ttl, kind_.options.global_concurrency > 0);
   if (lost.empty()) return;
   std::unordered_map<std::int64_t, std::int64_t> sent;  // id -> the epoch the heartbeat asked about
   for (std::size_t i = 0; i < ids.size(); ++i) sent[ids[i]] = epochs[i];

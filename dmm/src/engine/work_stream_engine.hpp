@@ -85,8 +85,11 @@ class WorkStreamEngine {
   // naming matters that waited for a global slot go back to the front of
   // fetched_, for the next try.
   void claim_tokens(pqxx::connection& conn, std::vector<Fetched>& tokens, int room);
-  // With a global limit: whether a claim may find a free slot now (mu_ held).
-  bool slots_may_be_free(std::chrono::steady_clock::time_point now) const;
+  // The kind's global limits, as the claim takes them.
+  ClaimLimits limits() const;
+  // With global limits: whether a claim may find room under them now (mu_
+  // held): this process gave a slot back, or kLimitPoll passed.
+  bool may_claim_under_limits(std::chrono::steady_clock::time_point now) const;
   void run_executor();  // one of KindOptions::concurrency
   Outcome attempt(Item& item);
   void run_committer();
@@ -117,11 +120,12 @@ class WorkStreamEngine {
   // high: fetching too few tokens costs a round trip, too many hands tokens
   // back.
   double ids_per_token_ = static_cast<double>(kMaxIdsPerToken);
-  // Guarded by mu_, with a global limit: the last claim found every slot
-  // taken; claim again once this process gave slots back, or at slot_retry_at_
-  // (another process may have).
-  bool slots_freed_ = true;
-  std::chrono::steady_clock::time_point slot_retry_at_{};
+  // Guarded by mu_, with global limits: false when the last claim found no
+  // free slot or no rate token for some matter; claim again once this
+  // process gave slots back (a write-back), or at limits_retry_at_ (another
+  // process may have, or the rate has grown).
+  bool limits_eased_ = true;
+  std::chrono::steady_clock::time_point limits_retry_at_{};
   std::vector<Outcome> done_;                                      // guarded by mu_
   std::unordered_map<std::int64_t, std::shared_ptr<Item>> held_;  // guarded by mu_: every lease we hold
   int running_ = 0;                                                // guarded by mu_

@@ -31,6 +31,10 @@ std::string slots_text(const KindStats& k) {
   return k.slots == 0 ? "-" : fmt::format("{}/{}", k.slots_in_use, k.slots);
 }
 
+std::string rate_text(const RateState& r) {
+  return r.count == 0 ? "-" : fmt::format("{} per {}, burst {}", r.count, human_duration(r.per_ms), r.burst);
+}
+
 namespace {
 
 // " (in 4.2s)" / " (3m12s ago)" for due_in_ms.
@@ -81,6 +85,11 @@ std::string explain(const MatterStatus& m, const std::vector<AttemptRecord>& his
                        "and runs when a run of kind '{}' ends",
                        m.slots_in_use, m.slots, m.generation, m.due_at.empty() ? "now" : m.due_at,
                        relative(m.due_in_ms), m.kind);
+  if (m.rate.count > 0 && m.rate.available < 1)
+    return fmt::format("rate limited ({}): generation {} is due since {}{} and starts when the rate allows, in about {}",
+                       rate_text(m.rate), m.generation, m.due_at.empty() ? "now" : m.due_at, relative(m.due_in_ms),
+                       human_duration(static_cast<std::int64_t>((1 - m.rate.available) *
+                                                                static_cast<double>(m.rate.per_ms) / m.rate.count)));
   const std::string resend =
       m.kick_at.empty() ? "" : fmt::format("; the sweeper re-sends it at {} if no worker takes it", m.kick_at);
   return fmt::format("waiting for a token: generation {} is due since {}{} and no worker of kind '{}' has taken it "

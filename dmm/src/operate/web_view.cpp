@@ -86,7 +86,7 @@ std::string render_list_page(const std::string& bucket, const std::vector<KindSt
   std::string body = fmt::format("<h1>dmm bucket {}</h1>\n", html_escape(bucket));
   body += "<h2>Matters by kind and phase</h2>\n<table><tr><th>kind</th>";
   for (const auto& [_, p] : detail::kPhases) body += fmt::format("<th>{}</th>", p);
-  body += "<th>total</th><th>due now</th><th>due high/normal/low</th><th>in flight</th><th>global slots in use</th><th>oldest due</th></tr>\n";
+  body += "<th>total</th><th>due now</th><th>due high/normal/low</th><th>in flight</th><th>global slots in use</th><th>rate limit</th><th>oldest due</th></tr>\n";
   for (const auto& k : stats) {
     body += fmt::format("<tr><td>{}</td>", list_link(k.kind, std::nullopt, k.kind));
     for (const auto& [_, p] : detail::kPhases) {
@@ -94,10 +94,11 @@ std::string render_list_page(const std::string& bucket, const std::vector<KindSt
       const auto n = it == k.phases.end() ? 0 : it->second;
       body += fmt::format("<td>{}</td>", n ? list_link(k.kind, std::string(p), std::to_string(n)) : "0");
     }
-    body += fmt::format("<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n", k.total,
-                        k.due_now, due_by_priority_text(k), k.in_flight, slots_text(k), or_dash(k.oldest_due));
+    body += fmt::format("<td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                        k.total, k.due_now, due_by_priority_text(k), k.in_flight, slots_text(k), rate_text(k.rate),
+                        or_dash(k.oldest_due));
   }
-  if (stats.empty()) body += R"(<tr><td colspan="13">no matters in this bucket</td></tr>)";
+  if (stats.empty()) body += R"(<tr><td colspan="14">no matters in this bucket</td></tr>)";
   body += "</table>\n";
 
   body += R"(<form method="get" action="/">kind <select name="kind"><option value="">(all)</option>)";

@@ -107,26 +107,40 @@ WHERE m.id = ANY (ARRAY(SELECT id FROM free))
 RETURNING m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attempts, m.deleted_at IS NOT NULL
 )sql";
 
-// The claim of a kind with a global concurrency limit ($6 slots): the same
-// lease, given only to as many matters as there are free slots, each taking
-// one (dmm.slot, migration 0007). Slots are locked SKIP LOCKED, so claims in
+// The claim of a kind with global limits: $6 slots (global_concurrency; 0:
+// none) and, with $7, the kind's rate (dmm.rate). The same lease, given only
+// to as many matters as the limits allow: each takes one free slot and one
+// rate token (migration 0007). Slots are locked SKIP LOCKED, so claims in
 // other processes take other slots and never wait; a slot is free by its own
-// row (held_until), which the lock re-checks. Matters are looked at in the
-// order of $1 (the dispatcher lists higher classes first) and only until
-// every free slot has one, so a claim while all slots are taken locks no
-// matter. When the slots ran out, the ids not leased come back with
+// row (held_until), which the lock re-checks. The rate row is locked and
+// waited for (claims of the kind take turns for the time of a statement),
+// so every claim spends tokens the previous one left. Matters are looked at
+// in the order of $1 (the dispatcher lists higher classes first) and only
+// until the budget is spent, so a claim while the limits are reached locks
+// no matter. When the budget ran out, the ids not leased come back with
 // `waiting` true (some may merely be leased elsewhere): the dispatcher keeps
 // their tokens and tries again (engine/work_stream.cpp).
-constexpr const char* kClaimWithSlots = R"sql(
+constexpr const char* kClaimLimited = R"sql(
 WITH want AS (
   SELECT id, min(ord) AS ord FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, ord) GROUP BY id
 ),
 slots AS (
   SELECT slot, row_number() OVER (ORDER BY slot) AS n FROM (
     SELECT slot FROM dmm.slot
-     WHERE bucket = $2 AND kind = $3 AND slot < $6 AND (held_until IS NULL OR held_until < now())
+     WHERE $6 > 0 AND bucket = $2 AND kind = $3 AND slot < $6 AND (held_until IS NULL OR held_until < now())
      ORDER BY slot LIMIT (SELECT count(*) FROM want)
      FOR UPDATE SKIP LOCKED) s
+),
+rate AS (
+  SELECT least(r.burst::double precision,
+               r.tokens + greatest(0, extract(epoch FROM now() - r.updated_at)) * 1000 * r.count / r.per_ms)
+           AS available
+    FROM dmm.rate r WHERE $7 AND r.bucket = $2 AND r.kind = $3 FOR UPDATE
+),
+budget AS (
+  SELECT least(CASE WHEN $6 > 0 THEN (SELECT count(*) FROM slots) ELSE (SELECT count(*) FROM want) END,
+               CASE WHEN $7 THEN coalesce((SELECT floor(available)::bigint FROM rate), 0)
+                    ELSE (SELECT count(*) FROM want) END) AS n
 ),
 free AS (
   SELECT id, row_number() OVER () AS n FROM (
@@ -136,9 +150,9 @@ free AS (
         WHERE id = w.id AND due_at <= now() AND (lease_until IS NULL OR lease_until < now())
        OFFSET 0 FOR UPDATE SKIP LOCKED) f
      WHERE f.bucket = $2 AND f.kind = $3
-     LIMIT (SELECT count(*) FROM slots)) f
+     LIMIT (SELECT n FROM budget)) f
 ),
-paired AS (SELECT free.id, slots.slot FROM free JOIN slots USING (n)),
+paired AS (SELECT free.id, slots.slot FROM free LEFT JOIN slots USING (n)),
 claimed AS (
   UPDATE dmm.matter m SET
     lease_owner = $4,
@@ -154,17 +168,30 @@ taken AS (
   UPDATE dmm.slot s SET matter_id = c.id, lease_epoch = c.lease_epoch, held_until = now() + $5 * interval '1 millisecond'
     FROM claimed c JOIN paired p ON p.id = c.id
    WHERE s.bucket = $2 AND s.kind = $3 AND s.slot = p.slot
+),
+spent AS (
+  UPDATE dmm.rate r SET tokens = (SELECT available FROM rate) - (SELECT count(*) FROM claimed),
+                        updated_at = greatest(r.updated_at, now())
+   WHERE $7 AND r.bucket = $2 AND r.kind = $3 AND (SELECT count(*) FROM claimed) > 0
 )
 SELECT id, identity, state, generation, lease_epoch, attempts, deleting, false FROM claimed
 UNION ALL
 SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, true FROM want
- WHERE (SELECT count(*) FROM free) >= (SELECT count(*) FROM slots) AND id NOT IN (SELECT id FROM claimed)
+ WHERE (SELECT count(*) FROM free) >= (SELECT n FROM budget) AND id NOT IN (SELECT id FROM claimed)
 )sql";
 
 // The slots of a kind with a global concurrency limit: rows 0..$3-1 exist.
 constexpr const char* kEnsureSlots = R"sql(
 INSERT INTO dmm.slot (bucket, kind, slot) SELECT $1, $2, g FROM generate_series(0, $3 - 1) AS g
 ON CONFLICT DO NOTHING
+)sql";
+
+// The rate row of a kind with a rate limit, with this worker's values; a new
+// row starts with a full burst, an existing one keeps its tokens (capped).
+constexpr const char* kEnsureRate = R"sql(
+INSERT INTO dmm.rate (bucket, kind, count, per_ms, burst, tokens, updated_at) VALUES ($1, $2, $3, $4, $5, $5::integer, now())
+ON CONFLICT (bucket, kind) DO UPDATE SET count = EXCLUDED.count, per_ms = EXCLUDED.per_ms, burst = EXCLUDED.burst,
+  tokens = least(dmm.rate.tokens, EXCLUDED.burst)
 )sql";
 
 // Gives back the slots of leases that ended with an outcome ($3 ids, $4
@@ -343,15 +370,33 @@ renewed AS (
     lease_until = now() + $3 * interval '1 millisecond'
    WHERE m.id = ANY ($1::bigint[]) AND m.lease_epoch = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
      AND (SELECT count(*) FROM locked) >= 0
-  RETURNING m.id, m.lease_epoch
+  RETURNING m.id
+)
+SELECT id FROM unnest($1::bigint[]) AS id WHERE id NOT IN (SELECT id FROM renewed)
+)sql";
+
+// The heartbeat of a kind with a global limit: a lease is renewed only
+// together with the slot it holds, and a lease whose slot is no longer its
+// own (its held_until passed and another claim took it) is lost, even if no
+// one took the matter: running on would exceed the limit. The slot rows are
+// locked one matter at a time (a claim waiting for one re-checks it, and a
+// claim never waits for one: SKIP LOCKED).
+constexpr const char* kHeartbeatWithSlots = R"sql(
+WITH locked AS (SELECT id FROM dmm.matter WHERE id = ANY ($1::bigint[]) ORDER BY id FOR UPDATE),
+mine AS (
+  SELECT h.ctid, h.matter_id FROM unnest($1::bigint[], $2::bigint[]) AS o(id, epoch) CROSS JOIN LATERAL (
+    SELECT ctid, matter_id FROM dmm.slot WHERE matter_id = o.id AND lease_epoch = o.epoch OFFSET 0 FOR UPDATE) h
 ),
--- A global concurrency slot lasts as long as the lease that holds it (found
--- one matter at a time, as kReleaseSlots does).
+renewed AS (
+  UPDATE dmm.matter m SET
+    lease_until = now() + $3 * interval '1 millisecond'
+   WHERE m.id = ANY ($1::bigint[]) AND m.lease_epoch = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
+     AND (SELECT count(*) FROM locked) >= 0 AND m.id IN (SELECT matter_id FROM mine)
+  RETURNING m.id
+),
 slots AS (
   UPDATE dmm.slot s SET held_until = now() + $3 * interval '1 millisecond'
-   WHERE s.ctid = ANY (ARRAY(
-     SELECT h.ctid FROM renewed r CROSS JOIN LATERAL (
-       SELECT ctid FROM dmm.slot WHERE matter_id = r.id AND lease_epoch = r.lease_epoch OFFSET 0) h))
+   WHERE s.ctid = ANY (ARRAY(SELECT ctid FROM mine WHERE matter_id IN (SELECT id FROM renewed)))
 )
 SELECT id FROM unnest($1::bigint[]) AS id WHERE id NOT IN (SELECT id FROM renewed)
 )sql";
@@ -380,10 +425,11 @@ const std::string& write_back_sql() {
 void prepare_matter_statements(pqxx::connection& conn) {
   conn.prepare("dmm_upsert", upsert_sql());
   conn.prepare("dmm_claim", kClaim);
-  conn.prepare("dmm_claim_with_slots", kClaimWithSlots);
+  conn.prepare("dmm_claim_limited", kClaimLimited);
   conn.prepare("dmm_release_slots", kReleaseSlots);
   conn.prepare("dmm_write_back", write_back_sql());
   conn.prepare("dmm_heartbeat", kHeartbeat);
+  conn.prepare("dmm_heartbeat_with_slots", kHeartbeatWithSlots);
 }
 
 std::vector<TokenOwed> upsert_matters(pqxx::transaction_base& txn, const std::string& bucket,
@@ -407,12 +453,11 @@ std::vector<TokenOwed> upsert_matters(pqxx::transaction_base& txn, const std::st
 
 Claim claim(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
             const std::vector<std::int64_t>& ids, const std::string& owner, std::chrono::milliseconds ttl,
-            int global_concurrency) {
+            const ClaimLimits& limits) {
   pqxx::nontransaction tx(conn);
-  auto rows = global_concurrency > 0
-                  ? tx.exec_prepared("dmm_claim_with_slots", bigint_array(ids), bucket, kind, owner, ttl.count(),
-                                     global_concurrency)
-                  : tx.exec_prepared("dmm_claim", bigint_array(ids), bucket, kind, owner, ttl.count());
+  auto rows = limits.any() ? tx.exec_prepared("dmm_claim_limited", bigint_array(ids), bucket, kind, owner, ttl.count(),
+                                              limits.slots, limits.rate)
+                           : tx.exec_prepared("dmm_claim", bigint_array(ids), bucket, kind, owner, ttl.count());
   Claim result;
   result.claimed.reserve(rows.size());
   for (const auto& row : rows) {
@@ -427,8 +472,12 @@ Claim claim(pqxx::connection& conn, const std::string& bucket, const std::string
   return result;
 }
 
-void ensure_slots(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int slots) {
-  pqxx::nontransaction(conn).exec_params(kEnsureSlots, bucket, kind, slots);
+void ensure_limits(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int slots,
+                   const RateLimit& rate) {
+  pqxx::nontransaction tx(conn);
+  if (slots > 0) tx.exec_params(kEnsureSlots, bucket, kind, slots);
+  if (rate.count > 0)
+    tx.exec_params(kEnsureRate, bucket, kind, rate.count, static_cast<std::int64_t>(rate.per.count()), rate.burst);
 }
 
 void release_slots(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
@@ -490,14 +539,16 @@ std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outc
 }
 
 std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<std::int64_t>& ids,
-                                    const std::vector<std::int64_t>& epochs, std::chrono::milliseconds ttl) {
+                                    const std::vector<std::int64_t>& epochs, std::chrono::milliseconds ttl,
+                                    bool with_slots) {
   std::vector<std::pair<std::int64_t, std::int64_t>> held;  // (id, epoch), sorted by id
   for (std::size_t i = 0; i < ids.size(); ++i) held.emplace_back(ids[i], epochs[i]);
   std::sort(held.begin(), held.end());
   std::vector<std::int64_t> sorted_ids, sorted_epochs;
   for (const auto& [id, epoch] : held) sorted_ids.push_back(id), sorted_epochs.push_back(epoch);
   pqxx::nontransaction tx(conn);
-  return ids_of(tx.exec_prepared("dmm_heartbeat", bigint_array(sorted_ids), bigint_array(sorted_epochs), ttl.count()));
+  return ids_of(tx.exec_prepared(with_slots ? "dmm_heartbeat_with_slots" : "dmm_heartbeat", bigint_array(sorted_ids),
+                                 bigint_array(sorted_epochs), ttl.count()));
 }
 
 }  // namespace dmm::detail

@@ -54,16 +54,26 @@ struct Claim {
   std::vector<std::int64_t> waiting;
 };
 
+// The global limits a claim obeys: `slots` (KindOptions::global_concurrency;
+// 0: none) and, with `rate`, the kind's row in dmm.rate.
+struct ClaimLimits {
+  int slots = 0;
+  bool rate = false;
+  bool any() const { return slots > 0 || rate; }
+};
+
 // Leases those of `ids` that are of `kind`, due and not leased, for `ttl`.
-// With `global_concurrency` N > 0 each also takes one of the kind's N slots
-// (docs/DESIGN.md, "Global concurrency"), and only as many are leased as
-// slots are free.
+// With limits, only as many as they allow: each takes one of the kind's free
+// slots and one rate token (docs/DESIGN.md, "Global concurrency", "Rate
+// limit").
 Claim claim(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
             const std::vector<std::int64_t>& ids, const std::string& owner, std::chrono::milliseconds ttl,
-            int global_concurrency = 0);
+            const ClaimLimits& limits = {});
 
-// Creates the slots 0..slots-1 of a kind with a global limit (idempotent).
-void ensure_slots(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int slots);
+// Creates the slots 0..slots-1 of a kind with a global concurrency limit and
+// the rate row of one with a rate limit, with these values (idempotent).
+void ensure_limits(pqxx::connection& conn, const std::string& bucket, const std::string& kind, int slots,
+                   const RateLimit& rate);
 
 
 struct Outcome {
@@ -103,8 +113,11 @@ void release_slots(pqxx::connection& conn, const std::string& bucket, const std:
                    const std::vector<Outcome>& outcomes);
 
 // Extends leases we still hold; returns the ids whose lease was lost.
+// `with_slots` (a kind with a global limit): each lease with its slot, and a
+// lease whose slot was taken over is lost.
 std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<std::int64_t>& ids,
-                                    const std::vector<std::int64_t>& epochs, std::chrono::milliseconds ttl);
+                                    const std::vector<std::int64_t>& epochs, std::chrono::milliseconds ttl,
+                                    bool with_slots = false);
 
 
 

@@ -1,6 +1,7 @@
 // The read-only queries behind dmm/inspect.hpp (dmmctl, example debug, the
 // web view): they never lock or change anything.
 #include <fmt/format.h>
+#include <sstream>
 #include <pqxx/pqxx>
 
 #include "dmm/errors.hpp"
@@ -39,6 +40,19 @@ constexpr const char* kMatch =
     "bucket = $1 AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR identity = $3) "
     "AND ($4::text IS NULL OR phase = $4)";
 
+// A dmm.rate row `r` as text: count, per_ms, burst and the starts it allows
+// now (the claim's formula, store/matters.cpp kClaimLimited).
+constexpr const char* kRateText =
+    "r.count || ' ' || r.per_ms || ' ' || r.burst || ' ' || least(r.burst::double precision, r.tokens + "
+    "greatest(0, extract(epoch FROM now() - r.updated_at)) * 1000 * r.count / r.per_ms)";
+
+RateState parse_rate(const std::string& text) {
+  RateState rate;
+  std::istringstream in(text);
+  in >> rate.count >> rate.per_ms >> rate.burst >> rate.available;
+  return in ? rate : RateState{};
+}
+
 MatterStatus status_of(const pqxx::row& r) {
   MatterStatus m;
   m.id = r[0].as<std::int64_t>();
@@ -62,6 +76,7 @@ MatterStatus status_of(const pqxx::row& r) {
   m.state = r[18].as<std::string>();
   m.slots = r[19].as<std::int64_t>();
   m.slots_in_use = r[20].as<std::int64_t>();
+  m.rate = parse_rate(r[21].as<std::string>());
   return m;
 }
 
@@ -83,13 +98,15 @@ SELECT id, kind, identity, phase, generation, materialized_generation, attempts,
        state::text,
        (SELECT count(*) FROM dmm.slot s WHERE s.bucket = matter.bucket AND s.kind = matter.kind),
        (SELECT count(*) FROM dmm.slot s WHERE s.bucket = matter.bucket AND s.kind = matter.kind
-           AND s.held_until > now())
+           AND s.held_until > now()),
+       coalesce((SELECT {} FROM dmm.rate r WHERE r.bucket = matter.bucket AND r.kind = matter.kind), '')
   FROM dmm.matter
  WHERE {}
  ORDER BY kind, identity
  LIMIT $5)sql",
                                iso("due_at"), iso("(SELECT k.kick_at FROM dmm.kick k WHERE k.matter_id = matter.id)"),
-                               iso("lease_until"), iso("leased_at"), iso("created_at"), iso("updated_at"), kMatch);
+                               iso("lease_until"), iso("leased_at"), iso("created_at"), iso("updated_at"),
+                               kRateText, kMatch);
   auto rows = tx.exec_params(sql, q.bucket, q.kind, q.identity, q.phase, q.limit);
   std::vector<MatterStatus> out;
   out.reserve(rows.size());
@@ -174,6 +191,10 @@ SELECT kind, phase, count(*),
       k.oldest_due_age_ms = age;
     }
   }
+  for (const auto& r : tx.exec_params(fmt::format("SELECT kind, {} FROM dmm.rate r WHERE bucket = $1", kRateText),
+                                      bucket))
+    for (auto& k : out)
+      if (k.kind == r[0].as<std::string>()) k.rate = parse_rate(r[1].as<std::string>());
   for (const auto& r : tx.exec_params("SELECT kind, count(*), count(*) FILTER (WHERE held_until > now()) "
                                       "FROM dmm.slot WHERE bucket = $1 GROUP BY kind",
                                       bucket))

@@ -341,6 +341,7 @@ void TokenSource::pull(int max, bool no_wait, std::chrono::milliseconds timeout,
   natsMsgList_Destroy(&list);
   // Nothing pending (no_wait) or nothing before the request expired.
   if (s == NATS_OK || s == NATS_TIMEOUT || s == NATS_NOT_FOUND) return;
+  broken_ = s == NATS_INVALID_SUBSCRIPTION || s == NATS_CONNECTION_CLOSED;
   throw Error(fmt::format("fetching tokens failed: {}", nats_error(s)));
 }
 

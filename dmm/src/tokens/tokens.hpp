@@ -122,15 +122,20 @@ class TokenSource {
   TokenSource& operator=(const TokenSource&) = delete;
 
   // Up to `max` tokens, waiting at most `timeout` for the first. An empty
-  // result is normal. dmm::Error when the subscription is broken (the caller
-  // re-creates the source).
+  // result is normal. dmm::Error when the fetch failed: the server went away
+  // or refused (the caller keeps the source, which nats.c resubscribes after
+  // a reconnect, and tries again), or the subscription is broken (broken()).
   std::vector<Token> fetch(int max, std::chrono::milliseconds timeout);
+  // The subscription itself is unusable (closed): the caller re-creates the
+  // source. Nothing reads for a closed subscription, so freeing it is safe.
+  bool broken() const { return broken_; }
 
  private:
   void pull(int max, bool no_wait, std::chrono::milliseconds timeout, std::vector<Token>& out);
 
   natsConnection* conn_ = nullptr;  // the bucket's; outlives this source
   natsSubscription* sub_ = nullptr;
+  bool broken_ = false;
 };
 
 }  // namespace dmm::detail

@@ -37,7 +37,7 @@ TEST_CASE("metrics render in Prometheus text format with cumulative buckets", "[
   auto& k = metrics.kind("k\"1");
   k.observe(0, 2'000, 1);       // done in 2 ms
   k.observe(2, 3'000'000, 2);   // retry in 3 s, a retry itself
-  auto text = metrics.render("b", {{"k\"1", {{{"ready", 4}}, 7, {{"high", 3}, {"normal", 4}}, 2, 5, 3}}});
+  auto text = metrics.render("b", {{"k\"1", {{{"ready", 4}}, 7, {{"high", 3}, {"normal", 4}}, 2, 5, 3, 0.5}}});
   CHECK_THAT(text, Catch::Contains("dmm_materializations_total{bucket=\"b\",kind=\"k\\\"1\",outcome=\"done\"} 1"));
   CHECK_THAT(text, Catch::Contains("dmm_materialization_duration_seconds_bucket{bucket=\"b\",kind=\"k\\\"1\",le=\"0.005\"} 1"));
   CHECK_THAT(text, Catch::Contains("dmm_materialization_duration_seconds_bucket{bucket=\"b\",kind=\"k\\\"1\",le=\"5\"} 2"));
@@ -50,6 +50,7 @@ TEST_CASE("metrics render in Prometheus text format with cumulative buckets", "[
   CHECK_THAT(text, Catch::Contains("dmm_matters{bucket=\"b\",kind=\"k\\\"1\",phase=\"ready\"} 4"));
   CHECK_THAT(text, Catch::Contains("dmm_global_slots{bucket=\"b\",kind=\"k\\\"1\"} 5"));
   CHECK_THAT(text, Catch::Contains("dmm_global_slots_in_use{bucket=\"b\",kind=\"k\\\"1\"} 3"));
+  CHECK_THAT(text, Catch::Contains("dmm_rate_limit_available{bucket=\"b\",kind=\"k\\\"1\"} 0.500"));
 }
 
 TEST_CASE("json logs name the matter a line is about; text logs stay readable", "[operate]") {
