@@ -176,10 +176,12 @@ TEST_CASE("a run whose global slot was taken over is asked to stop, even if its 
   wait_until([&] { return in_flight->stopped.load() == 1; }, 5s, "the run to be asked to stop");
 }
 
-// When each start happened, across every bucket of a test.
+// When each run's lease was taken (the rate limit counts a start at its
+// lease), in µs of PostgreSQL's clock, across every bucket of a test.
 struct StartTimes {
+  std::string bucket;
   std::mutex mu;
-  std::vector<std::chrono::steady_clock::time_point> at;  // guarded by mu
+  std::vector<std::int64_t> at;  // guarded by mu
 };
 
 struct Paced {
@@ -187,19 +189,27 @@ struct Paced {
 
   std::string identity() const { return id; }
   dmm::Result materialize(dmm::Context& ctx) {
+    thread_local std::unique_ptr<pqxx::connection> conn;
+    if (!conn) conn = std::make_unique<pqxx::connection>(servers().postgres);
     auto& times = ctx.service<StartTimes>();
+    const auto leased = pqxx::nontransaction(*conn)
+                            .exec_params1("SELECT (extract(epoch FROM leased_at) * 1e6)::bigint FROM dmm.matter "
+                                          "WHERE bucket = $1 AND kind = $2 AND identity = $3",
+                                          times.bucket, ctx.kind(), id)[0]
+                            .as<std::int64_t>();
     std::lock_guard lock(times.mu);
-    times.at.push_back(std::chrono::steady_clock::now());
+    times.at.push_back(leased);
     return dmm::Result::done();
   }
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Paced, id)
 
-TEST_CASE("rate_limit keeps the starts in any window of its period within count + burst, across processes",
+TEST_CASE("rate_limit keeps the starts (leases) in any window of its period within count + burst, across processes",
           "[limits]") {
   const dmm::RateLimit rate{.count = 10, .per = 500ms, .burst = 3};
   const auto name = unique_name("limits-rate");
   auto times = std::make_shared<StartTimes>();
+  times->bucket = name;
   std::vector<std::unique_ptr<dmm::Bucket>> buckets;
   for (int i = 0; i < 3; ++i) {
     buckets.push_back(std::make_unique<dmm::Bucket>(open_bucket(name)));
@@ -222,18 +232,19 @@ TEST_CASE("rate_limit keeps the starts in any window of its period within count 
   CHECK_THAT(dmm::explain(waiting[0]), Catch::Matchers::StartsWith("rate limited (10 per 500ms, burst 3)"));
   runners.clear();
   const auto elapsed = std::chrono::steady_clock::now() - from;
-  std::vector<std::chrono::steady_clock::time_point> at;
+  std::vector<std::int64_t> at;
   {
     std::lock_guard lock(times->mu);
     at = times->at;
   }
   std::sort(at.begin(), at.end());
   std::size_t most = 0;
+  const auto per_us = std::chrono::duration_cast<std::chrono::microseconds>(rate.per).count();
   for (std::size_t i = 0, j = 0; i < at.size(); ++i) {
-    while (at[i] - at[j] >= rate.per) ++j;
+    while (at[i] - at[j] >= per_us) ++j;
     most = std::max(most, i - j + 1);
   }
-  INFO(at.size() << " starts; most in one window of 500 ms: " << most);
+  INFO(at.size() << " starts; most leased in one window of 500 ms: " << most);
   CHECK(most <= static_cast<std::size_t>(rate.count + rate.burst));
   // The rate was used, not just kept: 5 s at 20/s, less slack for the start.
   CHECK(at.size() >= 80);

@@ -60,6 +60,9 @@ void ensure_runs_table(pqxx::connection& conn) {
   tx.exec(
       "CREATE INDEX IF NOT EXISTS runs_bucket_identity ON dmm_test.runs "
       "(bucket, identity)");
+  // When the run's lease was taken (dmm.matter.leased_at): a rate limit
+  // counts a start at its lease.
+  tx.exec("ALTER TABLE dmm_test.runs ADD COLUMN IF NOT EXISTS leased timestamptz");
   tx.commit();
 }
 
@@ -105,9 +108,10 @@ dmm::Result Probe::materialize(dmm::Context& ctx) {
       pqxx::nontransaction tx(c);
       tx.exec_params(
           "INSERT INTO dmm_test.runs (run_id, bucket, identity, "
-          "worker, seq, started) "
-          "VALUES ($1, $2, $3, $4, $5, clock_timestamp())",
-          run_id, env.bucket, id, env.worker, seq);
+          "worker, seq, started, leased) "
+          "VALUES ($1, $2, $3, $4, $5, clock_timestamp(), (SELECT leased_at FROM dmm.matter "
+          "WHERE bucket = $2 AND kind = $6 AND identity = $3))",
+          run_id, env.bucket, id, env.worker, seq, ctx.kind());
     });
   } catch (const std::exception&) {
     finish("unrecorded");  // a no-op unless the INSERT committed after all

@@ -261,12 +261,12 @@ void WorkStreamEngine::run_dispatcher(std::stop_token stop) {
           auto until = Clock::now() + std::chrono::milliseconds(250);
           if (!limits_eased_) until = std::min(until, limits_retry_at_);
           room_cv_.wait_until(lock, until, [&] {
-            return stop.stop_requested() || (static_cast<int>(held_.size()) < capacity_ && fetched_ids_ > 0 &&
-                                             may_claim_under_limits(Clock::now()));
+            return stop.stop_requested() ||
+                   (claim_room() > 0 && fetched_ids_ > 0 && may_claim_under_limits(Clock::now()));
           });
           if (stop.stop_requested()) break;
           stale = take_stale(Clock::now());
-          room = std::min(capacity_ - static_cast<int>(held_.size()), kind_.options.batch);
+          room = claim_room();
           if (room > 0 && may_claim_under_limits(Clock::now())) taken = take_fetched(room);
         }
         if (!stale.empty()) {
@@ -377,6 +377,17 @@ ClaimLimits WorkStreamEngine::limits() const {
   return {kind_.options.global_concurrency, kind_.options.rate_limit.count > 0};
 }
 
+int WorkStreamEngine::claim_room() const {
+  const int room = std::min(capacity_ - static_cast<int>(held_.size()), kind_.options.batch);
+  if (!limits().any()) return room;
+  // A limited kind claims no more than its idle executors take at once: a
+  // matter queued here would hold a global slot idle, or have spent its rate
+  // token long before it starts.
+  std::size_t queued = 0;
+  for (const auto& q : ready_) queued += q.size();
+  return std::min(room, kind_.options.concurrency - running_ - static_cast<int>(queued));
+}
+
 bool WorkStreamEngine::may_claim_under_limits(Clock::time_point now) const {
   return limits_eased_ || now >= limits_retry_at_;
 }
@@ -427,6 +438,7 @@ void WorkStreamEngine::run_executor() {
       }
     }
     done_cv_.notify_one();
+    if (limits().any()) room_cv_.notify_one();  // an idle executor: a limited kind may claim (claim_room)
     if (idle) idle_cv_.notify_all();  // shut_down() waits for running_ == 0
   }
 }

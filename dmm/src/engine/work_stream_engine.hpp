@@ -87,6 +87,8 @@ class WorkStreamEngine {
   void claim_tokens(pqxx::connection& conn, std::vector<Fetched>& tokens, int room);
   // The kind's global limits, as the claim takes them.
   ClaimLimits limits() const;
+  // How many matters the dispatcher may claim now (mu_ held).
+  int claim_room() const;
   // With global limits: whether a claim may find room under them now (mu_
   // held): this process gave a slot back, or kLimitPoll passed.
   bool may_claim_under_limits(std::chrono::steady_clock::time_point now) const;
