@@ -96,16 +96,22 @@ WITH free AS (
      OFFSET 0 FOR UPDATE SKIP LOCKED) f
    WHERE f.bucket = $2 AND f.kind = $3
 )
-UPDATE dmm.matter m SET
+UPDATE dmm.matter m SET @LEASE@
+WHERE m.id = ANY (ARRAY(SELECT id FROM free))
+RETURNING @LEASED@
+)sql";
+
+// How both claims lease a matter ($4 owner, $5 ttl ms) and what they return
+// of it (claim() reads these columns).
+constexpr const char* kLeaseSet = R"sql(
   lease_owner = $4,
   lease_until = now() + $5 * interval '1 millisecond',
   lease_epoch = m.lease_epoch + 1,
   leased_at = now(),
   phase = CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'reconciling' END,
-  updated_at = now()
-WHERE m.id = ANY (ARRAY(SELECT id FROM free))
-RETURNING m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attempts, m.deleted_at IS NOT NULL
-)sql";
+  updated_at = now())sql";
+constexpr const char* kLeasedColumns =
+    "m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attempts, m.deleted_at IS NOT NULL AS deleting";
 
 // The claim of a kind with global limits: $6 slots (global_concurrency; 0:
 // none) and, with $7, the kind's rate (dmm.rate). The same lease, given only
@@ -154,15 +160,9 @@ free AS (
 ),
 paired AS (SELECT free.id, slots.slot FROM free LEFT JOIN slots USING (n)),
 claimed AS (
-  UPDATE dmm.matter m SET
-    lease_owner = $4,
-    lease_until = now() + $5 * interval '1 millisecond',
-    lease_epoch = m.lease_epoch + 1,
-    leased_at = now(),
-    phase = CASE WHEN m.deleted_at IS NOT NULL THEN 'deleting' ELSE 'reconciling' END,
-    updated_at = now()
+  UPDATE dmm.matter m SET @LEASE@
   WHERE m.id = ANY (ARRAY(SELECT id FROM paired))
-  RETURNING m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attempts, m.deleted_at IS NOT NULL AS deleting
+  RETURNING @LEASED@
 ),
 taken AS (
   UPDATE dmm.slot s SET matter_id = c.id, lease_epoch = c.lease_epoch, held_until = now() + $5 * interval '1 millisecond'
@@ -410,6 +410,20 @@ const std::string& upsert_sql() {
   return sql;
 }
 
+std::string lease_filled(const char* claim_template) {
+  return replace_all(replace_all(claim_template, "@LEASE@", kLeaseSet), "@LEASED@", kLeasedColumns);
+}
+
+const std::string& claim_sql() {
+  static const std::string sql = lease_filled(kClaim);
+  return sql;
+}
+
+const std::string& claim_limited_sql() {
+  static const std::string sql = lease_filled(kClaimLimited);
+  return sql;
+}
+
 const std::string& write_back_sql() {
   static const std::string sql = [] {
     auto s = replace_all(kWriteBackTemplate, "@OUTCOMES@", outcome_array_sql());
@@ -424,8 +438,8 @@ const std::string& write_back_sql() {
 
 void prepare_matter_statements(pqxx::connection& conn) {
   conn.prepare("dmm_upsert", upsert_sql());
-  conn.prepare("dmm_claim", kClaim);
-  conn.prepare("dmm_claim_limited", kClaimLimited);
+  conn.prepare("dmm_claim", claim_sql());
+  conn.prepare("dmm_claim_limited", claim_limited_sql());
   conn.prepare("dmm_release_slots", kReleaseSlots);
   conn.prepare("dmm_write_back", write_back_sql());
   conn.prepare("dmm_heartbeat", kHeartbeat);
