@@ -325,8 +325,9 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Fetched>
   // The part of a token that did not fit goes out as a token of its own
   // before that token is acked.
   if (!leftover.empty()) deps_.publish(kind_.name, leftover_class, leftover);
-  // A token naming matters that found no free global slot is kept, naming
-  // just those, and tried again first (a slot frees when a run ends). The
+  // A token naming matters that found no free global slot or rate token is
+  // kept, naming just those, and tried again first (a slot frees when a run
+  // ends, the rate grows with time). The
   // other tokens have done their job, claimed or not: a matter not claimed
   // is leased elsewhere (its holder sees any new generation at write-back),
   // not due yet (the sweeper sends a token when it is), or gone.
