@@ -82,8 +82,8 @@ class WorkStreamEngine {
   // held; returns them to be nak'ed outside the lock).
   std::vector<Fetched> take_stale(std::chrono::steady_clock::time_point now);
   // Claims the matters the tokens name, at most `room` of them. Tokens
-  // naming matters that waited for a global slot go back to the front of
-  // fetched_, for the next try.
+  // naming matters that found no global slot or rate token go back to the
+  // front of fetched_, for the next try.
   void claim_tokens(pqxx::connection& conn, std::vector<Fetched>& tokens, int room);
   // The kind's global limits, as the claim takes them.
   ClaimLimits limits() const;

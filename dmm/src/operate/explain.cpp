@@ -44,6 +44,11 @@ std::string relative(const std::optional<std::int64_t>& in_ms) {
                       : fmt::format(" ({} ago)", human_duration(*in_ms));
 }
 
+// "since T (3m12s ago)": when the owed work came due ("now" if unknown).
+std::string due_since(const MatterStatus& m) {
+  return fmt::format("since {}{}", m.due_at.empty() ? "now" : m.due_at, relative(m.due_in_ms));
+}
+
 std::string last_error(const MatterStatus& m) {
   return m.last_error.empty() ? "" : fmt::format(" (last error: {})", m.last_error);
 }
@@ -74,27 +79,25 @@ std::string explain(const MatterStatus& m, const std::vector<AttemptRecord>& his
                        m.attempts, m.phase == "deleting" ? " of finalize" : "", last_error(m));
   if (m.phase == "deleting")
     return fmt::format("being removed: waiting for a token, then a worker of kind '{}' finalizes and deletes it "
-                       "(due since {}{}){}",
-                       m.kind, m.due_at.empty() ? "now" : m.due_at, relative(m.due_in_ms), last_error(m));
+                       "(due {}){}",
+                       m.kind, due_since(m), last_error(m));
   if (m.phase == "pending" && m.due_in_ms && *m.due_in_ms > 0)
     return fmt::format("delayed: generation {} is not due before {}{} (a notify with a delay)", m.generation,
                        m.due_at, relative(m.due_in_ms));
   // pending: work is owed and nobody holds the lease.
   if (m.slots > 0 && m.slots_in_use >= m.slots)
-    return fmt::format("waiting for a global concurrency slot ({} of {} in use): generation {} is due since {}{} "
-                       "and runs when a run of kind '{}' ends",
-                       m.slots_in_use, m.slots, m.generation, m.due_at.empty() ? "now" : m.due_at,
-                       relative(m.due_in_ms), m.kind);
+    return fmt::format("waiting for a global concurrency slot ({} of {} in use): generation {} is due {} and runs "
+                       "when a run of kind '{}' ends",
+                       m.slots_in_use, m.slots, m.generation, due_since(m), m.kind);
   if (m.rate.count > 0 && m.rate.available < 1)
-    return fmt::format("rate limited ({}): generation {} is due since {}{} and starts when the rate allows, in about {}",
-                       rate_text(m.rate), m.generation, m.due_at.empty() ? "now" : m.due_at, relative(m.due_in_ms),
+    return fmt::format("rate limited ({}): generation {} is due {} and starts when the rate allows, in about {}",
+                       rate_text(m.rate), m.generation, due_since(m),
                        human_duration(static_cast<std::int64_t>((1 - m.rate.available) *
                                                                 static_cast<double>(m.rate.per_ms) / m.rate.count)));
   const std::string resend =
       m.kick_at.empty() ? "" : fmt::format("; the sweeper re-sends it at {} if no worker takes it", m.kick_at);
-  return fmt::format("waiting for a token: generation {} is due since {}{} and no worker of kind '{}' has taken it "
-                     "yet{}",
-                     m.generation, m.due_at.empty() ? "now" : m.due_at, relative(m.due_in_ms), m.kind, resend);
+  return fmt::format("waiting for a token: generation {} is due {} and no worker of kind '{}' has taken it yet{}",
+                     m.generation, due_since(m), m.kind, resend);
 }
 
 std::string format_detail(const MatterDetail& d) {

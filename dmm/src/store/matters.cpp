@@ -138,10 +138,7 @@ slots AS (
      FOR UPDATE SKIP LOCKED) s
 ),
 rate AS (
-  SELECT least(r.burst::double precision,
-               r.tokens + greatest(0, extract(epoch FROM now() - r.updated_at)) * 1000 * r.count / r.per_ms)
-           AS available
-    FROM dmm.rate r WHERE $7 AND r.bucket = $2 AND r.kind = $3 FOR UPDATE
+  SELECT @RATE_AVAILABLE@ AS available FROM dmm.rate r WHERE $7 AND r.bucket = $2 AND r.kind = $3 FOR UPDATE
 ),
 budget AS (
   SELECT least(CASE WHEN $6 > 0 THEN (SELECT count(*) FROM slots) ELSE (SELECT count(*) FROM want) END,
@@ -363,15 +360,16 @@ SELECT id, kind, priority FROM woken WHERE owed_now
 // Renews the leases of $1 (ids, sorted) still held under the epochs $2 (in
 // the same order); returns the ids that were not renewed (lost). Each row
 // finds its epoch by a binary search in $1 (width_bucket), not by a join.
-constexpr const char* kHeartbeat = R"sql(
-WITH locked AS (SELECT id FROM dmm.matter WHERE id = ANY ($1::bigint[]) ORDER BY id FOR UPDATE),
+// @MINE@, @HOLDS_SLOT@ and @SLOTS@ are empty, or the parts below.
+constexpr const char* kHeartbeatTemplate = R"sql(
+WITH locked AS (SELECT id FROM dmm.matter WHERE id = ANY ($1::bigint[]) ORDER BY id FOR UPDATE),@MINE@
 renewed AS (
   UPDATE dmm.matter m SET
     lease_until = now() + $3 * interval '1 millisecond'
    WHERE m.id = ANY ($1::bigint[]) AND m.lease_epoch = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
-     AND (SELECT count(*) FROM locked) >= 0
+     AND (SELECT count(*) FROM locked) >= 0@HOLDS_SLOT@
   RETURNING m.id
-)
+)@SLOTS@
 SELECT id FROM unnest($1::bigint[]) AS id WHERE id NOT IN (SELECT id FROM renewed)
 )sql";
 
@@ -381,25 +379,27 @@ SELECT id FROM unnest($1::bigint[]) AS id WHERE id NOT IN (SELECT id FROM renewe
 // one took the matter: running on would exceed the limit. The slot rows are
 // locked one matter at a time (a claim waiting for one re-checks it, and a
 // claim never waits for one: SKIP LOCKED).
-constexpr const char* kHeartbeatWithSlots = R"sql(
-WITH locked AS (SELECT id FROM dmm.matter WHERE id = ANY ($1::bigint[]) ORDER BY id FOR UPDATE),
+constexpr const char* kMineSlots = R"sql(
 mine AS (
   SELECT h.ctid, h.matter_id FROM unnest($1::bigint[], $2::bigint[]) AS o(id, epoch) CROSS JOIN LATERAL (
     SELECT ctid, matter_id FROM dmm.slot WHERE matter_id = o.id AND lease_epoch = o.epoch OFFSET 0 FOR UPDATE) h
-),
-renewed AS (
-  UPDATE dmm.matter m SET
-    lease_until = now() + $3 * interval '1 millisecond'
-   WHERE m.id = ANY ($1::bigint[]) AND m.lease_epoch = ($2::bigint[])[width_bucket(m.id, $1::bigint[])]
-     AND (SELECT count(*) FROM locked) >= 0 AND m.id IN (SELECT matter_id FROM mine)
-  RETURNING m.id
-),
+),)sql";
+constexpr const char* kHoldsSlot = " AND m.id IN (SELECT matter_id FROM mine)";
+constexpr const char* kRenewSlots = R"sql(,
 slots AS (
   UPDATE dmm.slot s SET held_until = now() + $3 * interval '1 millisecond'
    WHERE s.ctid = ANY (ARRAY(SELECT ctid FROM mine WHERE matter_id IN (SELECT id FROM renewed)))
-)
-SELECT id FROM unnest($1::bigint[]) AS id WHERE id NOT IN (SELECT id FROM renewed)
-)sql";
+))sql";
+
+const std::string& heartbeat_sql(bool with_slots) {
+  auto fill = [](const char* mine, const char* holds, const char* renew) {
+    return replace_all(replace_all(replace_all(kHeartbeatTemplate, "@MINE@", mine), "@HOLDS_SLOT@", holds),
+                       "@SLOTS@", renew);
+  };
+  static const std::string plain = fill("", "", "");
+  static const std::string slots = fill(kMineSlots, kHoldsSlot, kRenewSlots);
+  return with_slots ? slots : plain;
+}
 
 // The statements with the vocabulary and the shared "new generation, owed
 // now" filled in (store/sql.hpp), built once.
@@ -410,17 +410,18 @@ const std::string& upsert_sql() {
   return sql;
 }
 
-std::string lease_filled(const char* claim_template) {
-  return replace_all(replace_all(claim_template, "@LEASE@", kLeaseSet), "@LEASED@", kLeasedColumns);
+std::string claim_filled(const char* claim_template) {
+  return replace_all(replace_all(replace_all(claim_template, "@LEASE@", kLeaseSet), "@LEASED@", kLeasedColumns),
+                     "@RATE_AVAILABLE@", rate_available_sql());
 }
 
 const std::string& claim_sql() {
-  static const std::string sql = lease_filled(kClaim);
+  static const std::string sql = claim_filled(kClaim);
   return sql;
 }
 
 const std::string& claim_limited_sql() {
-  static const std::string sql = lease_filled(kClaimLimited);
+  static const std::string sql = claim_filled(kClaimLimited);
   return sql;
 }
 
@@ -442,8 +443,8 @@ void prepare_matter_statements(pqxx::connection& conn) {
   conn.prepare("dmm_claim_limited", claim_limited_sql());
   conn.prepare("dmm_release_slots", kReleaseSlots);
   conn.prepare("dmm_write_back", write_back_sql());
-  conn.prepare("dmm_heartbeat", kHeartbeat);
-  conn.prepare("dmm_heartbeat_with_slots", kHeartbeatWithSlots);
+  conn.prepare("dmm_heartbeat", heartbeat_sql(false));
+  conn.prepare("dmm_heartbeat_with_slots", heartbeat_sql(true));
 }
 
 std::vector<TokenOwed> upsert_matters(pqxx::transaction_base& txn, const std::string& bucket,

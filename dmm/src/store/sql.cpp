@@ -46,6 +46,11 @@ std::string token_priority_sql() {
                      to_string(Phase::pending), to_string(Phase::deleting), index_of(Priority::low));
 }
 
+std::string rate_available_sql() {
+  return "least(r.burst::double precision, "
+         "r.tokens + greatest(0, extract(epoch FROM now() - r.updated_at)) * 1000 * r.count / r.per_ms)";
+}
+
 Priority priority_of(const pqxx::field& number) {
   const auto p = static_cast<Priority>(number.as<int>());
   return is_known(p) ? p : Priority::normal;

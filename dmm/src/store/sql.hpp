@@ -36,6 +36,10 @@ std::string new_generation_owed_now(std::string_view free_phase, std::string_vie
 // or deleting, with no failed attempt), else low: a retry, a requeue or a
 // resync (docs/DESIGN.md, "Priority").
 std::string token_priority_sql();
+// The starts the rate limit of `dmm.rate r` allows now, fractional: its
+// tokens grown by count per per_ms since updated_at, capped at burst
+// (docs/DESIGN.md, "Rate limit"). The claim spends it; the views show it.
+std::string rate_available_sql();
 // A stored priority number as a class; normal for one this version does not
 // know (the column's CHECK allows none).
 Priority priority_of(const pqxx::field& number);

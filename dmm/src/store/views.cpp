@@ -41,10 +41,10 @@ constexpr const char* kMatch =
     "AND ($4::text IS NULL OR phase = $4)";
 
 // A dmm.rate row `r` as text: count, per_ms, burst and the starts it allows
-// now (the claim's formula, store/matters.cpp kClaimLimited).
-constexpr const char* kRateText =
-    "r.count || ' ' || r.per_ms || ' ' || r.burst || ' ' || least(r.burst::double precision, r.tokens + "
-    "greatest(0, extract(epoch FROM now() - r.updated_at)) * 1000 * r.count / r.per_ms)";
+// now (the claim's formula).
+std::string rate_text_sql() {
+  return "r.count || ' ' || r.per_ms || ' ' || r.burst || ' ' || " + detail::rate_available_sql();
+}
 
 RateState parse_rate(const std::string& text) {
   RateState rate;
@@ -106,7 +106,7 @@ SELECT id, kind, identity, phase, generation, materialized_generation, attempts,
  LIMIT $5)sql",
                                iso("due_at"), iso("(SELECT k.kick_at FROM dmm.kick k WHERE k.matter_id = matter.id)"),
                                iso("lease_until"), iso("leased_at"), iso("created_at"), iso("updated_at"),
-                               kRateText, kMatch);
+                               rate_text_sql(), kMatch);
   auto rows = tx.exec_params(sql, q.bucket, q.kind, q.identity, q.phase, q.limit);
   std::vector<MatterStatus> out;
   out.reserve(rows.size());
@@ -191,7 +191,7 @@ SELECT kind, phase, count(*),
       k.oldest_due_age_ms = age;
     }
   }
-  for (const auto& r : tx.exec_params(fmt::format("SELECT kind, {} FROM dmm.rate r WHERE bucket = $1", kRateText),
+  for (const auto& r : tx.exec_params(fmt::format("SELECT kind, {} FROM dmm.rate r WHERE bucket = $1", rate_text_sql()),
                                       bucket))
     for (auto& k : out)
       if (k.kind == r[0].as<std::string>()) k.rate = parse_rate(r[1].as<std::string>());
