@@ -66,6 +66,13 @@ latency = [
     ("graphile-worker addJob→handler start", "graphile-lat"),
     ("pg-boss send→handler start", "pgboss-lat"),
 ]
+# (label, case, metric prefix): the urgent case's rows.
+urgent = [
+    ("dmm notify(…, {.priority = high})→materialize start", "dmm-urgent", ""),
+    ("graphile-worker addJob(…, {priority: -1})→handler start", "graphile-urgent", ""),
+    ("dmm notify() return→materialize start (same runs)", "dmm-urgent", "from_return_"),
+    ("dmm notify() call, start to return (same runs)", "dmm-urgent", "notify_"),
+]
 memory_sizes = sorted({int(m.split("_")[2]) for (c, m) in values if c == "memory" and m.startswith("rss_kib_")})
 
 
@@ -100,6 +107,16 @@ if stat("dmm-lat", "notify_p50_ms"):
     lines.append("| dmm notify() call, start to return (same runs) | " + " | ".join(cells)
                  + f" | {load_of('dmm-lat')} |")
 lines.append("")
+if stat("dmm-urgent", "p99_ms") or stat("graphile-urgent", "p99_ms"):
+    backlog = stat("dmm-urgent", "backlog") or stat("graphile-urgent", "backlog")
+    lines.append(f"| urgent: high-priority single adds while a backlog of {backlog[0]:,.0f} drains "
+                 "| backlog drained/s | urgent/s during the drain | samples | p50 ms | p99 ms | max ms | load |")
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, case, prefix in urgent:
+        cells = [fmt(stat(case, m)) for m in ("backlog_per_s", "urgent_per_s", "samples")]
+        cells += [fmt(stat(case, prefix + m), "", 1) for m in ("p50_ms", "p99_ms", "max_ms")]
+        lines.append(f"| {label} | " + " | ".join(cells) + f" | {load_of(case)} |")
+    lines.append("")
 lines.append("| the most single notifies/s dmm sustains (20,000/s offered, 16 threads) | achieved/s | p50 ms | p99 ms |")
 lines.append("| --- | --- | --- | --- |")
 lines.append("| dmm Notify→materialize start, saturated | " + fmt(stat("dmm-lat-max", "achieved_per_s")) + " | "
@@ -204,8 +221,11 @@ x = stat("dmm-1p", "materialize_per_s")
 y = stat("graphile", "process_per_s")
 z = stat("pgboss", "process_per_s")
 p = stat("dmm-lat", "p99_ms")
+u = stat("dmm-urgent", "p99_ms")
+gu = stat("graphile-urgent", "p99_ms")
 xv, yv, zv = (s[0] if s else 0 for s in (x, y, z))
 best = max(yv, zv)
 ratio = xv / best if best else 0
 print(f"bench: dmm {xv:.0f}/s graphile-worker {yv:.0f}/s pg-boss {zv:.0f}/s "
-      f"ratio_vs_best_peer={ratio:.2f} p99_ms={p[0] if p else 0:.1f}")
+      f"ratio_vs_best_peer={ratio:.2f} p99_ms={p[0] if p else 0:.1f} "
+      f"urgent_p99_ms={u[0] if u else 0:.1f} gw_urgent_p99_ms={gu[0] if gu else 0:.1f}")

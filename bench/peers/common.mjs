@@ -58,8 +58,9 @@ export async function waitAllDone(db, countLeft, anyLeft, params, timeoutS) {
 // Calls send(k) for k = 0, 1, ... at `rate` per second on a fixed schedule
 // for `durationS` seconds (open loop: a slow send does not delay the next
 // ones' schedule), at most `inFlight` at once; sends that could not start
-// within the duration are not made. Returns { sent, achieved rate }.
-export async function sendSteadily(rate, durationS, inFlight, send) {
+// within the duration, or once stop() returns true, are not made. Returns
+// { sent, achieved rate }.
+export async function sendSteadily(rate, durationS, inFlight, send, stop = () => false) {
   const start = nowNs();
   const total = Math.max(1, Math.round(rate * durationS));
   let next = 0, running = 0, sent = 0, failed = null;
@@ -67,8 +68,9 @@ export async function sendSteadily(rate, durationS, inFlight, send) {
     const tick = () => {
       if (failed) return resolve();
       const elapsed = seconds(start, nowNs());
-      const due = elapsed >= durationS ? next : Math.min(total, Math.floor(elapsed * rate) + 1);
-      if (elapsed >= durationS) next = total;  // stop: the rest is not sent
+      const over = elapsed >= durationS || stop();
+      const due = over ? next : Math.min(total, Math.floor(elapsed * rate) + 1);
+      if (over) next = total;  // stop: the rest is not sent
       while (next < due && running < inFlight) {
         const k = next++;
         running++;
@@ -82,7 +84,12 @@ export async function sendSteadily(rate, durationS, inFlight, send) {
         const drain = () => (running === 0 ? resolve() : setTimeout(drain, 1));
         return drain();
       }
-      setImmediate(tick);
+      // Sleep until the next one is due, unless it is due within 2 ms (timers
+      // fire about 1 ms late): polling with setImmediate would spin a core
+      // that the worker in this process and PostgreSQL need.
+      const untilNextMs = (next / rate - seconds(start, nowNs())) * 1000;
+      if (running < inFlight && untilNextMs > 2) setTimeout(tick, untilNextMs - 1);
+      else setImmediate(tick);
     };
     tick();
   });

@@ -1,9 +1,9 @@
 // dmm's side of scripts/bench: a no-op worker process, and drivers that measure
-// bulk throughput, Notify→materialize-start latency and worker memory.
+// bulk throughput, Notify→materialize-start latency and worker memory (and,
+// in their own files, urgent notifies behind a backlog).
 // Each driver run prints "RESULT <metric> <value>" lines on stdout.
 #include <CLI/CLI.hpp>
 #include <algorithm>
-#include <atomic>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -19,71 +19,21 @@
 #include <thread>
 #include <tuple>
 
+#include "harness.hpp"
 #include "process.hpp"
 
+namespace bench {
 namespace {
 
-using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
-
-// CLOCK_MONOTONIC in ns: the same clock in every process of the machine, so
-// a notify time taken in the driver can be compared in the worker.
-std::int64_t now_ns() {
-  return std::chrono::duration_cast<std::chrono::nanoseconds>(Clock::now().time_since_epoch()).count();
-}
-
-// Every materialize-start latency seen by this worker, in ns.
-struct LatencyLog {
-  std::mutex mu;
-  std::vector<std::int64_t> ns;
-  void add(std::int64_t v) {
-    std::lock_guard lock(mu);
-    ns.push_back(v);
-  }
-};
-
-// The no-op materializer. t_ns > 0: the driver's clock when it called notify.
-struct Noop {
-  std::string id;
-  std::int64_t t_ns = 0;
-  std::string identity() const { return id; }
-  dmm::Result materialize(dmm::Context& ctx) {
-    if (t_ns > 0) ctx.service<LatencyLog>().add(now_ns() - t_ns);
-    return dmm::Result::done();
-  }
-};
-NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Noop, id, t_ns)
-
-constexpr const char* kKind = "noop";
-
-struct Common {
-  std::string postgres, nats, bucket;
-  int concurrency = 64, batch = 256;
-  long token_grace_ms = 5000;  // dmm's default
-  int history_limit = 10;      // dmm's default; 0 turns the attempt history off
-};
-
-void result(const std::string& metric, double value) {
-  std::printf("RESULT %s %.6g\n", metric.c_str(), value);
-  std::fflush(stdout);
-}
-
-dmm::Bucket open_bucket(const Common& c) {
-  auto bucket = dmm::Bucket::open({.name = c.bucket,
-                                   .postgres = c.postgres,
-                                   .nats = c.nats,
-                                   .token_grace = std::chrono::milliseconds(c.token_grace_ms)});
-  bucket.register_kind<Noop>(kKind,
-                             {.concurrency = c.concurrency, .batch = c.batch, .history_limit = c.history_limit});
-  return bucket;
-}
 
 // ---------------------------------------------------------------- worker
 
-int run_worker(const Common& c, const std::string& latency_out) {
+int run_worker(const Common& c, const std::string& latency_out, long backlog) {
   dmm::StopSignals signals;  // SIGTERM stops the bucket; before any thread starts
   auto bucket = open_bucket(c);
   auto latencies = std::make_shared<LatencyLog>();
+  latencies->backlog = backlog;
   bucket.provide(latencies);
   std::printf("running %lld\n", static_cast<long long>(now_ns()));
   std::fflush(stdout);
@@ -91,104 +41,13 @@ int run_worker(const Common& c, const std::string& latency_out) {
   if (!latency_out.empty()) {
     std::ofstream out(latency_out);
     std::lock_guard lock(latencies->mu);
-    for (auto v : latencies->ns) out << v << '\n';
+    for (std::size_t i = 0; i < latencies->sent_ns.size(); ++i)
+      out << latencies->sent_ns[i] << ' ' << latencies->started_ns[i] << '\n';
   }
   return 0;
 }
 
-// ---------------------------------------------------------------- driver helpers
-
-std::vector<std::string> worker_argv(const Common& c, const std::string& latency_out = "") {
-  std::vector<std::string> argv = {"/proc/self/exe", "worker",   "--postgres",    c.postgres,
-                                   "--nats",         c.nats,     "--bucket",      c.bucket,
-                                   "--concurrency",  std::to_string(c.concurrency), "--batch",
-                                   std::to_string(c.batch),
-                                   "--token-grace-ms", std::to_string(c.token_grace_ms),
-                                   "--history-limit", std::to_string(c.history_limit)};
-  if (!latency_out.empty()) argv.insert(argv.end(), {"--latency-out", latency_out});
-  // /proc/self/exe of the child would be the child itself: resolve it here.
-  char self[4096];
-  const auto n = readlink("/proc/self/exe", self, sizeof self - 1);
-  if (n > 0) argv[0] = std::string(self, static_cast<std::size_t>(n));
-  return argv;
-}
-
-// Waits for the worker's "running <ns>" line; returns <ns>.
-std::int64_t wait_running(bench::Child& child) {
-  while (true) {
-    auto line = child.read_line();
-    if (line.rfind("running ", 0) == 0) return std::stoll(line.substr(8));
-  }
-}
-
-// Waits until every matter of the bucket is ready at its latest generation,
-// as stored in dmm.matter; returns when that was seen. Matters still owed work
-// have a row in dmm.kick (it is deleted when they are ready or failed), and
-// its index on (bucket, kind, kick_at) finds them. Counting them costs the server real
-// CPU, so it counts at most every 500 ms (to estimate when the work ends)
-// and in between only asks whether any is left, more often near the end.
-Clock::time_point wait_all_ready(pqxx::connection& conn, const std::string& bucket, long expected,
-                                 std::chrono::seconds timeout) {
-  const auto deadline = Clock::now() + timeout;
-  double per_ms = 0;  // rows finished per ms, from the last two counts
-  long counted = -1;
-  auto counted_at = Clock::now();
-  while (Clock::now() < deadline) {
-    pqxx::nontransaction tx(conn);
-    const auto now = Clock::now();
-    bool any_left;
-    if (counted < 0 || now - counted_at >= 500ms) {
-      const long left = tx.exec_params1("SELECT count(*) FROM dmm.kick WHERE bucket = $1 AND kind = $2",
-                                        bucket, kKind)[0]
-                            .as<long>();
-      if (counted > left)
-        per_ms = double(counted - left) / std::chrono::duration<double, std::milli>(now - counted_at).count();
-      counted = left, counted_at = now, any_left = left > 0;
-    } else {
-      any_left = tx.exec_params1("SELECT EXISTS (SELECT 1 FROM dmm.kick WHERE bucket = $1 AND kind = $2)",
-                                 bucket, kKind)[0]
-                     .as<bool>();
-    }
-    const auto at = Clock::now();
-    if (!any_left) {
-      const long ready = tx.exec_params1("SELECT count(*) FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND phase = "
-                                         "'ready' AND generation = materialized_generation",
-                                         bucket, kKind)[0]
-                             .as<long>();
-      if (ready >= expected) return at;
-    }
-    auto pause = 50ms;
-    if (per_ms > 0) {
-      const double eta_ms = counted / per_ms - std::chrono::duration<double, std::milli>(at - counted_at).count();
-      pause = std::chrono::milliseconds(static_cast<long>(std::max(0.0, eta_ms) / 2));
-    }
-    std::this_thread::sleep_for(std::clamp<std::chrono::milliseconds>(pause, 5ms, 250ms));
-  }
-  throw std::runtime_error(fmt::format("bucket {}: not every matter was ready after {}s", bucket, timeout.count()));
-}
-
-void drop_bucket_rows(pqxx::connection& conn, const std::string& bucket) {
-  pqxx::nontransaction tx(conn);
-  tx.exec_params("DELETE FROM dmm.matter WHERE bucket = $1", bucket);
-  tx.exec_params("DELETE FROM dmm.kick WHERE bucket = $1", bucket);
-  // Attempt history (migration 0002), so that every run starts alike.
-  if (!tx.exec1("SELECT to_regclass('dmm.attempt') IS NULL")[0].as<bool>())
-    tx.exec_params("DELETE FROM dmm.attempt WHERE bucket = $1", bucket);
-  tx.exec("VACUUM ANALYZE dmm.matter");
-}
-
-double seconds_between(Clock::time_point a, Clock::time_point b) { return std::chrono::duration<double>(b - a).count(); }
-
 // ---------------------------------------------------------------- throughput
-
-// The next up to 10,000 no-op matters "<prefix><i>" of n, advancing i: the
-// size of one bulk notify call.
-std::vector<Noop> next_chunk(const char* prefix, long& i, long n) {
-  std::vector<Noop> chunk;
-  for (long j = 0; j < 10'000 && i < n; ++j, ++i) chunk.push_back({fmt::format("{}{}", prefix, i), 0});
-  return chunk;
-}
-
 
 // Creates the bucket's stream as dmm would (WorkQueue, MaxMsgsPerSubject = 1)
 // but with DiscardNewPerSubject: a publish for a matter whose token is still
@@ -255,13 +114,6 @@ int run_throughput(const Common& c, long n, int workers, bool analyze_during_not
 
 // ---------------------------------------------------------------- latency
 
-double percentile(std::vector<std::int64_t>& v, double p) {
-  if (v.empty()) return 0;
-  const auto k = static_cast<std::size_t>(std::min<double>(v.size() - 1, p * (v.size() - 1) + 0.5));
-  std::nth_element(v.begin(), v.begin() + static_cast<std::ptrdiff_t>(k), v.end());
-  return v[k] / 1e6;
-}
-
 int run_latency(const Common& c, double rate, double seconds, int threads, const std::string& tmp) {
   pqxx::connection conn(c.postgres);
   const std::string latency_file = tmp + "/latency-" + c.bucket + ".txt";
@@ -273,41 +125,28 @@ int run_latency(const Common& c, double rate, double seconds, int threads, const
   // Open loop on a fixed schedule for `seconds`; notifies that could not be
   // started by then (the notifiers fell behind) are not sent.
   const long scheduled = std::max<long>(1, static_cast<long>(rate * seconds));
-  std::atomic<long> next{0}, total{0};
-  LatencyLog notify_ns;  // how long each notify() call took
   const auto start = Clock::now() + 20ms;
   const auto stop_at = start + std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
-  std::vector<std::jthread> notifiers;
-  for (int t = 0; t < threads; ++t)
-    notifiers.emplace_back([&] {
-      for (long k; (k = next++) < scheduled;) {
-        std::this_thread::sleep_until(start + std::chrono::nanoseconds(static_cast<std::int64_t>(k * 1e9 / rate)));
-        if (Clock::now() >= stop_at) break;
-        const auto t0 = now_ns();
-        bucket.notify(Noop{fmt::format("l-{}", k), t0});
-        notify_ns.add(now_ns() - t0);
-        ++total;
-      }
-    });
-  notifiers.clear();
+  auto calls = notify_steadily(bucket, "l-", {}, rate, threads, scheduled, start, stop_at);
   const auto sent = Clock::now();
-  wait_all_ready(conn, c.bucket, total.load(), std::chrono::seconds(120));
+  const long total = static_cast<long>(calls.called_ns.size());
+  std::vector<std::int64_t> notify_ns;  // how long each notify() call took
+  for (long i = 0; i < total; ++i) notify_ns.push_back(calls.returned_ns[i] - calls.called_ns[i]);
+  wait_all_ready(conn, c.bucket, total, std::chrono::seconds(120));
   worker.stop();
 
   std::vector<std::int64_t> ns;
-  std::ifstream in(latency_file);
-  for (std::int64_t v; in >> v;) ns.push_back(v);
-  std::remove(latency_file.c_str());
+  for (auto [called, started] : take_timed_starts(latency_file)) ns.push_back(started - called);
   result("offered_per_s", rate);
-  result("achieved_per_s", static_cast<double>(total) / seconds_between(start, sent));
+  result("achieved_per_s", total / seconds_between(start, sent));
   result("samples", static_cast<double>(ns.size()));
   result("p50_ms", percentile(ns, 0.50));
   result("p99_ms", percentile(ns, 0.99));
   result("max_ms", percentile(ns, 1.0));
-  result("notify_p50_ms", percentile(notify_ns.ns, 0.50));
-  result("notify_p99_ms", percentile(notify_ns.ns, 0.99));
+  result("notify_p50_ms", percentile(notify_ns, 0.50));
+  result("notify_p99_ms", percentile(notify_ns, 0.99));
   drop_bucket_rows(conn, c.bucket);
-  return ns.size() >= static_cast<std::size_t>(total.load()) ? 0 : 1;
+  return ns.size() >= static_cast<std::size_t>(total) ? 0 : 1;
 }
 
 // ---------------------------------------------------------------- burst
@@ -384,9 +223,11 @@ SELECT $1, $2, 'm-' || g, jsonb_build_object('id', 'm-' || g, 't_ns', 0), 1, 1, 
 }
 
 }  // namespace
+}  // namespace bench
 
 int main(int argc, char** argv) {
-  CLI::App app{"dmm benchmark: worker, throughput, latency, burst, memory (run by scripts/bench)"};
+  using namespace bench;
+  CLI::App app{"dmm benchmark: worker, throughput, latency, burst, urgent, memory (run by scripts/bench)"};
   app.require_subcommand(1);
   Common c;
   auto add_common = [&](CLI::App* sub) {
@@ -403,15 +244,17 @@ int main(int argc, char** argv) {
         ->capture_default_str();
   };
   std::string latency_out, tmp = "/tmp";
-  long n = 100'000;
+  long n = 100'000, backlog = 0;
   bool analyze = false, discard_new = false;
   int workers = 1, threads = 4, due = 100, runs = 3, settle_ms = 3000;
-  double rate = 1000, seconds = 10;
+  double rate = 1000, urgent_rate = 200, seconds = 10;
   std::vector<long> sizes = {10'000, 100'000, 1'000'000};
 
   auto* worker = app.add_subcommand("worker", "a no-op worker process (SIGTERM stops it)");
   add_common(worker);
-  worker->add_option("--latency-out", latency_out, "write materialize-start latencies (ns) here at exit");
+  worker->add_option("--latency-out", latency_out, "write '<notify ns> <start ns>' per timed start here at exit");
+  worker->add_option("--backlog", backlog, "print 'backlog-first/started <ns>' at the first and last of this many "
+                                           "untimed starts");
 
   auto* throughput = app.add_subcommand("throughput", "notify N in bulk, then time W worker processes");
   add_common(throughput);
@@ -432,6 +275,13 @@ int main(int argc, char** argv) {
   add_common(burst);
   burst->add_option("--n", n)->capture_default_str();
 
+  auto* urgent = app.add_subcommand("urgent", "high-priority single notifies while a bulk backlog of N drains");
+  add_common(urgent);
+  urgent->add_option("--n", n, "matters in the backlog (normal priority, notify_many)")->capture_default_str();
+  urgent->add_option("--rate", urgent_rate, "high-priority notifies per second")->capture_default_str();
+  urgent->add_option("--threads", threads, "notifying threads")->capture_default_str();
+  urgent->add_option("--tmp", tmp)->capture_default_str();
+
   auto* memory = app.add_subcommand("memory", "worker RSS with many stored matters, few due");
   add_common(memory);
   memory->add_option("--sizes", sizes)->delimiter(',')->capture_default_str();
@@ -451,11 +301,12 @@ int main(int argc, char** argv) {
   }
   spdlog::set_level(spdlog::level::warn);
   try {
-    if (*worker) return run_worker(c, latency_out);
+    if (*worker) return run_worker(c, latency_out, backlog);
     if (*throughput) return run_throughput(c, n, workers, analyze, discard_new);
     if (*latency) return run_latency(c, rate, seconds, threads, tmp);
     if (*memory) return run_memory(c, sizes, due, runs, settle_ms);
     if (*burst) return run_burst(c, n);
+    if (*urgent) return run_urgent(c, n, urgent_rate, threads, tmp);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "dmm_bench: %s\n", e.what());
     return 1;
