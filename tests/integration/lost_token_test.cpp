@@ -135,6 +135,7 @@ TEST_CASE("a matter owed work before migration 0005 still converges after it", "
     tx.exec("DROP TABLE dmm.kick");
     tx.exec("ALTER TABLE dmm.matter DROP COLUMN priority");  // 0006
     tx.exec("DROP TABLE dmm.slot, dmm.rate");                 // 0007
+    tx.exec("ALTER TABLE dmm.matter DROP COLUMN fair_key");   // 0008
     tx.exec("DELETE FROM dmm.schema_migrations WHERE version >= 5");
     tx.commit();
   }

@@ -68,6 +68,7 @@ TEST_CASE("every statement of the hot path is planned as index probes, even on t
       {"dmm_upsert", "('b', 'noop', '[{\"identity\": \"a\", \"state\": {}}]', 500)"},
       {"dmm_claim", "('{1,2,3}', 'b', 'noop', 'w', 3000)"},
       {"dmm_claim_limited", "('{1,2,3}', 'b', 'noop', 'w', 3000, 5, true)"},
+      {"dmm_claim_fair", "('{1,2,3}', 'b', 'noop', 'w', 3000, 0, false, 'tenant-1', 1)"},
       {"dmm_release_slots", "('b', 'noop', '{1,2}', '{1,1}')"},
       {"dmm_write_back",
        "('{1,2}', '{1,1}', '{1,1}', '{1,5}', '{0,0}', '{1,1}', '{1,1}', '{1,1}', '{\"1\": {\"state\": {}}}', 500, "

@@ -83,6 +83,9 @@ class Bucket {
         return std::vector<Dependency>(state.get<T>().dependencies());
       };
     }
+    if constexpr (HasTenant<T>) {
+      hooks.tenant = [](const nlohmann::json& state) { return std::string(state.get<T>().tenant()); };
+    }
     return detail::register_kind(*core_, std::move(name), options, std::move(hooks));
   }
 

@@ -26,6 +26,8 @@
 // Optional: `void finalize(Context&)` is called after Bucket::remove and
 // before the matter is deleted, like a Kubernetes finalizer; it follows the
 // same retry rules. Types without it are deleted at once.
+// Optional: `std::string tenant() const` names the matter's fairness key:
+// claims of the kind rotate across tenants (KindOptions::fairness_key).
 #pragma once
 
 #include <concepts>
@@ -46,6 +48,13 @@ concept Materializer = std::default_initializable<T> && std::copy_constructible<
       { nlohmann::json(ct) };
       { j.get<T>() } -> std::same_as<T>;
     };
+
+// A tenant() member makes the kind fair across tenants: claims rotate
+// across them (KindOptions::fairness_key).
+template <class T>
+concept HasTenant = requires(const T& t) {
+  { t.tenant() } -> std::convertible_to<std::string>;
+};
 
 template <class T>
 concept HasFinalize = requires(T& t, Context& ctx) { t.finalize(ctx); };

@@ -6,7 +6,9 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
+#include <nlohmann/json_fwd.hpp>
 #include <optional>
 #include <string>
 
@@ -161,6 +163,18 @@ struct KindOptions {
   // leased by no one, while the rate is spent, and `dmmctl why` says so. The
   // values of the worker that started last are in force. Default: none.
   RateLimit rate_limit{};
+  // Fairness across tenants (Hatchet's GROUP_ROUND_ROBIN): a function of a
+  // matter's state that names its key, such as its tenant. Among the due
+  // matters of one priority class, the claims of this kind take matters key
+  // by key in turn, so a key with a million due matters does not starve one
+  // with ten (docs/DESIGN.md, "Fairness"). A Materializer with a
+  // `std::string tenant() const` member is fair by it without this option;
+  // the option wins over the member. A key is 1-256 bytes: an empty or a
+  // longer one (or a function that throws) makes the notify an
+  // InvalidArgument naming the matter. Every process that notifies or works
+  // the kind must register it alike. Default: none (claims take the matters
+  // their tokens name, in token order).
+  std::function<std::string(const nlohmann::json& state)> fairness_key{};
 };
 
 // How urgent a matter's work is. Workers in every process take due matters

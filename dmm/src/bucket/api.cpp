@@ -17,10 +17,28 @@
 namespace dmm::detail {
 namespace {
 
+// The fairness key of a matter of a fair kind, validated (docs/DESIGN.md,
+// "Fairness"); nullopt for other kinds.
+std::optional<std::string> fair_key_of(const Kind& k, const JsonMatter& m) {
+  const auto& key_of = k.options.fairness_key ? k.options.fairness_key : k.hooks.tenant;
+  if (!key_of) return std::nullopt;
+  std::string key;
+  try {
+    key = key_of(m.state);
+  } catch (const std::exception& e) {
+    throw InvalidArgument(fmt::format("kind '{}' identity '{}': its fairness key could not be read: {}; "
+                                      "KindOptions::fairness_key (or the type's tenant()) must not throw",
+                                      k.name, m.identity.substr(0, 64), e.what()));
+  }
+  validate_fair_key(k.name, m.identity, key);
+  return key;
+}
+
 // Validates each notified matter and gives it the delay and priority
-// `options` ask for.
-void prepare_notified(const BucketCore& core, const std::string& kind, std::vector<JsonMatter>& matters,
+// `options` ask for, and its fairness key.
+void prepare_notified(const BucketCore& core, const Kind& k, std::vector<JsonMatter>& matters,
                       const NotifyOptions& options) {
+  const auto& kind = k.name;
   const auto delay_ms = notify_delay_ms(options, kind);
   validate_priority(options, kind);
   for (auto& m : matters) {
@@ -28,6 +46,7 @@ void prepare_notified(const BucketCore& core, const std::string& kind, std::vect
     check_state_size(m.state, core.options().max_state_bytes, StateSource::notify, kind, m.identity);
     m.delay_ms = delay_ms;
     m.priority = options.priority;
+    m.fair_key = fair_key_of(k, m);
   }
 }
 
@@ -137,7 +156,7 @@ void store_notifies(BucketCore& core, const std::string& kind, const std::vector
 void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> matters,
             const NotifyOptions& options) {
   const auto& k = core.kind(kind);
-  prepare_notified(core, kind, matters, options);
+  prepare_notified(core, k, matters, options);
   if (matters.size() == 1 && !k.hooks.dependencies) {
     // Written together with concurrent notifies of the kind (notify_group.hpp).
     core.notify_groups().notify(kind, std::move(matters.front()), [&](std::vector<JsonMatter>& batch) {
@@ -165,7 +184,7 @@ void notify(BucketCore& core, const std::string& kind, std::vector<JsonMatter> m
 void notify_in(BucketCore& core, pqxx::transaction_base& txn, const std::string& kind,
                std::vector<JsonMatter> matters, const NotifyOptions& options) {
   const auto& k = core.kind(kind);
-  prepare_notified(core, kind, matters, options);
+  prepare_notified(core, k, matters, options);
   for_each_chunk(last_state_wins(std::move(matters)), [&](const std::vector<JsonMatter>& chunk, std::size_t) {
     // Kicked now: a sweeper woken by the NOTIFY at commit publishes the tokens.
     upsert_matters(txn, core.options().name, kind, chunk, std::chrono::milliseconds(0), false);
@@ -197,6 +216,7 @@ bool update(BucketCore& core, const std::string& kind, std::string_view identity
         JsonMatter m{std::string(identity), nlohmann::json::parse(*stored)};
         change(m.state);
         check_state_size(m.state, core.options().max_state_bytes, StateSource::notify, kind, m.identity);
+        m.fair_key = fair_key_of(k, m);
         std::vector<JsonMatter> one;
         one.push_back(std::move(m));
         const auto deps = dependencies_of(k, one);

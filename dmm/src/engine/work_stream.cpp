@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <optional>
 #include <fmt/format.h>
 #include <random>
 #include <spdlog/spdlog.h>
@@ -212,6 +213,7 @@ std::vector<WorkStreamEngine::Fetched> WorkStreamEngine::take_fetched(int room) 
   std::size_t ids = 0;
   for (auto p : kPrioritiesHighFirst) {
     auto& queue = fetched_[index_of(p)];
+    if (fair() && !taken.empty()) break;
     while (!queue.empty() && ids < static_cast<std::size_t>(room)) {
       ids += queue.front().ids.size();
       fetched_ids_ -= queue.front().ids.size();
@@ -320,8 +322,14 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Fetched>
   if (!leftover.empty())
     deps_.logger->debug("bucket '{}' kind '{}': {} matter(s) fit; sending {} matter(s) again in new tokens",
                         deps_.options.name, kind_.name, ids.size(), leftover.size());
+  // A fair kind's claim picks its matters key by key among the due ones of
+  // the tokens' class; the tokens only say how many.
+  const auto token_class = tokens.front().priority;
+  std::optional<FairTurn> turn;
+  if (fair()) turn = FairTurn{token_class, fair_after_[index_of(token_class)]};
   auto [claimed, waiting] = claim(conn, deps_.options.name, kind_.name, ids, deps_.worker_id,
-                                  kind_.options.lease_ttl, limits());
+                                  kind_.options.lease_ttl, limits(), turn ? &*turn : nullptr);
+  if (turn) fair_after_[index_of(token_class)] = std::move(turn->after);
   // The part of a token that did not fit goes out as a token of its own
   // before that token is acked.
   if (!leftover.empty()) deps_.publish(kind_.name, leftover_class, leftover);
@@ -360,7 +368,8 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Fetched>
     std::lock_guard lock(mu_);
     for (auto& row : claimed) {
       auto item = std::make_shared<Item>();
-      item->priority = class_of[row.id];
+      const auto named = class_of.find(row.id);  // a fair claim's pick may be named by no token
+      item->priority = named != class_of.end() ? named->second : token_class;
       item->row = std::move(row);
       held_[item->row.id] = item;
       ready_[index_of(item->priority)].push_back(std::move(item));

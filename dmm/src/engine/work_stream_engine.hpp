@@ -75,7 +75,8 @@ class WorkStreamEngine {
   bool may_fetch(Priority priority) const;
   void run_dispatcher(std::stop_token stop);
   // Up to about `room` matters' worth of fetched tokens, highest class first,
-  // oldest first within a class (mu_ held).
+  // oldest first within a class; of one class only for a fair kind, whose
+  // claim picks matters of one class (mu_ held).
   std::vector<Fetched> take_fetched(int room);
   // Fetched tokens waiting longer than a claim could take (their class kept
   // losing to higher ones), handed back to the stream for any worker (mu_
@@ -87,6 +88,8 @@ class WorkStreamEngine {
   void claim_tokens(pqxx::connection& conn, std::vector<Fetched>& tokens, int room);
   // The kind's global limits, as the claim takes them.
   ClaimLimits limits() const;
+  // Whether the kind has a fairness key (KindOptions::fairness_key, tenant()).
+  bool fair() const { return kind_.options.fairness_key || kind_.hooks.tenant; }
   // How many matters the dispatcher may claim now (mu_ held).
   int claim_room() const;
   // With global limits: whether a claim may find room under them now (mu_
@@ -128,6 +131,9 @@ class WorkStreamEngine {
   // process may have, or the rate has grown).
   bool limits_eased_ = true;
   std::chrono::steady_clock::time_point limits_retry_at_{};
+  // Owned by the dispatcher thread, by index_of(Priority): a fair kind's
+  // place in its rotation across keys (docs/DESIGN.md, "Fairness").
+  std::array<std::string, kPriorities.size()> fair_after_;
   std::vector<Outcome> done_;                                      // guarded by mu_
   std::unordered_map<std::int64_t, std::shared_ptr<Item>> held_;  // guarded by mu_: every lease we hold
   int running_ = 0;                                                // guarded by mu_

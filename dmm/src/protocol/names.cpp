@@ -76,6 +76,17 @@ void validate_identity(std::string_view kind, std::string_view identity) {
         identity.size()));
 }
 
+void validate_fair_key(std::string_view kind, std::string_view identity, std::string_view key) {
+  const auto bad = [&](const std::string& what) {
+    throw InvalidArgument(fmt::format("kind '{}' identity '{}': fairness key {}; KindOptions::fairness_key (or the "
+                                      "type's tenant()) must give 1-{} bytes of UTF-8 text",
+                                      kind, shown(identity), what, kMaxFairKeyBytes));
+  };
+  if (key.empty()) bad("is empty");
+  if (key.size() > kMaxFairKeyBytes) bad(fmt::format("'{}...' is {} bytes", shown(key.substr(0, 32)), key.size()));
+  if (key.find('\0') != std::string_view::npos || !valid_utf8(key)) bad("is not valid UTF-8 or contains NUL");
+}
+
 void check_state_size(const nlohmann::json& state, std::size_t limit, StateSource source, std::string_view kind,
                       std::string_view identity) {
   std::size_t size = 0;

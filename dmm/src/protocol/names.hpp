@@ -22,6 +22,12 @@ void validate_name(std::string_view what, std::string_view name);
 // 1-1024 bytes of valid UTF-8 without NUL; InvalidArgument naming the kind.
 void validate_identity(std::string_view kind, std::string_view identity);
 
+// Most bytes of a fairness key (KindOptions::fairness_key).
+inline constexpr std::size_t kMaxFairKeyBytes = 256;
+// InvalidArgument naming the matter unless `key` is 1-256 bytes of UTF-8
+// without NUL.
+void validate_fair_key(std::string_view kind, std::string_view identity, std::string_view key);
+
 // Who left a state that is checked against BucketOptions::max_state_bytes:
 // a notify (InvalidArgument, nothing is stored) or a materializer
 // (TerminalError: retrying would leave the same state).

@@ -41,7 +41,8 @@ WITH due AS (
   RETURNING matter_id
 ), published AS (
   -- Every row of `looked` that publishes (its kick row is locked by `due`).
-  UPDATE dmm.kick SET kick_at = now() + $4 * interval '1 millisecond'
+  -- Its lease, if any, ran out: a fair claim's `held` no longer holds.
+  UPDATE dmm.kick SET kick_at = now() + $4 * interval '1 millisecond', held = false
    WHERE matter_id = ANY (ARRAY(SELECT matter_id FROM looked WHERE publish IS TRUE))
 ), later AS (
   UPDATE dmm.kick k SET kick_at = (
@@ -72,13 +73,14 @@ void prepare_kick_statements(pqxx::connection& conn) {
 void arm_kicks(pqxx::transaction_base& txn, const std::vector<std::int64_t>& ids, std::chrono::milliseconds grace) {
   if (ids.empty()) return;
   static const std::string sql = replace_all(R"sql(
-INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at, priority)
+INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at, priority, fair_key)
 SELECT m.id, m.bucket, m.kind,
        CASE WHEN m.lease_until >= now() THEN m.lease_until ELSE now() + $2 * interval '1 millisecond' END,
-       @TOKEN_PRIORITY@
+       @TOKEN_PRIORITY@, m.fair_key
   FROM dmm.matter m WHERE m.id = ANY ($1::bigint[]) AND m.due_at IS NOT NULL
  ORDER BY m.id
-ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at), priority = EXCLUDED.priority)sql",
+ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at), priority = EXCLUDED.priority,
+                                      fair_key = EXCLUDED.fair_key)sql",
                                              "@TOKEN_PRIORITY@", token_priority_sql());
   txn.exec_params(sql, bigint_array(ids), grace.count());
 }
@@ -124,12 +126,13 @@ WITH batch AS (
 ), up AS (
   UPDATE dmm.matter m SET due_at = now() + random() * $4 * interval '1 millisecond'
    WHERE m.id = ANY (ARRAY(SELECT id FROM picked))
-  RETURNING m.id, m.due_at
+  RETURNING m.id, m.due_at, m.fair_key
 ), kick AS (
   -- A resync is low (store/sql.hpp, token_priority_sql).
-  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at, priority)
-  SELECT id, $1, $2, due_at, {} FROM up ORDER BY id
-  ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at), priority = EXCLUDED.priority
+  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at, priority, fair_key)
+  SELECT id, $1, $2, due_at, {}, fair_key FROM up ORDER BY id
+  ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at), priority = EXCLUDED.priority,
+                                        fair_key = EXCLUDED.fair_key
 )
 SELECT (SELECT max(id) FROM batch), (SELECT count(*) FROM up))sql",
                                              to_string(Phase::ready), index_of(Priority::low));

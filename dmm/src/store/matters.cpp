@@ -51,7 +51,8 @@ namespace {
 // was planned as a join over every row of the bucket while it grew.
 constexpr const char* kUpsertTemplate = R"sql(
 WITH r AS (
-  SELECT * FROM jsonb_to_recordset($3::jsonb) AS r(identity text, state jsonb, delay_ms bigint, priority smallint)
+  SELECT * FROM jsonb_to_recordset($3::jsonb)
+    AS r(identity text, state jsonb, delay_ms bigint, priority smallint, fair_key text)
 ), found AS (
   SELECT f.id FROM r CROSS JOIN LATERAL (
     SELECT id FROM dmm.matter WHERE bucket = $1 AND kind = $2 AND identity = r.identity OFFSET 0) f
@@ -59,25 +60,27 @@ WITH r AS (
   SELECT l.id FROM (SELECT id FROM found ORDER BY id) s
    CROSS JOIN LATERAL (SELECT id FROM dmm.matter WHERE id = s.id FOR UPDATE) l
 ), up AS (
-  INSERT INTO dmm.matter AS m (bucket, kind, identity, state, due_at, priority)
+  INSERT INTO dmm.matter AS m (bucket, kind, identity, state, due_at, priority, fair_key)
   SELECT $1, $2, r.identity, r.state, now() + coalesce(r.delay_ms, 0) * interval '1 millisecond',
-         coalesce(r.priority, @NORMAL@)
+         coalesce(r.priority, @NORMAL@), r.fair_key
     FROM r WHERE (SELECT count(*) FROM locked) >= 0
    ORDER BY r.identity
   ON CONFLICT (bucket, kind, identity) DO UPDATE SET
     state = EXCLUDED.state,
     deleted_at = NULL,
     priority = EXCLUDED.priority,
+    fair_key = EXCLUDED.fair_key,
     @NEW_GENERATION@
   WHERE m.state IS DISTINCT FROM EXCLUDED.state OR m.deleted_at IS NOT NULL
   RETURNING m.id, m.lease_until >= now() AS leased, m.lease_until, m.due_at > now() AS delayed, m.due_at,
-            m.priority
+            m.priority, m.fair_key
 ), kick AS (
-  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at, priority)
+  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at, priority, fair_key)
   SELECT id, $1, $2, CASE WHEN leased THEN lease_until WHEN delayed THEN due_at
-                          ELSE now() + $4 * interval '1 millisecond' END, priority
+                          ELSE now() + $4 * interval '1 millisecond' END, priority, fair_key
     FROM up ORDER BY id
-  ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at), priority = EXCLUDED.priority
+  ON CONFLICT (matter_id) DO UPDATE SET kick_at = least(k.kick_at, EXCLUDED.kick_at), priority = EXCLUDED.priority,
+                                        fair_key = EXCLUDED.fair_key
 )
 SELECT id, leased IS NOT TRUE AND NOT delayed, priority FROM up
 )sql";
@@ -113,41 +116,45 @@ constexpr const char* kLeaseSet = R"sql(
 constexpr const char* kLeasedColumns =
     "m.id, m.identity, m.state::text, m.generation, m.lease_epoch, m.attempts, m.deleted_at IS NOT NULL AS deleting";
 
-// The claim of a kind with global limits: $6 slots (global_concurrency; 0:
-// none) and, with $7, the kind's rate (dmm.rate). The same lease, given only
-// to as many matters as the limits allow: each takes one free slot and one
-// rate token (migration 0007). Slots are locked SKIP LOCKED, so claims in
-// other processes take other slots and never wait; a slot is free by its own
-// row (held_until), which the lock re-checks. The rate row is locked and
-// waited for (claims of the kind take turns for the time of a statement),
-// so every claim spends tokens the previous one left. Matters are looked at
-// in the order of $1 (the dispatcher lists higher classes first) and only
-// until the budget is spent, so a claim while the limits are reached locks
-// no matter. When the budget ran out, the ids not leased come back with
-// `waiting` true (some may merely be leased elsewhere): the dispatcher keeps
-// their tokens and tries again (engine/work_stream.cpp).
-constexpr const char* kClaimLimited = R"sql(
-WITH want AS (
-  SELECT id, min(ord) AS ord FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, ord) GROUP BY id
-),
+// The claim of a kind with global limits or a fairness key: $6 slots
+// (global_concurrency; 0: none) and, with $7, the kind's rate (dmm.rate). The
+// same lease, given only to as many matters as the limits allow: each takes
+// one free slot and one rate token (migration 0007). Slots are locked SKIP
+// LOCKED, so claims in other processes take other slots and never wait; a
+// slot is free by its own row (held_until), which the lock re-checks. The
+// rate row is locked and waited for (claims of the kind take turns for the
+// time of a statement), so every claim spends tokens the previous one left.
+// Matters are looked at in the order of `want` and only until the budget is
+// spent (never more than the tokens named), so a claim while the limits are
+// reached locks no matter. When the limits cut the budget, the ids named
+// and not leased come back with `waiting` true (some may merely be leased
+// elsewhere): the dispatcher keeps their tokens and tries again
+// (engine/work_stream.cpp).
+// `want` is the ids named ($1) in their order (@WANT@ = kWantNamed), or,
+// for a fair kind, the picks of kFairPicks first and then those.
+constexpr const char* kClaimBudgetedTemplate = R"sql(
+WITH RECURSIVE asked AS (
+  SELECT count(DISTINCT id) AS n FROM unnest($1::bigint[]) AS id
+),@FAIR_PICKS@
+want AS (@WANT@),
 slots AS (
   SELECT slot, row_number() OVER (ORDER BY slot) AS n FROM (
     SELECT slot FROM dmm.slot
      WHERE $6 > 0 AND bucket = $2 AND kind = $3 AND slot < $6 AND (held_until IS NULL OR held_until < now())
-     ORDER BY slot LIMIT (SELECT count(*) FROM want)
+     ORDER BY slot LIMIT (SELECT n FROM asked)
      FOR UPDATE SKIP LOCKED) s
 ),
 rate AS (
   SELECT @RATE_AVAILABLE@ AS available FROM dmm.rate r WHERE $7 AND r.bucket = $2 AND r.kind = $3 FOR UPDATE
 ),
 budget AS (
-  SELECT least(CASE WHEN $6 > 0 THEN (SELECT count(*) FROM slots) ELSE (SELECT count(*) FROM want) END,
+  SELECT least(CASE WHEN $6 > 0 THEN (SELECT count(*) FROM slots) ELSE (SELECT n FROM asked) END,
                CASE WHEN $7 THEN coalesce((SELECT floor(available)::bigint FROM rate), 0)
-                    ELSE (SELECT count(*) FROM want) END) AS n
+                    ELSE (SELECT n FROM asked) END) AS n
 ),
 free AS (
-  SELECT id, row_number() OVER () AS n FROM (
-    SELECT f.id FROM (SELECT id, ord FROM want ORDER BY ord) w
+  SELECT id, ord, row_number() OVER (ORDER BY ord) AS n FROM (
+    SELECT f.id, w.ord FROM (SELECT id, ord FROM want ORDER BY ord) w
      CROSS JOIN LATERAL (
        SELECT id, bucket, kind FROM dmm.matter
         WHERE id = w.id AND due_at <= now() AND (lease_until IS NULL OR lease_until < now())
@@ -170,12 +177,90 @@ spent AS (
   UPDATE dmm.rate r SET tokens = (SELECT available FROM rate) - (SELECT count(*) FROM claimed),
                         updated_at = greatest(r.updated_at, now())
    WHERE $7 AND r.bucket = $2 AND r.kind = $3 AND (SELECT count(*) FROM claimed) > 0
-)
-SELECT id, identity, state, generation, lease_epoch, attempts, deleting, false FROM claimed
+)@FAIR_HOLD@
+SELECT id, identity, state, generation, lease_epoch, attempts, deleting, false, NULL::text FROM claimed
 UNION ALL
-SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, true FROM want
- WHERE (SELECT count(*) FROM free) >= (SELECT n FROM budget) AND id NOT IN (SELECT id FROM claimed)
+SELECT id, NULL, NULL, NULL, NULL, NULL, NULL, true, NULL FROM want
+ WHERE (SELECT n FROM budget) < (SELECT n FROM asked) AND (SELECT count(*) FROM free) >= (SELECT n FROM budget)
+   AND id = ANY ($1::bigint[]) AND id NOT IN (SELECT id FROM claimed)@FAIR_CURSOR@
 )sql";
+
+// The ids the tokens name, in their order: the claim of a kind with limits.
+constexpr const char* kWantNamed =
+    "SELECT id, min(ord) AS ord FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, ord) GROUP BY id";
+
+// The fair claim ($8 the key after which the rotation goes on, $9 the
+// priority class of the tokens): up to as many keys as the tokens name
+// matters, in key order after $8 and then from the start (a loose index
+// scan, one probe per key), and of each key its first due matters that are
+// not leased, by kick_at (docs/DESIGN.md, "Fairness"). They are wanted
+// first one of each key, then a second of each, and so on; the ids named
+// come after them, for matters that are not in the fair index (a kick of
+// before the kind was fair).
+constexpr const char* kFairPicks = R"sql(
+after_keys AS (
+  SELECT 1 AS i, (SELECT fair_key FROM dmm.kick
+                   WHERE bucket = $2 AND kind = $3 AND priority = $9 AND fair_key IS NOT NULL AND NOT held
+                     AND fair_key > $8 ORDER BY fair_key LIMIT 1) AS key
+  UNION ALL
+  SELECT a.i + 1, (SELECT fair_key FROM dmm.kick
+                    WHERE bucket = $2 AND kind = $3 AND priority = $9 AND fair_key IS NOT NULL AND NOT held
+                      AND fair_key > a.key ORDER BY fair_key LIMIT 1)
+    FROM after_keys a WHERE a.key IS NOT NULL AND a.i < (SELECT n FROM asked)
+),
+from_start AS (
+  SELECT 1 AS i, (SELECT fair_key FROM dmm.kick
+                   WHERE bucket = $2 AND kind = $3 AND priority = $9 AND fair_key IS NOT NULL AND NOT held
+                   ORDER BY fair_key LIMIT 1) AS key
+  UNION ALL
+  SELECT a.i + 1, (SELECT fair_key FROM dmm.kick
+                    WHERE bucket = $2 AND kind = $3 AND priority = $9 AND fair_key IS NOT NULL AND NOT held
+                      AND fair_key > a.key ORDER BY fair_key LIMIT 1)
+    FROM from_start a WHERE a.key IS NOT NULL AND a.key < $8 AND a.i < (SELECT n FROM asked)
+),
+keys AS (
+  SELECT key, row_number() OVER (ORDER BY part, i) AS pos FROM (
+    SELECT 0 AS part, i, key FROM after_keys WHERE key IS NOT NULL
+    UNION ALL
+    SELECT 1, i, key FROM from_start WHERE key IS NOT NULL AND key <= $8
+    ORDER BY part, i LIMIT (SELECT n FROM asked)) k
+),
+per_key AS (
+  SELECT 2 * ceil((SELECT n FROM asked)::numeric / greatest(count(*), 1))::bigint + 1 AS n FROM keys
+),
+picks AS (
+  SELECT p.id, p.pos, row_number() OVER (ORDER BY p.rank, p.pos) AS ord FROM (
+    SELECT c.matter_id AS id, k.pos, row_number() OVER (PARTITION BY k.pos ORDER BY c.kick_at) AS rank
+      FROM keys k CROSS JOIN LATERAL (
+        SELECT kk.matter_id, kk.kick_at FROM dmm.kick kk
+         CROSS JOIN LATERAL (
+           SELECT 1 FROM dmm.matter m
+            WHERE m.id = kk.matter_id AND m.due_at <= now() AND (m.lease_until IS NULL OR m.lease_until < now())
+           OFFSET 0) due
+         WHERE kk.bucket = $2 AND kk.kind = $3 AND kk.priority = $9 AND kk.fair_key = k.key AND NOT kk.held
+         ORDER BY kk.kick_at LIMIT (SELECT n FROM per_key)) c) p
+),)sql";
+constexpr const char* kWantFair = R"sql(
+  SELECT id, min(ord) AS ord FROM (
+    SELECT id, ord FROM picks
+    UNION ALL
+    SELECT id, (SELECT count(*) FROM picks) + ord FROM unnest($1::bigint[]) WITH ORDINALITY AS u(id, ord)) w
+  GROUP BY id)sql";
+// A fair claim's leases hold their kicks out of the fair index until the
+// write-back (or the sweeper, for a lease that ran out) lets them go.
+constexpr const char* kFairHold = R"sql(,
+hold AS (
+  UPDATE dmm.kick k SET held = true WHERE k.matter_id = ANY (ARRAY(SELECT id FROM claimed))
+))sql";
+// The key to go on after in the next claim: that of the last matter leased,
+// in the order wanted; with none leased, the last key looked at (their due
+// matters are leased elsewhere or wait for a slot), or $8 again when the
+// limits left no budget.
+constexpr const char* kFairCursor = R"sql(
+UNION ALL
+SELECT NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, coalesce(
+  (SELECT k.key FROM free f JOIN picks p ON p.id = f.id JOIN keys k ON k.pos = p.pos ORDER BY f.ord DESC LIMIT 1),
+  CASE WHEN (SELECT n FROM budget) > 0 THEN (SELECT key FROM keys ORDER BY pos DESC LIMIT 1) END, $8))sql";
 
 // The slots of a kind with a global concurrency limit: rows 0..$3-1 exist.
 constexpr const char* kEnsureSlots = R"sql(
@@ -311,7 +396,7 @@ WITH r AS (
   RETURNING m.id, m.kind, m.due_at <= now() AS owed_now, m.attempt_seq,
             CASE WHEN m.due_at > now() THEN m.due_at
                  WHEN m.due_at IS NOT NULL THEN now() + $10 * interval '1 millisecond' END AS next_kick,
-            @TOKEN_PRIORITY@ AS priority
+            @TOKEN_PRIORITY@ AS priority, m.fair_key
 ), woken AS (
   -- As a notify of the stored state: a leased dependent keeps its phase, and
   -- its holder's write-back sees the new generation.
@@ -322,16 +407,18 @@ WITH r AS (
   RETURNING m.id, m.kind, m.lease_until IS NULL OR m.lease_until < now() AS owed_now,
             CASE WHEN m.lease_until >= now() THEN m.lease_until
                  ELSE now() + $10 * interval '1 millisecond' END AS next_kick,
-            @TOKEN_PRIORITY@ AS priority
+            @TOKEN_PRIORITY@ AS priority, m.fair_key
 ), kick_set AS (
   -- When the sweeper looks at them next: the retry's due time, or a grace
-  -- after now for the tokens published at once, or the lease's end.
-  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at, priority)
-  SELECT id, $12, kind, next_kick, priority
-    FROM (SELECT id, kind, next_kick, priority FROM kept WHERE next_kick IS NOT NULL
-          UNION ALL SELECT id, kind, next_kick, priority FROM woken) s
+  -- after now for the tokens published at once, or the lease's end. The
+  -- lease this batch ends no longer holds the kick (a fair claim's `held`).
+  INSERT INTO dmm.kick AS k (matter_id, bucket, kind, kick_at, priority, fair_key)
+  SELECT id, $12, kind, next_kick, priority, fair_key
+    FROM (SELECT id, kind, next_kick, priority, fair_key FROM kept WHERE next_kick IS NOT NULL
+          UNION ALL SELECT id, kind, next_kick, priority, fair_key FROM woken) s
    ORDER BY id
-  ON CONFLICT (matter_id) DO UPDATE SET kick_at = EXCLUDED.kick_at, priority = EXCLUDED.priority
+  ON CONFLICT (matter_id) DO UPDATE SET kick_at = EXCLUDED.kick_at, priority = EXCLUDED.priority,
+                                        fair_key = EXCLUDED.fair_key, held = false
 ), kick_drop AS (
   -- Nothing owed (done, failed) or gone: no token either.
   DELETE FROM dmm.kick k
@@ -420,9 +507,11 @@ const std::string& claim_sql() {
   return sql;
 }
 
-const std::string& claim_limited_sql() {
-  static const std::string sql = claim_filled(kClaimLimited);
-  return sql;
+std::string claim_budgeted_sql(bool fair) {
+  auto sql = replace_all(kClaimBudgetedTemplate, "@FAIR_PICKS@", fair ? kFairPicks : "");
+  sql = replace_all(sql, "@WANT@", fair ? kWantFair : kWantNamed);
+  sql = replace_all(sql, "@FAIR_HOLD@", fair ? kFairHold : "");
+  return claim_filled(replace_all(sql, "@FAIR_CURSOR@", fair ? kFairCursor : "").c_str());
 }
 
 const std::string& write_back_sql() {
@@ -440,7 +529,8 @@ const std::string& write_back_sql() {
 void prepare_matter_statements(pqxx::connection& conn) {
   conn.prepare("dmm_upsert", upsert_sql());
   conn.prepare("dmm_claim", claim_sql());
-  conn.prepare("dmm_claim_limited", claim_limited_sql());
+  conn.prepare("dmm_claim_limited", claim_budgeted_sql(false));
+  conn.prepare("dmm_claim_fair", claim_budgeted_sql(true));
   conn.prepare("dmm_release_slots", kReleaseSlots);
   conn.prepare("dmm_write_back", write_back_sql());
   conn.prepare("dmm_heartbeat", heartbeat_sql(false));
@@ -455,6 +545,7 @@ std::vector<TokenOwed> upsert_matters(pqxx::transaction_base& txn, const std::st
     rows.push_back({{"identity", m.identity}, {"state", m.state}});
     if (m.delay_ms > 0) rows.back()["delay_ms"] = m.delay_ms;
     if (m.priority != Priority::normal) rows.back()["priority"] = index_of(m.priority);
+    if (m.fair_key) rows.back()["fair_key"] = *m.fair_key;
   }
   std::vector<TokenOwed> owed;
   // The caller's own transaction (notify(txn, obj)) runs on a connection dmm
@@ -468,14 +559,22 @@ std::vector<TokenOwed> upsert_matters(pqxx::transaction_base& txn, const std::st
 
 Claim claim(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
             const std::vector<std::int64_t>& ids, const std::string& owner, std::chrono::milliseconds ttl,
-            const ClaimLimits& limits) {
+            const ClaimLimits& limits, FairTurn* fair) {
   pqxx::nontransaction tx(conn);
-  auto rows = limits.any() ? tx.exec_prepared("dmm_claim_limited", bigint_array(ids), bucket, kind, owner, ttl.count(),
-                                              limits.slots, limits.rate)
-                           : tx.exec_prepared("dmm_claim", bigint_array(ids), bucket, kind, owner, ttl.count());
+  const auto id_list = bigint_array(ids);
+  auto rows = fair ? tx.exec_prepared("dmm_claim_fair", id_list, bucket, kind, owner, ttl.count(), limits.slots,
+                                      limits.rate, fair->after, static_cast<int>(index_of(fair->priority)))
+              : limits.any()
+                  ? tx.exec_prepared("dmm_claim_limited", id_list, bucket, kind, owner, ttl.count(), limits.slots,
+                                     limits.rate)
+                  : tx.exec_prepared("dmm_claim", id_list, bucket, kind, owner, ttl.count());
   Claim result;
   result.claimed.reserve(rows.size());
   for (const auto& row : rows) {
+    if (row[0].is_null()) {  // the fair claim's next key
+      if (fair && !row[8].is_null()) fair->after = row[8].as<std::string>();
+      continue;
+    }
     if (row.size() > 7 && row[7].as<bool>()) {
       result.waiting.push_back(row[0].as<std::int64_t>());
       continue;

@@ -62,13 +62,22 @@ struct ClaimLimits {
   bool any() const { return slots > 0 || rate; }
 };
 
+// Where the claims of a fair kind are in their rotation across keys: the
+// class they claim from and the key after which they go on.
+struct FairTurn {
+  Priority priority = Priority::normal;
+  std::string after;  // "" before the first claim: from the first key
+};
+
 // Leases those of `ids` that are of `kind`, due and not leased, for `ttl`.
 // With limits, only as many as they allow: each takes one of the kind's free
 // slots and one rate token (docs/DESIGN.md, "Global concurrency", "Rate
-// limit").
+// limit"). With `fair` (a kind with a fairness key), as many as `ids` names,
+// but chosen among the due matters of the class key by key in turn, going on
+// after `fair->after`, which it moves on (docs/DESIGN.md, "Fairness").
 Claim claim(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
             const std::vector<std::int64_t>& ids, const std::string& owner, std::chrono::milliseconds ttl,
-            const ClaimLimits& limits = {});
+            const ClaimLimits& limits = {}, FairTurn* fair = nullptr);
 
 // Creates the slots 0..slots-1 of a kind with a global concurrency limit and
 // the rate row of one with a rate limit, with these values (idempotent).

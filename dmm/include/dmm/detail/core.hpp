@@ -53,6 +53,9 @@ struct KindHooks {
   std::function<void(nlohmann::json& state, Context&)> finalize;
   // Empty when the type has no dependencies() const.
   std::function<std::vector<Dependency>(const nlohmann::json& state)> dependencies;
+  // Empty when the type has no tenant() const (KindOptions::fairness_key
+  // wins over it).
+  std::function<std::string(const nlohmann::json& state)> tenant;
 };
 
 struct JsonMatter {
@@ -60,6 +63,7 @@ struct JsonMatter {
   nlohmann::json state;
   std::int64_t delay_ms = 0;  // not due before now + this (NotifyOptions)
   Priority priority = Priority::normal;  // NotifyOptions::priority
+  std::optional<std::string> fair_key{};  // a fair kind's (KindOptions::fairness_key)
 };
 
 WorkStream& register_kind(BucketCore&, std::string name, KindOptions, KindHooks);
