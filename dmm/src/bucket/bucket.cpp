@@ -14,6 +14,8 @@
 #include "engine/work_stream_engine.hpp"
 #include "operate/http.hpp"
 #include "protocol/names.hpp"
+#include "store/errors.hpp"
+#include "store/registry.hpp"
 
 namespace dmm {
 namespace detail {
@@ -70,6 +72,13 @@ WorkStream& BucketCore::register_kind(std::string name, KindOptions options, Kin
                                         hooks.type_name, it->second));
   }
   nats_->ensure_consumers(name);
+  // The SQL API's registry (docs/SQL.md): what dmm.notify and dmm.remove
+  // cannot learn from C++.
+  const KindRecord record{options_.name, name, static_cast<std::int64_t>(options_.max_state_bytes),
+                          static_cast<bool>(hooks.finalize), static_cast<bool>(hooks.dependencies),
+                          options.fairness_key || hooks.tenant, options_.worker_id};
+  in_postgres(pool_, options_.name, fmt::format("register_kind('{}')", name),
+              [&](pqxx::connection& conn) { record_kind(conn, record); });
   auto kind = std::make_unique<Kind>();
   kind->name = name, kind->options = options, kind->hooks = std::move(hooks);
   auto engine = std::make_unique<WorkStreamEngine>(
