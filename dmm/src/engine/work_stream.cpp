@@ -133,7 +133,7 @@ bool WorkStreamEngine::may_fetch(Priority priority) const {
   // The highest class fetches even without room: its tokens are then the
   // first to be claimed when room opens.
   return priority == Priority::high ||
-         static_cast<int>(held_.size() + fetched_ids_) < capacity_;
+         static_cast<int>(held_.size() + fetched_ids_) < fetch_capacity();
 }
 
 void WorkStreamEngine::run_fetcher(Priority priority, std::stop_token stop) {
@@ -160,7 +160,7 @@ void WorkStreamEngine::run_fetcher(Priority priority, std::stop_token stop) {
         if (!may_fetch(priority)) continue;
         // A token may name many matters: fetch about as many tokens as the
         // matters that fit, judged by the tokens seen lately.
-        const int room = std::clamp(capacity_ - static_cast<int>(held_.size() + fetched_ids_), 1,
+        const int room = std::clamp(fetch_capacity() - static_cast<int>(held_.size() + fetched_ids_), 1,
                                     kind_.options.batch);
         want = std::clamp(static_cast<int>(std::lround(room / ids_per_token_)), 1, room);
       }
@@ -385,6 +385,14 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Fetched>
 
 ClaimLimits WorkStreamEngine::limits() const {
   return {kind_.options.global_concurrency, kind_.options.rate_limit.count > 0};
+}
+
+int WorkStreamEngine::fetch_capacity() const {
+  // A limited kind claims only for idle executors (claim_room): tokens
+  // fetched beyond what they take next would wait, and go back to the
+  // stream stale, while other processes could have claimed their matters.
+  if (!limits().any()) return capacity_;
+  return std::min(capacity_, 2 * kind_.options.concurrency);
 }
 
 int WorkStreamEngine::claim_room() const {

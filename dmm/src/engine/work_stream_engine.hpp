@@ -92,6 +92,9 @@ class WorkStreamEngine {
   bool fair() const { return kind_.options.fairness_key || kind_.hooks.tenant; }
   // How many matters the dispatcher may claim now (mu_ held).
   int claim_room() const;
+  // Most matters held and fetched at once: `capacity_`, or for a kind with
+  // global limits, twice its executors.
+  int fetch_capacity() const;
   // With global limits: whether a claim may find room under them now (mu_
   // held): this process gave a slot back, or kLimitPoll passed.
   bool may_claim_under_limits(std::chrono::steady_clock::time_point now) const;
