@@ -3,6 +3,7 @@
 // and what dmm's public views (dmm/inspect.hpp) show.
 #include "checks.hpp"
 
+#include <algorithm>
 #include <functional>
 #include <iostream>
 #include <map>
@@ -345,6 +346,125 @@ void check_retry_cap(const Servers& s, Report& report) {
   const auto counted = stats.size() == 1 ? stats[0].gave_up : -1;
   report.check(counted == kDoomed,
                what + "dmm::kind_stats counts " + std::to_string(counted) + " of " + n + " as gave up");
+}
+
+namespace {
+
+std::int64_t starts(pqxx::connection& pg, const std::string& bucket) {
+  return scalar(pg, "SELECT count(*) FROM flow_check.run WHERE bucket = $1", bucket);
+}
+
+// A small shop's orders, notified after a large shop's backlog: their tokens
+// are behind all of the backlog's in the stream.
+void check_fair_backlog(const Servers& s, Report& report) {
+  const auto name = unique_bucket("fair");
+  auto bucket = open_bucket(s, name, "fairness");
+  std::vector<Order> big, small;
+  big.reserve(kBigOrders);
+  for (int i = 0; i < kBigOrders; ++i) big.push_back({.id = "big-" + std::to_string(i), .shop = "big", .work_us = 500});
+  for (int i = 0; i < kSmallOrders; ++i)
+    small.push_back({.id = "small-" + std::to_string(i), .shop = "small", .work_us = 500});
+  bucket.notify_many(big);
+  bucket.notify_many(small);
+
+  pqxx::connection pg(s.postgres);
+  const auto small_started = [&] {
+    return scalar(
+        pg, "SELECT count(DISTINCT identity) FROM flow_check.run WHERE bucket = $1 AND identity LIKE 'small-%'", name);
+  };
+  Workers workers("fairness", name, kFairWorkers);
+  const auto waited = wait_for(workers, 40s, [&] { return small_started() >= kSmallOrders; });
+  const auto stopped = workers.stop(20s);
+  tidy(s, name);
+  const std::string what = "fairness (tenant(), " + std::to_string(kBigOrders) + " orders of a large shop, then " +
+                           std::to_string(kSmallOrders) + " of a small one): ";
+  const auto total = starts(pg, name);
+  if (!waited.empty()) {
+    report.check(false, what + std::to_string(small_started()) + " of the small shop's orders started in " +
+                            std::to_string(total) + " starts: " + waited);
+    return;
+  }
+  report.check(stopped.empty(), what + "workers stopped cleanly on SIGTERM" + (stopped.empty() ? "" : ": " + stopped));
+
+  // The number (1-based) of each small order's first start among all starts.
+  pqxx::nontransaction tx(pg);
+  const auto rows = tx.exec_params(
+      "SELECT min(n) FROM (SELECT identity, row_number() OVER (ORDER BY id) AS n "
+      "FROM flow_check.run WHERE bucket = $1) r WHERE identity LIKE 'small-%' GROUP BY identity ORDER BY 1",
+      name);
+  const std::int64_t bound = static_cast<std::int64_t>(kFairWorkers) * kOrderPrefetch + kOrderBatch;
+  std::int64_t last = 0;
+  std::string numbers;
+  for (const auto& r : rows) {
+    last = std::max(last, r[0].as<std::int64_t>());
+    numbers += (numbers.empty() ? "" : ", ") + r[0].as<std::string>();
+  }
+  report.check(static_cast<int>(rows.size()) == kSmallOrders && last <= bound,
+               what + "the small shop's orders started as numbers " + numbers + " of " + std::to_string(total) +
+                   " starts, within processes " + std::to_string(kFairWorkers) + " x prefetch " +
+                   std::to_string(kOrderPrefetch) + " + batch " + std::to_string(kOrderBatch) + " = " +
+                   std::to_string(bound));
+}
+
+// More owners than a claim takes, notified owner by owner: token order alone
+// would serve them one after another.
+void check_fair_rotation(const Servers& s, Report& report) {
+  const auto name = unique_bucket("rota");
+  auto bucket = open_bucket(s, name, "fairness");
+  std::vector<Task> tasks;
+  for (int k = 0; k < kOwners; ++k) {
+    const std::string owner = (k < 10 ? "o0" : "o") + std::to_string(k);
+    for (int i = 0; i < kTasksEach; ++i)
+      tasks.push_back({.id = owner + "-" + std::to_string(i), .owner = owner, .work_us = 500});
+  }
+  bucket.notify_many(tasks);
+
+  pqxx::connection pg(s.postgres);
+  // The owner of a run is its identity up to the '-'.
+  const auto owners_started = [&] {
+    return scalar(pg, "SELECT count(DISTINCT split_part(identity, '-', 1)) FROM flow_check.run WHERE bucket = $1",
+                  name);
+  };
+  Workers workers("fairness", name, kRotationWorkers);
+  const auto waited = wait_for(workers, 30s, [&] { return owners_started() >= kOwners; });
+  const auto stopped = workers.stop(20s);
+  tidy(s, name);
+  const std::string what = "fairness (fairness_key, " + std::to_string(kOwners) + " owners x " +
+                           std::to_string(kTasksEach) + " tasks, batch " + std::to_string(kTaskBatch) + "): ";
+  if (!waited.empty()) {
+    report.check(false, what + std::to_string(owners_started()) + " owners started in " +
+                            std::to_string(starts(pg, name)) + " starts: " + waited);
+    return;
+  }
+  report.check(stopped.empty(), what + "workers stopped cleanly on SIGTERM" + (stopped.empty() ? "" : ": " + stopped));
+
+  // The start after which every owner had started, and the most starts of
+  // one owner up to it.
+  pqxx::nontransaction tx(pg);
+  const auto row = tx.exec_params1(R"sql(
+WITH r AS (
+  SELECT row_number() OVER (ORDER BY id) AS n, split_part(identity, '-', 1) AS owner
+  FROM flow_check.run WHERE bucket = $1),
+f AS (SELECT owner, min(n) AS first FROM r GROUP BY owner),
+a AS (SELECT max(first) AS all_by FROM f)
+SELECT (SELECT count(*) FROM f), a.all_by,
+       (SELECT coalesce(max(c), 0) FROM (SELECT count(*) AS c FROM r WHERE n <= a.all_by GROUP BY owner) m)
+FROM a)sql",
+                                   name);
+  const auto owners = row[0].as<std::int64_t>(), all_by = row[1].as<std::int64_t>(), most = row[2].as<std::int64_t>();
+  const std::int64_t bound = 2 * kOwners;
+  report.check(owners == kOwners && all_by <= bound,
+               what + "every owner had started after " + std::to_string(all_by) + " starts, within 2 x " +
+                   std::to_string(kOwners) + " owners = " + std::to_string(bound) + ", in " +
+                   std::to_string(kRotationWorkers) + " process (the most starts of one owner by then: " +
+                   std::to_string(most) + ")");
+}
+
+}  // namespace
+
+void check_fairness(const Servers& s, Report& report) {
+  check_fair_backlog(s, report);
+  check_fair_rotation(s, report);
 }
 
 }  // namespace flow_check

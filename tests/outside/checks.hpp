@@ -1,4 +1,4 @@
-// The four checks of flow_check, each on a bucket of its own with worker
+// The five checks of flow_check, each on a bucket of its own with worker
 // processes of its own: findings go to the Report, one line each.
 #pragma once
 
@@ -28,5 +28,6 @@ void check_global_concurrency(const Servers& s, Report& report);
 void check_rate_limit(const Servers& s, Report& report);
 void check_priority(const Servers& s, Report& report);
 void check_retry_cap(const Servers& s, Report& report);
+void check_fairness(const Servers& s, Report& report);
 
 }  // namespace flow_check

@@ -1,5 +1,5 @@
 // flow_check: dmm's flow-control contract (docs/DESIGN.md, contract lines 11,
-// 15, 16, 17) checked from the outside, by a program built against the
+// 15, 16, 17, 18) checked from the outside, by a program built against the
 // installed package and using only the public API. It runs worker processes
 // of itself on buckets of its own and checks what they did:
 //   global_concurrency  never more than N runs at once across 3 processes, and N reached
@@ -8,6 +8,9 @@
 //                       normal backlog that was being worked when it returned
 //   retry_cap           an always-failing matter is called exactly max_attempts times and
 //                       ends failed, saying it gave up
+//   fairness            a small tenant's matters, notified behind a large tenant's backlog,
+//                       start within processes x prefetch + batch starts (2 processes); with
+//                       more keys than a batch, every key starts within 2 x keys starts (1)
 // Each check prints "ok: ..." or "FAILED: ..." lines with its figures; the
 // exit status is 1 if any failed, 2 if the servers cannot be reached.
 //
@@ -48,7 +51,8 @@ int checker_main(const Servers& s, const std::string& only) {
       {"global_concurrency", check_global_concurrency},
       {"rate_limit", check_rate_limit},
       {"priority", check_priority},
-      {"retry_cap", check_retry_cap}};
+      {"retry_cap", check_retry_cap},
+      {"fairness", check_fairness}};
   std::cout << "flow_check: PostgreSQL " << dmm::mask_url(s.postgres) << ", NATS " << dmm::mask_url(s.nats)
             << std::endl;
   {
@@ -116,7 +120,7 @@ int main(int argc, char** argv) {
   } catch (const std::invalid_argument& e) {
     std::cerr << "flow_check: " << e.what()
               << "\nusage: flow_check [--postgres URL] [--nats URL] [--only "
-                 "global_concurrency|rate_limit|priority|retry_cap]\n";
+                 "global_concurrency|rate_limit|priority|retry_cap|fairness]\n";
     return 2;
   } catch (const std::exception& e) {
     std::cout << "FAILED: flow_check cannot run: " << e.what() << std::endl;

@@ -26,6 +26,14 @@ void register_kind(dmm::Bucket& bucket, const std::string& check) {
     o.max_attempts = kMaxAttempts;
     o.backoff = {.initial = 20ms, .max = 200ms, .multiplier = 2.0, .jitter = 0.2};
     bucket.register_kind<Doomed>("doomed", o);
+  } else if (check == "fairness") {
+    o.batch = kOrderBatch;
+    o.prefetch = kOrderPrefetch;
+    bucket.register_kind<Order>("order", o);
+    o.batch = kTaskBatch;
+    o.prefetch = kTaskPrefetch;
+    o.fairness_key = [](const nlohmann::json& state) { return state.at("owner").get<std::string>(); };
+    bucket.register_kind<Task>("task", o);
   } else {
     throw std::invalid_argument("unknown check '" + check + "'");
   }

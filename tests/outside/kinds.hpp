@@ -74,6 +74,39 @@ struct Doomed {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Doomed, id)
 
+// A job of one shop's orders: fair by its tenant() member (the shop), records
+// its start. Its identity starts with its shop ("<shop>-<n>").
+struct Order {
+  std::string id;
+  std::string shop;
+  int work_us = 0;
+
+  std::string identity() const { return id; }
+  std::string tenant() const { return shop; }
+  dmm::Result materialize(dmm::Context& ctx) {
+    ctx.service<RunLog>().start(id);
+    std::this_thread::sleep_for(std::chrono::microseconds(work_us));
+    return dmm::Result::done();
+  }
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Order, id, shop, work_us)
+
+// A job of one owner: fair by KindOptions::fairness_key (no tenant() member),
+// records its start. Its identity starts with its owner ("<owner>-<n>").
+struct Task {
+  std::string id;
+  std::string owner;
+  int work_us = 0;
+
+  std::string identity() const { return id; }
+  dmm::Result materialize(dmm::Context& ctx) {
+    ctx.service<RunLog>().start(id);
+    std::this_thread::sleep_for(std::chrono::microseconds(work_us));
+    return dmm::Result::done();
+  }
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Task, id, owner, work_us)
+
 // The settings of each check.
 constexpr int kSlots = 5;  // global_concurrency
 constexpr int kSlotWorkers = 3;
@@ -91,8 +124,25 @@ constexpr int kMaxAttempts = 3;
 constexpr int kDoomedWorkers = 2;
 constexpr int kDoomed = 4;
 
+// fairness: a large shop's backlog notified before a small shop's orders
+// ("order", by tenant()), and many owners' tasks notified owner by owner
+// ("task", by fairness_key).
+constexpr int kFairWorkers = 2;
+constexpr int kOrderBatch = 32;
+constexpr int kOrderPrefetch = 64;
+constexpr int kBigOrders = 20'000;
+constexpr int kSmallOrders = 10;
+// One process: each process rotates on its own (docs/DESIGN.md, "Fairness"),
+// so P processes in step serve each key P times a round.
+constexpr int kRotationWorkers = 1;
+constexpr int kTaskBatch = 8;
+constexpr int kTaskPrefetch = 16;
+constexpr int kOwners = 60;
+constexpr int kTasksEach = 10;
+
 // Registers the kind of `check` (global_concurrency, rate_limit, priority,
-// retry_cap) with its options; std::invalid_argument for another name.
+// retry_cap; fairness registers two) with its options; std::invalid_argument
+// for another name.
 void register_kind(dmm::Bucket& bucket, const std::string& check);
 
 }  // namespace flow_check
