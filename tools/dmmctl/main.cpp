@@ -37,7 +37,7 @@ using nlohmann::json;
 
 struct Settings {
   std::string postgres, nats, bucket, output = "table";
-  dmm::NatsTls nats_tls;  // as BucketOptions::nats_ca_file etc.
+  dmm::NatsTls nats_tls;  // as BucketOptions::nats_ca_file etc. and nats_creds_file
   bool json() const { return output == "json"; }
 };
 
@@ -223,6 +223,8 @@ int cmd_stats(Settings& s, const std::vector<std::string>& buckets) {
   s.nats_tls.ca_file = dmm::dev_env_setting(s.nats_tls.ca_file, "DMM_NATS_CA_FILE");
   s.nats_tls.cert_file = dmm::dev_env_setting(s.nats_tls.cert_file, "DMM_NATS_CERT_FILE");
   s.nats_tls.key_file = dmm::dev_env_setting(s.nats_tls.key_file, "DMM_NATS_KEY_FILE");
+  s.nats_tls.creds_file = dmm::dev_env_setting(s.nats_tls.creds_file, "DMM_NATS_CREDS_FILE");
+  s.nats_tls.nkey_seed_file = dmm::dev_env_setting(s.nats_tls.nkey_seed_file, "DMM_NATS_NKEY_SEED_FILE");
   std::string nats_note;
   if (s.nats.empty()) nats_note = "(no NATS URL: token columns left out; pass --nats or set DMM_NATS_URL)";
   std::vector<dmm::KindStats> stats;
@@ -334,6 +336,10 @@ int main(int argc, char** argv) {
   app.add_option("--nats-cert-file", s.nats_tls.cert_file,
                  "client certificate for NATS mutual TLS (default: $DMM_NATS_CERT_FILE)");
   app.add_option("--nats-key-file", s.nats_tls.key_file, "client key for NATS mutual TLS (default: $DMM_NATS_KEY_FILE)");
+  app.add_option("--nats-creds-file", s.nats_tls.creds_file,
+                 "NATS .creds file (user JWT + NKey seed) (default: $DMM_NATS_CREDS_FILE)");
+  app.add_option("--nats-nkey-seed-file", s.nats_tls.nkey_seed_file,
+                 "file with a NATS user NKey seed (SU...) (default: $DMM_NATS_NKEY_SEED_FILE)");
   app.add_option("--bucket", s.bucket, "bucket (default: $DMM_BUCKET, .dmm/env, or the only bucket)");
   app.add_option("-o,--output", s.output, "output format")->check(CLI::IsMember({"table", "json"}))->capture_default_str();
 

@@ -152,9 +152,11 @@ std::string slots_text(const KindStats& k);
 // A rate limit as "10 per 1s, burst 5"; "-" without one.
 std::string rate_text(const RateState& r);
 
-// TLS files for NATS (empty: none), as in BucketOptions::nats_ca_file etc.
+// TLS and credentials files for NATS (empty: none), as in
+// BucketOptions::nats_ca_file etc. and nats_creds_file, nats_nkey_seed_file.
 struct NatsTls {
   std::string ca_file{}, cert_file{}, key_file{};
+  std::string creds_file{}, nkey_seed_file{};
 };
 // Fills the NATS fields of `stats` from the bucket's stream and each kind's
 // durable consumer (read-only: creates nothing).

@@ -49,6 +49,15 @@ struct BucketOptions {
   // clients (mutual TLS). Default: none.
   std::string nats_cert_file{};
   std::string nats_key_file{};
+  // A NATS .creds file (the user JWT and its NKey seed, as `nsc generate
+  // creds` writes it), for servers run in operator mode with JWTs. Default:
+  // none. Read at each connect; its contents are never logged or shown.
+  std::string nats_creds_file{};
+  // A file holding a user NKey seed (SU..., as `nk -gen user` writes it), for
+  // servers whose config lists the user's public key (`nkey: U...`); the
+  // public key is derived from the seed. Default: none. At most one of
+  // nats_creds_file, nats_nkey_seed_file and a user:password in the URL.
+  std::string nats_nkey_seed_file{};
   // Names this process in leases and logs. Default: "<hostname>:<pid>:<random>".
   std::string worker_id{};
   // Replicas of the bucket's stream when dmm creates it: 3 on a three-node
@@ -77,6 +86,8 @@ struct BucketOptions {
   //   DMM_POSTGRES_URL        postgres (unset: libpq's PG* variables)
   //   DMM_NATS_URL            nats
   //   DMM_NATS_CA_FILE, DMM_NATS_CERT_FILE, DMM_NATS_KEY_FILE
+  //   DMM_NATS_CREDS_FILE     nats_creds_file
+  //   DMM_NATS_NKEY_SEED_FILE nats_nkey_seed_file
   //   DMM_WORKER_ID           worker_id
   //   DMM_STREAM_REPLICAS     stream_replicas
   //   DMM_TOKEN_GRACE         token_grace (a duration)

@@ -37,7 +37,8 @@ BucketCore::BucketCore(BucketOptions o)
   }
   pool_.acquire();  // fail now, not at the first notify, if the URL is unusable
   nats_ = std::make_unique<Nats>(
-      NatsEndpoint{options_.nats, options_.nats_ca_file, options_.nats_cert_file, options_.nats_key_file},
+      NatsEndpoint{options_.nats, options_.nats_ca_file, options_.nats_cert_file, options_.nats_key_file,
+                   options_.nats_creds_file, options_.nats_nkey_seed_file},
       options_.stream_replicas, options_.name, "dmm " + options_.worker_id, *logger_);
   nats_->on_publish_error([this](std::string_view kind) {
     metrics_.kind(std::string(kind)).publish_errors.fetch_add(1, std::memory_order_relaxed);

@@ -165,6 +165,8 @@ BucketOptions BucketOptions::from_env() {
   if (auto v = env("DMM_NATS_CA_FILE")) o.nats_ca_file = *v;
   if (auto v = env("DMM_NATS_CERT_FILE")) o.nats_cert_file = *v;
   if (auto v = env("DMM_NATS_KEY_FILE")) o.nats_key_file = *v;
+  if (auto v = env("DMM_NATS_CREDS_FILE")) o.nats_creds_file = *v;
+  if (auto v = env("DMM_NATS_NKEY_SEED_FILE")) o.nats_nkey_seed_file = *v;
   if (auto v = env("DMM_WORKER_ID")) o.worker_id = *v;
   if (auto v = env("DMM_STREAM_REPLICAS"))
     o.stream_replicas = static_cast<int>(detail::integer_env("DMM_STREAM_REPLICAS", *v, 1, 5));

@@ -15,8 +15,9 @@ namespace dmm {
 
 void stream_stats(std::vector<KindStats>& stats, const std::string& nats, const std::string& bucket,
                   const NatsTls& tls) {
-  natsConnection* conn = detail::connect_nats({nats, tls.ca_file, tls.cert_file, tls.key_file}, "dmm stream_stats",
-                                              false, fmt::format("the stream stats of bucket '{}'", bucket));
+  natsConnection* conn =
+      detail::connect_nats({nats, tls.ca_file, tls.cert_file, tls.key_file, tls.creds_file, tls.nkey_seed_file},
+                           "dmm stream_stats", false, fmt::format("the stream stats of bucket '{}'", bucket));
   natsStatus s = NATS_OK;
   jsCtx* js = nullptr;
   s = natsConnection_JetStream(&js, conn, nullptr);

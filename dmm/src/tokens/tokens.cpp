@@ -3,7 +3,11 @@
 #include <nats/nats.h>
 
 #include <algorithm>
+#include <cerrno>
+#include <cstring>
 #include <fmt/format.h>
+#include <fstream>
+#include <sstream>
 #include <string_view>
 #include <spdlog/spdlog.h>
 
@@ -11,6 +15,7 @@
 #include "dmm/url.hpp"
 #include "protocol/names.hpp"
 #include "protocol/vocabulary.hpp"
+#include "tokens/nkeys.hpp"
 
 namespace dmm::detail {
 namespace {
@@ -29,13 +34,74 @@ std::string nats_error(natsStatus s, jsErrCode jerr = static_cast<jsErrCode>(0))
 // such streams, but accepts one, e.g. the bench's --discard-new-per-subject).
 constexpr int kAlreadyPending = 10077;
 
+// Whether a server URL carries user info (user:password@ or token@).
+bool has_user_info(std::string_view url) {
+  const auto scheme = url.find("://");
+  const auto host = scheme == std::string_view::npos ? 0 : scheme + 3;
+  const auto at = url.find('@', host);
+  return at != std::string_view::npos && at < url.find('/', host);
+}
+
+// The whole of a credentials file; InvalidArgument naming the option and the
+// path (never the contents) if it cannot be read. The caller wipes it.
+std::string read_secret_file(const std::string& path, const char* option, const std::string& what) {
+  std::ifstream in(path, std::ios::binary);
+  std::ostringstream out;
+  if (in) out << in.rdbuf();
+  if (!in || in.bad())
+    throw InvalidArgument(fmt::format("{}: {} '{}' cannot be read ({}); give the path of a readable file", what,
+                                      option, path, std::strerror(errno)));
+  return std::move(out).str();
+}
+
+void wipe(std::string& secret) {
+  std::fill(secret.begin(), secret.end(), '\0');
+  secret.clear();
+}
+
+// Checks the credentials options before nats.c sees them: one way to log in,
+// files that can be read and hold a key. Returns the NKey public key of a
+// seed file ("" without one).
+std::string checked_credentials(const NatsEndpoint& e, const std::vector<std::string>& urls, const std::string& what) {
+  if (!e.creds_file.empty() && !e.nkey_seed_file.empty())
+    throw InvalidArgument(fmt::format("{}: nats_creds_file and nats_nkey_seed_file are both set; give one (a .creds "
+                                      "file carries its own NKey seed)",
+                                      what));
+  const char* option = !e.creds_file.empty() ? "nats_creds_file" : !e.nkey_seed_file.empty() ? "nats_nkey_seed_file" : nullptr;
+  if (!option) return "";
+  for (const auto& u : urls)
+    if (has_user_info(u))
+      throw InvalidArgument(fmt::format("{}: the NATS URL {} carries a user and password (or token) and {} is set; "
+                                        "give one way to log in: drop the user info from the URL, or unset {}",
+                                        what, mask_url(u), option, option));
+  const auto& path = !e.creds_file.empty() ? e.creds_file : e.nkey_seed_file;
+  auto text = read_secret_file(path, option, what);
+  auto seed = find_user_seed(text);
+  const bool has_jwt = text.find("BEGIN NATS USER JWT") != std::string::npos;
+  wipe(text);
+  if (seed.empty())
+    throw InvalidArgument(fmt::format("{}: {} '{}' holds no user NKey seed (a line SU...); give the file {} wrote",
+                                      what, option, path, !e.creds_file.empty() ? "nsc generate creds" : "nk -gen user"));
+  if (!e.creds_file.empty() && !has_jwt)
+    throw InvalidArgument(fmt::format("{}: nats_creds_file '{}' holds no user JWT (-----BEGIN NATS USER JWT-----); "
+                                      "for a bare NKey seed use nats_nkey_seed_file",
+                                      what, path));
+  std::string public_key;
+  try {
+    if (!e.nkey_seed_file.empty()) public_key = user_public_key(seed);
+  } catch (const InvalidArgument& x) {
+    wipe(seed);
+    throw InvalidArgument(fmt::format("{}: nats_nkey_seed_file '{}': {}", what, path, x.what()));
+  }
+  wipe(seed);
+  return public_key;
+}
+
 }  // namespace
 
 natsConnection* connect_nats(const NatsEndpoint& endpoint, const std::string& client_name, bool reconnect,
                              const std::string& what) {
   const auto& url = endpoint.url;
-  natsOptions* opts = nullptr;
-  natsStatus s = natsOptions_Create(&opts);
   // natsOptions_SetURL takes one URL; a cluster is a comma-separated list.
   std::vector<std::string> urls;
   for (std::size_t begin = 0; begin <= url.size();) {
@@ -46,6 +112,9 @@ natsConnection* connect_nats(const NatsEndpoint& endpoint, const std::string& cl
     if (!one.empty()) urls.push_back(one);
     begin = end + 1;
   }
+  const auto nkey_public = checked_credentials(endpoint, urls, what);
+  natsOptions* opts = nullptr;
+  natsStatus s = natsOptions_Create(&opts);
   std::vector<const char*> servers;
   for (const auto& u : urls) servers.push_back(u.c_str());
   if (s == NATS_OK && servers.empty()) s = NATS_INVALID_ARG;
@@ -69,6 +138,10 @@ natsConnection* connect_nats(const NatsEndpoint& endpoint, const std::string& cl
                                         endpoint.cert_file, endpoint.key_file, nats_error(s)));
     }
   }
+  if (s == NATS_OK && !endpoint.creds_file.empty())
+    s = natsOptions_SetUserCredentialsFromFiles(opts, endpoint.creds_file.c_str(), nullptr);
+  if (s == NATS_OK && !endpoint.nkey_seed_file.empty())
+    s = natsOptions_SetNKeyFromSeed(opts, nkey_public.c_str(), endpoint.nkey_seed_file.c_str());
   if (s == NATS_OK) s = natsOptions_SetName(opts, client_name.c_str());
   if (s == NATS_OK) s = natsOptions_SetTimeout(opts, 5000);
   // Keep trying forever once connected: tokens are an accelerator, and the
@@ -81,7 +154,8 @@ natsConnection* connect_nats(const NatsEndpoint& endpoint, const std::string& cl
   natsOptions_Destroy(opts);
   if (s != NATS_OK)
     throw ConnectionError(fmt::format("cannot connect to NATS at {} for {}: {}; check the URL, that "
-                                      "nats-server runs with -js, the credentials, and TLS settings (tls:// URL, "
+                                      "nats-server runs with -js, the credentials (user:password in the URL, "
+                                      "nats_creds_file, nats_nkey_seed_file), and TLS settings (tls:// URL, "
                                       "nats_ca_file)",
                                       mask_url(url), what, nats_error(s)));
   return conn;

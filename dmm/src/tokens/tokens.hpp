@@ -27,11 +27,12 @@ typedef struct __jsCtx jsCtx;
 namespace dmm::detail {
 
 // Where a NATS server or cluster is: a URL, or several comma-separated (a
-// cluster), and the TLS files (empty: none). One way to connect, for the
-// engine and for dmmctl alike.
+// cluster), the TLS files and the credentials files (empty: none), as in
+// BucketOptions. One way to connect, for the engine and for dmmctl alike.
 struct NatsEndpoint {
   std::string url;
   std::string ca_file, cert_file, key_file;
+  std::string creds_file, nkey_seed_file;
 };
 
 class Nats {
@@ -143,8 +144,11 @@ class TokenSource {
 namespace dmm::detail {
 
 // Opens a connection to `endpoint` (a cluster when the URL lists several),
-// with TLS when files are given; ConnectionError naming the masked URL and
-// `what` (e.g. "bucket 'music'") on failure. `reconnect`: keep reconnecting
+// with TLS when files are given, logging in with the .creds or NKey seed
+// file if one is given; ConnectionError naming the masked URL and `what`
+// (e.g. "bucket 'music'") on failure. InvalidArgument naming the option and
+// the file (never its contents) for a credentials file that cannot be read
+// or holds no key, and for two ways to log in at once. `reconnect`: keep reconnecting
 // forever once connected (the engine); else fail fast (tools). The caller
 // destroys it with natsConnection_Destroy.
 natsConnection* connect_nats(const NatsEndpoint& endpoint, const std::string& client_name, bool reconnect,

@@ -64,6 +64,8 @@ TEST_CASE("BucketOptions::from_env reads the documented DMM_ variables", "[optio
       .set("DMM_POSTGRES_URL", "postgresql://app@db:5432/app")
       .set("DMM_NATS_URL", "nats://n1:4222,nats://n2:4222")
       .set("DMM_NATS_CA_FILE", "/etc/ca.pem")
+      .set("DMM_NATS_CREDS_FILE", "/etc/nats/app.creds")
+      .set("DMM_NATS_NKEY_SEED_FILE", "/etc/nats/app.nk")
       .set("DMM_WORKER_ID", "w-1")
       .set("DMM_STREAM_REPLICAS", "3")
       .set("DMM_TOKEN_GRACE", "250ms")
@@ -75,6 +77,8 @@ TEST_CASE("BucketOptions::from_env reads the documented DMM_ variables", "[optio
   CHECK(o.postgres == "postgresql://app@db:5432/app");
   CHECK(o.nats == "nats://n1:4222,nats://n2:4222");
   CHECK(o.nats_ca_file == "/etc/ca.pem");
+  CHECK(o.nats_creds_file == "/etc/nats/app.creds");
+  CHECK(o.nats_nkey_seed_file == "/etc/nats/app.nk");
   CHECK(o.worker_id == "w-1");
   CHECK(o.stream_replicas == 3);
   CHECK(o.token_grace == milliseconds(250));
