@@ -1,10 +1,10 @@
-#include "common/hash.hpp"
+#include <dmm/controllers/hash.hpp>
 
 #include <cstdint>
 #include <cstdio>
 #include <fstream>
 
-namespace controllers {
+namespace dmm::controllers {
 
 namespace {
 
@@ -36,4 +36,4 @@ std::optional<std::string> file_hash(const std::filesystem::path& path) {
   return hex(h);
 }
 
-}  // namespace controllers
+}  // namespace dmm::controllers

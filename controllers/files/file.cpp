@@ -1,5 +1,5 @@
 // FileMatter: make the disk match the spec, atomically.
-#include "files/file.hpp"
+#include <dmm/controllers/files.hpp>
 
 #include <fcntl.h>
 #include <grp.h>
@@ -14,9 +14,9 @@
 #include <random>
 #include <sstream>
 
-#include "common/hash.hpp"
+#include <dmm/controllers/hash.hpp>
 
-namespace controllers::files {
+namespace dmm::controllers::files {
 
 namespace fs = std::filesystem;
 
@@ -175,4 +175,4 @@ void FileMatter::finalize(dmm::Context& ctx) {
   ctx.log().info("file '{}': deleted", spec.path);
 }
 
-}  // namespace controllers::files
+}  // namespace dmm::controllers::files

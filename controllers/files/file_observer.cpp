@@ -9,9 +9,9 @@
 #include <filesystem>
 #include <spdlog/spdlog.h>
 
-#include "files/file.hpp"
+#include <dmm/controllers/files.hpp>
 
-namespace controllers::files {
+namespace dmm::controllers::files {
 
 namespace {
 
@@ -157,4 +157,4 @@ void FileObserver::resync() {
   for (const auto& path : paths) refresh(path);
 }
 
-}  // namespace controllers::files
+}  // namespace dmm::controllers::files

@@ -25,15 +25,15 @@
 #include <spdlog/spdlog.h>
 #include <thread>
 
-#include "common/hash.hpp"
+#include <dmm/controllers/hash.hpp>
 #include "hostd/site.hpp"
 
 namespace {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
-using controllers::files::FileMatter;
-using controllers::processes::ProcessMatter;
+using dmm::controllers::files::FileMatter;
+using dmm::controllers::processes::ProcessMatter;
 
 struct Settings {
   std::string postgres, nats, bucket, log_level = "info";
@@ -61,8 +61,8 @@ dmm::Bucket open_bucket(Settings& s) {
   // drift must be repaired within about a second.
   auto bucket = dmm::Bucket::open({.name = s.bucket, .postgres = s.postgres, .nats = s.nats, .token_grace = 1000ms});
   const dmm::KindOptions kind{.concurrency = 8, .backoff = {.initial = 200ms, .max = 10'000ms}};
-  bucket.register_kind<FileMatter>(controllers::files::kKind, kind);
-  bucket.register_kind<ProcessMatter>(controllers::processes::kKind, kind);
+  bucket.register_kind<FileMatter>(dmm::controllers::files::kKind, kind);
+  bucket.register_kind<ProcessMatter>(dmm::controllers::processes::kKind, kind);
   return bucket;
 }
 
@@ -75,7 +75,7 @@ void watch_desired_dir(dmm::Bucket& bucket, const std::string& postgres, const f
     for (const auto& entry : fs::directory_iterator(dir, ec)) {
       if (entry.path().extension() != ".json") continue;
       present.insert(entry.path());
-      const auto hash = controllers::file_hash(entry.path()).value_or("");
+      const auto hash = dmm::controllers::file_hash(entry.path()).value_or("");
       if (applied.contains(entry.path()) && applied[entry.path()].first == hash) continue;
       try {
         auto site = hostd::parse_site(entry.path());
@@ -112,8 +112,8 @@ int run(Settings& s, const std::string& dir, const fs::path& state_dir, const st
   dmm::StopSignals signals;  // before any thread starts
 
   auto bucket = open_bucket(s);
-  using controllers::files::FileObserver;
-  using controllers::processes::ProcessSupervisor;
+  using dmm::controllers::files::FileObserver;
+  using dmm::controllers::processes::ProcessSupervisor;
   auto files = std::make_shared<FileObserver>(bucket, FileObserver::Options{.postgres = s.postgres});
   auto processes = std::make_shared<ProcessSupervisor>(
       bucket, ProcessSupervisor::Options{.state_dir = state_dir, .postgres = s.postgres});
@@ -139,7 +139,7 @@ int run(Settings& s, const std::string& dir, const fs::path& state_dir, const st
 }
 
 std::string describe_state(const std::string& kind, const nlohmann::json& state) {
-  if (kind == controllers::files::kKind) {
+  if (kind == dmm::controllers::files::kKind) {
     const auto f = state.get<FileMatter>();
     if (!f.observed.exists) return "missing";
     return "exists mode " + f.observed.mode + " owner " + f.observed.owner + " hash " + f.observed.hash;

@@ -10,11 +10,11 @@
 namespace hostd {
 
 namespace fs = std::filesystem;
-using controllers::files::FileMatter;
-using controllers::files::FileSpec;
-using controllers::processes::Need;
-using controllers::processes::ProcessMatter;
-using controllers::processes::ProcessSpec;
+using dmm::controllers::files::FileMatter;
+using dmm::controllers::files::FileSpec;
+using dmm::controllers::processes::Need;
+using dmm::controllers::processes::ProcessMatter;
+using dmm::controllers::processes::ProcessSpec;
 using nlohmann::json;
 
 namespace {

@@ -18,16 +18,16 @@
 #include <string>
 #include <vector>
 
-#include "files/file.hpp"
-#include "processes/process.hpp"
+#include <dmm/controllers/files.hpp>
+#include <dmm/controllers/processes.hpp>
 
 namespace hostd {
 
 struct Site {
   std::string name;
   std::filesystem::path file;
-  std::vector<controllers::files::FileSpec> files;
-  std::vector<controllers::processes::ProcessSpec> processes;
+  std::vector<dmm::controllers::files::FileSpec> files;
+  std::vector<dmm::controllers::processes::ProcessSpec> processes;
 };
 
 // Parses one site file; std::runtime_error naming the file and field if it is invalid.

@@ -1,11 +1,11 @@
 // ProcessMatter: adopt, replace, restart or start; finalize stops.
-#include "processes/process.hpp"
+#include <dmm/controllers/processes.hpp>
 
 #include <algorithm>
 
-#include "common/hash.hpp"
+#include <dmm/controllers/hash.hpp>
 
-namespace controllers::processes {
+namespace dmm::controllers::processes {
 
 namespace {
 
@@ -102,4 +102,4 @@ void ProcessMatter::finalize(dmm::Context& ctx) {
   supervisor.remove_records(spec.name);
 }
 
-}  // namespace controllers::processes
+}  // namespace dmm::controllers::processes

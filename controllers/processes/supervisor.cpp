@@ -14,9 +14,9 @@
 #include <spdlog/spdlog.h>
 #include <thread>
 
-#include "processes/process.hpp"
+#include <dmm/controllers/processes.hpp>
 
-namespace controllers::processes {
+namespace dmm::controllers::processes {
 
 namespace fs = std::filesystem;
 using namespace std::chrono_literals;
@@ -393,4 +393,4 @@ void ProcessSupervisor::resync() {
   }
 }
 
-}  // namespace controllers::processes
+}  // namespace dmm::controllers::processes

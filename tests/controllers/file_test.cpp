@@ -5,7 +5,7 @@
 #include "host.hpp"
 
 using namespace ctl_test;
-using controllers::files::FileSpec;
+using dmm::controllers::files::FileSpec;
 using dmm_test::wait_until;
 
 namespace {

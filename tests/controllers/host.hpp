@@ -13,15 +13,16 @@
 #include <string>
 #include <thread>
 
-#include "files/file.hpp"
+#include <dmm/controllers/files.hpp>
+#include <dmm/controllers/processes.hpp>
+
 #include "harness.hpp"
-#include "processes/process.hpp"
 
 namespace ctl_test {
 
 namespace fs = std::filesystem;
-using controllers::files::FileMatter;
-using controllers::processes::ProcessMatter;
+using dmm::controllers::files::FileMatter;
+using dmm::controllers::processes::ProcessMatter;
 using namespace std::chrono_literals;
 
 // A fresh directory under /tmp, deleted with everything in it.
@@ -53,8 +54,8 @@ inline void kill_recorded_processes(const fs::path& state_dir) {
     if (entry.path().extension() != ".json") continue;
     try {
       std::ifstream in(entry.path());
-      auto s = nlohmann::json::parse(in).get<controllers::processes::ProcessStatus>();
-      if (!controllers::processes::alive(s)) continue;
+      auto s = nlohmann::json::parse(in).get<dmm::controllers::processes::ProcessStatus>();
+      if (!dmm::controllers::processes::alive(s)) continue;
       ::kill(s.pgid > 1 ? -s.pgid : s.pid, SIGKILL);
     } catch (const std::exception&) {
     }
@@ -74,13 +75,13 @@ class Host {
   Host(std::string bucket, fs::path state_dir)
       : name_(std::move(bucket)), state_dir_(std::move(state_dir)), bucket_(dmm_test::open_bucket(name_)) {
     auto kind = dmm_test::fast_kind();
-    bucket_.register_kind<FileMatter>(controllers::files::kKind, kind);
-    bucket_.register_kind<ProcessMatter>(controllers::processes::kKind, kind);
+    bucket_.register_kind<FileMatter>(dmm::controllers::files::kKind, kind);
+    bucket_.register_kind<ProcessMatter>(dmm::controllers::processes::kKind, kind);
     const auto pg = dmm_test::servers().postgres;
-    files_ = std::make_shared<controllers::files::FileObserver>(bucket_, controllers::files::FileObserver::Options{
+    files_ = std::make_shared<dmm::controllers::files::FileObserver>(bucket_, dmm::controllers::files::FileObserver::Options{
                                                                               .postgres = pg, .resync = 30s});
-    processes_ = std::make_shared<controllers::processes::ProcessSupervisor>(
-        bucket_, controllers::processes::ProcessSupervisor::Options{.state_dir = state_dir_, .postgres = pg});
+    processes_ = std::make_shared<dmm::controllers::processes::ProcessSupervisor>(
+        bucket_, dmm::controllers::processes::ProcessSupervisor::Options{.state_dir = state_dir_, .postgres = pg});
     bucket_.provide(files_);
     bucket_.provide(processes_);
     file_thread_ = std::jthread([this](std::stop_token st) { files_->observe(st); });
@@ -100,7 +101,7 @@ class Host {
   dmm::Bucket& bucket() { return bucket_; }
   const std::string& name() const { return name_; }
   const fs::path& state_dir() const { return state_dir_; }
-  controllers::processes::ProcessSupervisor& supervisor() { return *processes_; }
+  dmm::controllers::processes::ProcessSupervisor& supervisor() { return *processes_; }
 
   std::optional<ProcessMatter> process(const std::string& name) { return bucket_.get<ProcessMatter>(name); }
   std::string phase(const std::string& kind, const std::string& identity) {
@@ -111,8 +112,8 @@ class Host {
   std::string name_;
   fs::path state_dir_;
   dmm::Bucket bucket_;
-  std::shared_ptr<controllers::files::FileObserver> files_;
-  std::shared_ptr<controllers::processes::ProcessSupervisor> processes_;
+  std::shared_ptr<dmm::controllers::files::FileObserver> files_;
+  std::shared_ptr<dmm::controllers::processes::ProcessSupervisor> processes_;
   std::jthread file_thread_, process_thread_;  // declared after the bucket: stopped before it
   std::unique_ptr<dmm_test::Runner> runner_;
 };

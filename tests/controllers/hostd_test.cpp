@@ -9,7 +9,7 @@
 #include "host.hpp"
 
 using namespace ctl_test;
-using controllers::processes::alive;
+using dmm::controllers::processes::alive;
 using dmm_test::wait_until;
 
 namespace {

@@ -7,10 +7,10 @@
 #include "host.hpp"
 
 using namespace ctl_test;
-using controllers::files::FileSpec;
-using controllers::processes::alive;
-using controllers::processes::Need;
-using controllers::processes::ProcessSpec;
+using dmm::controllers::files::FileSpec;
+using dmm::controllers::processes::alive;
+using dmm::controllers::processes::Need;
+using dmm::controllers::processes::ProcessSpec;
 using dmm_test::wait_until;
 
 namespace {
@@ -20,8 +20,8 @@ ProcessMatter shell(const std::string& name, const std::string& script, const st
 }
 
 // Waits until the process matter runs a live process; returns its status.
-controllers::processes::ProcessStatus wait_running(Host& host, const std::string& name, int not_pid = 0) {
-  controllers::processes::ProcessStatus s;
+dmm::controllers::processes::ProcessStatus wait_running(Host& host, const std::string& name, int not_pid = 0) {
+  dmm::controllers::processes::ProcessStatus s;
   wait_until(
       [&] {
         auto p = host.process(name);
@@ -135,7 +135,7 @@ TEST_CASE("a live process is adopted, not started twice: after a clean stop and 
   ProcessKiller killer{dir.path() / "state"};
   const auto bucket = dmm_test::unique_name("procs");
   const auto starts = dir / "starts";
-  controllers::processes::ProcessStatus first;
+  dmm::controllers::processes::ProcessStatus first;
   {
     Host host(bucket, dir.path() / "state");
     host.bucket().notify(shell("server", "echo start >> " + starts + "; exec sleep 600"));

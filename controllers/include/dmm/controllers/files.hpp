@@ -23,7 +23,7 @@
 #include <stop_token>
 #include <string>
 
-namespace controllers::files {
+namespace dmm::controllers::files {
 
 // The kind name hostd registers FileMatter under (ProcessSpec::depends_on uses it).
 inline constexpr const char* kKind = "file";
@@ -43,7 +43,7 @@ NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE_WITH_DEFAULT(FileSpec, path, content, source,
 // What is on disk, as last seen by the observer or the materializer.
 struct FileStatus {
   bool exists = false;
-  std::string hash{};         // controllers::content_hash of the content
+  std::string hash{};         // dmm::controllers::content_hash of the content
   std::string mode{};         // "0644"
   std::string owner{};        // "uid:gid"
   std::string source_hash{};  // hash of spec.source, when there is one
@@ -112,4 +112,4 @@ class FileObserver {
   std::map<std::string, int> wd_by_dir_;
 };
 
-}  // namespace controllers::files
+}  // namespace dmm::controllers::files

@@ -8,11 +8,11 @@
 #include <string>
 #include <string_view>
 
-namespace controllers {
+namespace dmm::controllers {
 
 std::string content_hash(std::string_view bytes);
 
 // The hash of a file's content, or nullopt if it cannot be read.
 std::optional<std::string> file_hash(const std::filesystem::path& path);
 
-}  // namespace controllers
+}  // namespace dmm::controllers

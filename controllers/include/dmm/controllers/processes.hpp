@@ -29,7 +29,7 @@
 #include <string>
 #include <vector>
 
-namespace controllers::processes {
+namespace dmm::controllers::processes {
 
 // The kind name hostd registers ProcessMatter under.
 inline constexpr const char* kKind = "process";
@@ -142,4 +142,4 @@ class ProcessSupervisor {
   std::map<std::string, ProcessStatus> watched_;
 };
 
-}  // namespace controllers::processes
+}  // namespace dmm::controllers::processes
