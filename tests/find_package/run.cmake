@@ -1,7 +1,9 @@
 # cmake -P script for the package test: install the dmm build into a scratch
-# prefix, then configure, build and run tests/find_package against it with
-# find_package(dmm), and build and run the same consumer with
-# `pkg-config --cflags --libs dmm` and the compiler alone.
+# prefix, check that the installed binaries (dmmctl, hostd) run from it, then
+# configure, build and run tests/find_package against it with find_package(dmm)
+# (dmm::dmm and dmm::controllers), and build and run the same consumer with
+# `pkg-config --cflags --libs dmm-controllers` (which requires dmm) and the
+# compiler alone.
 #
 # -DDMM_BUILD_DIR=... -DDMM_WORK_DIR=... -DDMM_CONSUMER_DIR=...
 # [-DDMM_GENERATOR=...] [-DDMM_CXX_COMPILER=...] [-DDMM_BUILD_TYPE=...]
@@ -30,6 +32,11 @@ if(DMM_BUILD_TYPE)
 endif()
 step("install ${DMM_BUILD_DIR} into ${prefix}" ${CMAKE_COMMAND} ${install_args})
 
+# The installed binaries run from the prefix (--help needs no servers).
+foreach(tool dmmctl hostd)
+  step("run ${prefix}/bin/${tool} --help" ${prefix}/bin/${tool} --help)
+endforeach()
+
 set(configure_args -S ${DMM_CONSUMER_DIR} -B ${build} -DCMAKE_PREFIX_PATH=${prefix})
 if(DMM_GENERATOR)
   list(APPEND configure_args -G ${DMM_GENERATOR})
@@ -45,18 +52,19 @@ step("build the consumer" ${CMAKE_COMMAND} --build ${build})
 step("run the consumer" ${build}/dmm_consumer)
 
 # The same consumer, built the pkg-config way.
-file(GLOB_RECURSE pc_files ${prefix}/*/dmm.pc)
+file(GLOB_RECURSE pc_files ${prefix}/*/dmm.pc ${prefix}/*/dmm-controllers.pc)
 list(LENGTH pc_files pc_count)
-if(NOT pc_count EQUAL 1)
-  message(FATAL_ERROR "find_package test: expected one installed dmm.pc under ${prefix}, found: ${pc_files}")
+if(NOT pc_count EQUAL 2)
+  message(FATAL_ERROR "find_package test: expected one installed dmm.pc and one dmm-controllers.pc under ${prefix}, found: ${pc_files}")
 endif()
-get_filename_component(pc_dir ${pc_files} DIRECTORY)
-execute_process(COMMAND ${CMAKE_COMMAND} -E env PKG_CONFIG_PATH=${pc_dir} pkg-config --cflags --libs dmm
+list(GET pc_files 0 pc_file)
+get_filename_component(pc_dir ${pc_file} DIRECTORY)
+execute_process(COMMAND ${CMAKE_COMMAND} -E env PKG_CONFIG_PATH=${pc_dir} pkg-config --cflags --libs dmm-controllers
                 OUTPUT_VARIABLE pc_flags RESULT_VARIABLE rc OUTPUT_STRIP_TRAILING_WHITESPACE)
 if(NOT rc EQUAL 0)
-  message(FATAL_ERROR "find_package test: pkg-config --cflags --libs dmm failed (${rc})")
+  message(FATAL_ERROR "find_package test: pkg-config --cflags --libs dmm-controllers failed (${rc})")
 endif()
-message(STATUS "find_package test: pkg-config --cflags --libs dmm: ${pc_flags}")
+message(STATUS "find_package test: pkg-config --cflags --libs dmm-controllers: ${pc_flags}")
 separate_arguments(pc_args UNIX_COMMAND "${pc_flags}")
 set(cxx ${DMM_CXX_COMPILER})
 if(NOT cxx)
