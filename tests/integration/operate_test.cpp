@@ -386,7 +386,7 @@ TEST_CASE("the HTTP endpoint serves metrics, health, readiness and a web view Ch
   CHECK(page->status == 200);
   CHECK_THAT(page->body, Catch::Contains("ready &lt;b&gt;&amp;&quot;ü&#39;"));
   CHECK_THAT(page->body, !Catch::Contains(kOddIdentity));  // never unescaped
-  CHECK_THAT(page->body, Catch::Contains("http-equiv=\"refresh\""));
+  CHECK_THAT(page->body, Catch::Contains("id=\"auto-refresh\""));
 
   // Headless Chromium renders the pages: the list shows the matter created
   // here, the detail page its why sentence. Missing Chromium is a failure.

@@ -28,9 +28,16 @@
 //   /readyz   200 when PostgreSQL answers, NATS is connected and every
 //             registered kind's consumer is bound (its work() runs), else 503
 //             with the failing checks;
-//   /         a read-only web view: matters by kind and phase, filters, and
-//             /matter?kind=K&identity=I with state, history and why.
-//   The endpoint has no authentication: bind it to a trusted interface.
+//   /         the web view: matters by kind and phase, a chart of the last
+//             15 minutes (matters by phase, materializations/s, errors/s;
+//             SVG drawn by the server), filters, a search by identity
+//             prefix, identities in natural order, 200 a page; and
+//             /matter?kind=K&identity=I with state, history and why;
+//   POST /matter/retry, /matter/remove (kind, identity): the actions of
+//             dmmctl retry and remove, from the matter's page; off (403)
+//             unless HttpOptions::action_token is set, and refused (403)
+//             without that token.
+//   Reads have no authentication: bind it to a trusted interface.
 // - Every method is safe to call from any thread.
 #pragma once
 
@@ -189,8 +196,8 @@ class Bucket {
   // Serves the HTTP endpoint (see the contract above) on `address`:
   // ":9464" listens on every interface, "127.0.0.1:9464" on loopback only,
   // port 0 on any free port. Returns the port. Call at most once; Error if the
-  // address cannot be bound, InvalidArgument if it is malformed.
-  int serve_http(const std::string& address);
+  // address cannot be bound, InvalidArgument if it or `options` is malformed.
+  int serve_http(const std::string& address, const HttpOptions& options = {});
 
   // Runs the WorkStreams of every registered kind until stop().
   void run();

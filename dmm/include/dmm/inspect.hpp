@@ -66,12 +66,24 @@ struct InspectQuery {
   std::optional<std::string> identity{};
   std::optional<std::string> phase{};
   int limit = 1000;
+  // Only identities that start with these bytes (a search). Default: any.
+  std::optional<std::string> identity_prefix{};
+  // Identities in natural order within a kind: runs of digits compare as
+  // numbers, so player-2 comes before player-10. Default false: byte order.
+  // It sorts every matching matter in PostgreSQL: narrow by kind, phase or
+  // prefix on a bucket of millions.
+  bool natural_order = false;
+  // Matters skipped, in the query's order (paging: offset = page * limit).
+  int offset = 0;
 };
 
 // Matters of the bucket matching the query, ordered by kind and identity.
 std::vector<MatterStatus> inspect(const InspectQuery& query);
-// How many matters match the query (its limit is ignored).
+// How many matters match the query (its limit and offset are ignored).
 std::int64_t count_matters(const InspectQuery& query);
+// Matters of the bucket by phase, all kinds together (phases with none are
+// absent): one cheap read, for the web view's chart.
+std::map<std::string, std::int64_t> phase_counts(const std::string& postgres, const std::string& bucket);
 // Buckets that have matters, in name order.
 std::vector<std::string> list_buckets(const std::string& postgres);
 

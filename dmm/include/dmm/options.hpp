@@ -98,6 +98,25 @@ struct BucketOptions {
   static BucketOptions from_env();
 };
 
+// Options for Bucket::serve_http: `bucket.serve_http(":9464", {.action_token = t})`.
+struct HttpOptions {
+  // Turns on the web view's actions (retry and remove on a matter's page).
+  // Each one is a POST that must carry this token, in the form field `token`
+  // or the header `X-DMM-Token`; anything else is refused with 403. Empty
+  // (default): actions are off and every one is refused. At least 16 bytes
+  // when set. Never logged or shown.
+  std::string action_token{};
+  // How often the web view's chart samples the bucket's matters by phase (one
+  // PostgreSQL read) and this process's materialization and error counters;
+  // the chart shows the last 15 minutes. Default 5 s; 100 ms to 60 s.
+  milliseconds sample_every{5'000};
+
+  // The options the environment gives (unset or empty: the defaults above):
+  //   DMM_HTTP_TOKEN          action_token
+  //   DMM_HTTP_SAMPLE_EVERY   sample_every (a duration: 500ms, 5s)
+  static HttpOptions from_env();
+};
+
 // At most `count` starts per `per`, across all processes of the bucket, and
 // up to `burst` at once after a quiet spell: in any window of length `per`,
 // at most count + burst starts (a token bucket; docs/DESIGN.md, "Rate

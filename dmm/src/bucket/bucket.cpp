@@ -117,12 +117,13 @@ void* BucketCore::service(std::type_index type, std::string (*type_name)()) {
   return it->second.get();
 }
 
-int BucketCore::serve_http(const std::string& address) {
+int BucketCore::serve_http(const std::string& address, const HttpOptions& options) {
+  validate_http_options(options, options_.name);
   std::lock_guard lock(mu_);
   if (http_)
     throw InvalidArgument(
         fmt::format("bucket '{}': serve_http was already called (port {})", options_.name, http_->port()));
-  http_ = std::make_shared<HttpServer>(address, status_endpoints(*this));
+  http_ = std::make_shared<HttpServer>(address, status_endpoints(*this), options);
   return http_->port();
 }
 
@@ -177,7 +178,9 @@ void Bucket::run() {
   if (failure) std::rethrow_exception(failure);
 }
 
-int Bucket::serve_http(const std::string& address) { return core_->serve_http(address); }
+int Bucket::serve_http(const std::string& address, const HttpOptions& options) {
+  return core_->serve_http(address, options);
+}
 
 void Bucket::stop() {
   for (auto* kind : core_->kinds()) kind->stream->stop();

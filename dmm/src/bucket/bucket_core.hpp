@@ -58,7 +58,7 @@ class BucketCore {
   void provide(std::type_index type, std::shared_ptr<void> service);
   void* service(std::type_index type, std::string (*type_name)());
   // Starts the HTTP endpoint (once); returns its port.
-  int serve_http(const std::string& address);
+  int serve_http(const std::string& address, const HttpOptions& options);
 
   // Publishes the tokens owed after a commit (failures only logged).
   void publish(const std::vector<TokenOwed>& owed) { publish_owed(*nats_, owed); }

@@ -56,6 +56,17 @@ BucketOptions validated(BucketOptions o) {
   return o;
 }
 
+void validate_http_options(const HttpOptions& o, const std::string& bucket) {
+  // The token itself never goes into a message.
+  if (!o.action_token.empty() && o.action_token.size() < 16)
+    throw InvalidArgument(fmt::format("bucket '{}': HttpOptions::action_token is {} bytes; use at least 16 (e.g. "
+                                      "openssl rand -hex 16), or leave it empty to keep actions off",
+                                      bucket, o.action_token.size()));
+  if (o.sample_every < milliseconds(100) || o.sample_every > milliseconds(60'000))
+    throw InvalidArgument(
+        fmt::format("bucket '{}': HttpOptions::sample_every must be 100ms..60s (default 5s)", bucket));
+}
+
 void validate_kind_options(const KindOptions& o, const std::string& kind) {
   auto bad = [&](const std::string& what) { throw InvalidArgument("kind '" + kind + "': " + what); };
   if (o.concurrency < 1 || o.concurrency > 4096) bad("concurrency must be in 1..4096 (default 4)");
@@ -175,6 +186,14 @@ BucketOptions BucketOptions::from_env() {
     o.max_state_bytes = static_cast<std::size_t>(detail::integer_env("DMM_MAX_STATE_BYTES", *v, 1, 1LL << 40));
   if (auto v = env("DMM_MIGRATE")) o.migrate = detail::bool_env("DMM_MIGRATE", *v);
   if (auto v = env("DMM_HISTORY_RETENTION")) o.history_retention = detail::duration_env("DMM_HISTORY_RETENTION", *v);
+  return o;
+}
+
+HttpOptions HttpOptions::from_env() {
+  using detail::env;
+  HttpOptions o;
+  if (auto v = env("DMM_HTTP_TOKEN")) o.action_token = *v;
+  if (auto v = env("DMM_HTTP_SAMPLE_EVERY")) o.sample_every = detail::duration_env("DMM_HTTP_SAMPLE_EVERY", *v);
   return o;
 }
 

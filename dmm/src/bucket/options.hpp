@@ -12,6 +12,10 @@ namespace dmm::detail {
 // bucket and the field for an unusable value.
 BucketOptions validated(BucketOptions o);
 
+// InvalidArgument naming `bucket` and the field for unusable HTTP options
+// (the token's length, never the token).
+void validate_http_options(const HttpOptions& options, const std::string& bucket);
+
 // InvalidArgument naming `kind` and the field for an unusable option.
 void validate_kind_options(const KindOptions& options, const std::string& kind);
 

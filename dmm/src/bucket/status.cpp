@@ -62,11 +62,27 @@ std::pair<bool, std::string> readiness(BucketCore& core) {
   return {ready, out};
 }
 
+// The chart's counters over every kind of this process: attempts finished
+// (every outcome but a release, which gives a claim back unrun) and, of
+// them, the failed ones (retry and failed).
+std::pair<std::uint64_t, std::uint64_t> counters(BucketCore& core) {
+  std::uint64_t finished = 0, failed = 0;
+  for (auto* kind : core.kinds()) {
+    const auto& outcomes = core.metrics().kind(kind->name).outcomes;
+    for (const auto& [k, _] : kOutcomes) {
+      const auto n = outcomes[index_of(k)].load(std::memory_order_relaxed);
+      if (k != OutcomeKind::release) finished += n;
+      if (k == OutcomeKind::retry || k == OutcomeKind::failed) failed += n;
+    }
+  }
+  return {finished, failed};
+}
+
 }  // namespace
 
 StatusEndpoints status_endpoints(BucketCore& core) {
   return {core.options().name, core.options().postgres, &core.logger(), [&core] { return metrics_text(core); },
-          [&core] { return readiness(core); }};
+          [&core] { return readiness(core); }, [&core] { return counters(core); }};
 }
 
 }  // namespace dmm::detail

@@ -1,12 +1,15 @@
 // The embedded HTTP endpoint of a worker process (Bucket::serve_http):
-// /metrics, /healthz, /readyz and the read-only web view.
+// /metrics, /healthz, /readyz and the web view, with its chart and actions.
 #pragma once
 
+#include <cstdint>
 #include <functional>
 #include <memory>
 #include <spdlog/logger.h>
 #include <string>
 #include <utility>
+
+#include "dmm/options.hpp"
 
 namespace dmm::detail {
 
@@ -17,14 +20,17 @@ struct StatusEndpoints {
   spdlog::logger* logger = nullptr;
   std::function<std::string()> metrics;                     // Prometheus text
   std::function<std::pair<bool, std::string>()> readiness;  // (ready, one line per check)
+  // This process's counters for the chart: (attempts finished, failed ones).
+  std::function<std::pair<std::uint64_t, std::uint64_t>()> counters;
 };
 
 class HttpServer {
  public:
   // Binds `address` ("[host]:port"; ":9464" = every interface, port 0 = any
   // free port) and serves on a thread of its own. InvalidArgument for a
-  // malformed address, Error when it cannot bind.
-  HttpServer(const std::string& address, StatusEndpoints endpoints);
+  // malformed address, Error when it cannot bind. `options` must be valid
+  // (bucket/options.cpp checks them).
+  HttpServer(const std::string& address, StatusEndpoints endpoints, HttpOptions options);
   ~HttpServer();  // stops serving and joins
   HttpServer(const HttpServer&) = delete;
   HttpServer& operator=(const HttpServer&) = delete;

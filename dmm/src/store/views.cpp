@@ -1,5 +1,6 @@
 // The read-only queries behind dmm/inspect.hpp (dmmctl, example debug, the
 // web view): they never lock or change anything.
+#include <algorithm>
 #include <fmt/format.h>
 #include <sstream>
 #include <pqxx/pqxx>
@@ -35,10 +36,18 @@ std::string iso(const char* column) {
   return fmt::format(R"(coalesce(to_char({} AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.MS"Z"'), ''))", column);
 }
 
-// The WHERE clause every query shares: $1 bucket, $2 kind, $3 identity, $4 phase.
+// The WHERE clause every query shares: $1 bucket, $2 kind, $3 identity, $4 phase,
+// $5 identity prefix.
 constexpr const char* kMatch =
     "bucket = $1 AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR identity = $3) "
-    "AND ($4::text IS NULL OR phase = $4)";
+    "AND ($4::text IS NULL OR phase = $4) AND ($5::text IS NULL OR starts_with(identity, $5))";
+
+// A sort key for natural order: each run of digits becomes its length (4
+// digits: identities are at most 1024 bytes) and then the digits, so that
+// byte order (COLLATE "C") compares the runs as numbers: player-2 < player-10.
+constexpr const char* kNaturalKey =
+    "(SELECT string_agg(CASE WHEN p[1] ~ '^[0-9]' THEN lpad(length(p[1])::text, 4, '0') || p[1] ELSE p[1] END, '' "
+    "ORDER BY n) FROM regexp_matches(identity, '[0-9]+|[^0-9]+', 'g') WITH ORDINALITY AS t(p, n)) COLLATE \"C\"";
 
 // A dmm.rate row `r` as text: count, per_ms, burst and the starts it allows
 // now (the claim's formula).
@@ -102,12 +111,13 @@ SELECT id, kind, identity, phase, generation, materialized_generation, attempts,
        coalesce((SELECT {} FROM dmm.rate r WHERE r.bucket = matter.bucket AND r.kind = matter.kind), '')
   FROM dmm.matter
  WHERE {}
- ORDER BY kind, identity
- LIMIT $5)sql",
+ ORDER BY kind, {}identity, id
+ LIMIT $6 OFFSET $7)sql",
                                iso("due_at"), iso("(SELECT k.kick_at FROM dmm.kick k WHERE k.matter_id = matter.id)"),
                                iso("lease_until"), iso("leased_at"), iso("created_at"), iso("updated_at"),
-                               rate_text_sql(), kMatch);
-  auto rows = tx.exec_params(sql, q.bucket, q.kind, q.identity, q.phase, q.limit);
+                               rate_text_sql(), kMatch, q.natural_order ? std::string(kNaturalKey) + ", " : "");
+  auto rows = tx.exec_params(sql, q.bucket, q.kind, q.identity, q.phase, q.identity_prefix, q.limit,
+                             std::max(q.offset, 0));
   std::vector<MatterStatus> out;
   out.reserve(rows.size());
   for (const auto& r : rows) out.push_back(status_of(r));
@@ -118,8 +128,17 @@ std::int64_t count_matters(const InspectQuery& q) {
   auto conn = connect_tool(q.postgres);
   pqxx::read_transaction tx(*conn);
   return tx.exec_params(fmt::format("SELECT count(*) FROM dmm.matter WHERE {}", kMatch), q.bucket, q.kind,
-                        q.identity, q.phase)[0][0]
+                        q.identity, q.phase, q.identity_prefix)[0][0]
       .as<std::int64_t>();
+}
+
+std::map<std::string, std::int64_t> phase_counts(const std::string& postgres, const std::string& bucket) {
+  auto conn = connect_tool(postgres);
+  pqxx::read_transaction tx(*conn);
+  std::map<std::string, std::int64_t> out;
+  for (const auto& r : tx.exec_params("SELECT phase, count(*) FROM dmm.matter WHERE bucket = $1 GROUP BY phase", bucket))
+    out[r[0].as<std::string>()] = r[1].as<std::int64_t>();
+  return out;
 }
 
 std::vector<std::string> list_buckets(const std::string& postgres) {
