@@ -11,6 +11,7 @@
 #include "dmm/log.hpp"
 #include "support/log_scope.hpp"
 #include "engine/metrics.hpp"
+#include "operate/chart.hpp"
 #include "operate/web_view.hpp"
 
 TEST_CASE("the web view escapes stored strings and encodes links", "[operate]") {
@@ -22,14 +23,43 @@ TEST_CASE("the web view escapes stored strings and encodes links", "[operate]") 
   m.phase = "failed";
   m.last_error = "<img src=x>";
   m.state = "{\"x\":\"</pre>\"}";
-  auto list = dmm::detail::render_list_page("b", {}, {m}, {}, 2);
+  auto list = dmm::detail::render_list_page("b", {}, {m}, 1, {}, "", 2);
   CHECK(list.find("<script>") == std::string::npos);
   CHECK(list.find("<img") == std::string::npos);
   CHECK(list.find("&lt;script&gt;alert(1)&lt;/script&gt;") != std::string::npos);
-  auto page = dmm::detail::render_matter_page("b", "k", m.identity, dmm::MatterDetail{m, {}, "why <now>"}, 2);
+  auto page =
+      dmm::detail::render_matter_page("b", "k", m.identity, dmm::MatterDetail{m, {}, "why <now>"}, true, "", 2);
   CHECK(page.find("<script>") == std::string::npos);
   CHECK(page.find("why &lt;now&gt;") != std::string::npos);
   CHECK(page.find("&lt;/pre&gt;") != std::string::npos);
+  // The action forms carry the identity escaped, and POST.
+  CHECK(page.find("value=\"&lt;script&gt;alert(1)&lt;/script&gt;\"") != std::string::npos);
+  CHECK(page.find("method=\"post\" action=\"/matter/retry\"") != std::string::npos);
+}
+
+TEST_CASE("the web view's chart draws each phase and the rates from the samples", "[operate]") {
+  using namespace std::chrono;
+  const auto now = system_clock::now();
+  std::vector<dmm::detail::ChartSample> samples;
+  for (int i = 0; i < 3; ++i) {
+    dmm::detail::ChartSample s;
+    s.at = now - seconds(10 - 5 * i);
+    s.phases = std::map<std::string, std::int64_t>{{"ready", 2 * i}};
+    s.materializations = static_cast<std::uint64_t>(10 * i);  // 2/s
+    s.errors = static_cast<std::uint64_t>(i);
+    samples.push_back(s);
+  }
+  const auto svg = dmm::detail::render_charts(samples, now, seconds(5));
+  CHECK(svg.find("id=\"chart-phases\"") != std::string::npos);
+  CHECK(svg.find("data-series=\"ready\" data-points=\"3\"") != std::string::npos);
+  CHECK(svg.find(">ready 4<") != std::string::npos);
+  CHECK(svg.find(">materializations/s 2<") != std::string::npos);
+  CHECK(svg.find(">errors/s 0.20<") != std::string::npos);
+  CHECK(dmm::detail::render_charts({}, now, seconds(5)).find("collecting samples") != std::string::npos);
+  dmm::detail::ListFilter filter;
+  filter.kind = "a b";
+  filter.prefix = "p&";
+  CHECK(dmm::detail::list_query(filter, 2) == "?kind=a%20b&amp;q=p%26&amp;page=3");
 }
 
 TEST_CASE("metrics render in Prometheus text format with cumulative buckets", "[operate]") {
