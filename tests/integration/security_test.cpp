@@ -321,3 +321,176 @@ TEST_CASE("a worker process logging at trace level never prints a password, work
   for (const auto& password : {std::string(kPgPassword), std::string(kNatsPassword), wrong_pg, wrong_nats})
     CHECK(text.find(password) == std::string::npos);
 }
+
+namespace {
+
+// tests/support/nkeys.py (Python's cryptography) writes NKeys and JWTs as
+// nk and nsc would; `what` is "user" or "creds".
+std::filesystem::path make_keys(const std::string& what) {
+  const auto dir = std::filesystem::temp_directory_path() / unique_name("nkeys");
+  const auto script = std::filesystem::path(__FILE__).parent_path().parent_path() / "support" / "nkeys.py";
+  Process gen("/usr/bin/python3", {script.string(), what, dir.string()});
+  REQUIRE(gen.wait(30s) == 0);
+  return dir;
+}
+
+std::string file_text(const std::filesystem::path& path) {
+  std::ifstream in(path);
+  std::string text(std::istreambuf_iterator<char>(in), {});
+  while (!text.empty() && text.back() == '\n') text.pop_back();
+  return text;
+}
+
+void write_file(const std::filesystem::path& path, const std::string& text) {
+  std::ofstream(path) << text;
+}
+
+// The secrets of a .creds file: its JWT and its seed.
+std::vector<std::string> creds_secrets(const std::filesystem::path& creds) {
+  std::istringstream in(file_text(creds));
+  std::vector<std::string> out;
+  for (std::string line; std::getline(in, line);)
+    if (line.rfind("eyJ", 0) == 0 || line.rfind("SU", 0) == 0) out.push_back(line);
+  REQUIRE(out.size() == 2);
+  return out;
+}
+
+// The message of the dmm::InvalidArgument that opening with `options` throws.
+std::string invalid_argument(const dmm::BucketOptions& options) {
+  try {
+    dmm::Bucket::open(options);
+  } catch (const dmm::InvalidArgument& e) {
+    return e.what();
+  } catch (const std::exception& e) {
+    FAIL("not an InvalidArgument: " << e.what());
+  }
+  FAIL("Bucket::open succeeded");
+  return "";
+}
+
+}  // namespace
+
+TEST_CASE("NATS with an NKey seed file works, a wrong seed is refused, and no seed is shown", "[security]") {
+  nats_binary_check();
+  const auto keys = make_keys("user"), other = make_keys("user");
+  const auto seed_file = keys / "user.nk";
+  const auto secrets = std::vector<std::string>{file_text(seed_file), file_text(other / "user.nk")};
+  REQUIRE(secrets[0].rfind("SU", 0) == 0);
+  write_file(keys / "nats.conf", "authorization { users = [ { nkey: " + file_text(keys / "user.pub") + " } ] }\n");
+  PrivateNats nats({"-c", (keys / "nats.conf").string()});
+  const auto url = "nats://127.0.0.1:" + std::to_string(nats.port);
+  CapturedLog log;
+  const auto name = unique_name("natsnkey");
+  dmm::BucketOptions options{
+      .name = name, .postgres = servers().postgres, .nats = url, .nats_nkey_seed_file = seed_file.string(),
+      .logger = log.logger};
+  converge_one(options);
+  const auto before = stored_snapshot(name);
+  REQUIRE_FALSE(before.empty());
+  auto stats = dmm::kind_stats(servers().postgres, name);
+  REQUIRE_FALSE(stats.empty());
+  dmm::stream_stats(stats, url, name, {.nkey_seed_file = seed_file.string()});  // dmmctl stats' path
+  CHECK(stats.front().tokens_pending.has_value());
+
+  std::vector<std::string> errors;
+  {  // refused by the server
+    for (const auto& refused : {std::string(), (other / "user.nk").string()}) {
+      auto o = options;
+      o.nats_nkey_seed_file = refused;
+      try {
+        dmm::Bucket::open(o);
+        FAIL("open succeeded with the seed file '" << refused << "'");
+      } catch (const dmm::ConnectionError& e) {
+        errors.push_back(e.what());
+        CHECK_THAT(e.what(), Catch::Contains("nats_nkey_seed_file"));  // the way out
+      }
+    }
+  }
+  {  // refused before connecting
+    auto o = options;
+    o.nats_nkey_seed_file = (keys / "missing.nk").string();
+    errors.push_back(invalid_argument(o));
+    CHECK_THAT(errors.back(), Catch::Contains("nats_nkey_seed_file '" + o.nats_nkey_seed_file + "' cannot be read"));
+    write_file(keys / "garbage.nk", "not a seed\n");
+    o.nats_nkey_seed_file = (keys / "garbage.nk").string();
+    errors.push_back(invalid_argument(o));
+    CHECK_THAT(errors.back(), Catch::Contains("holds no user NKey seed"));
+    auto damaged = secrets[0];
+    damaged[30] = damaged[30] == 'A' ? 'B' : 'A';
+    write_file(keys / "damaged.nk", damaged + "\n");
+    o.nats_nkey_seed_file = (keys / "damaged.nk").string();
+    errors.push_back(invalid_argument(o));
+    CHECK_THAT(errors.back(), Catch::Contains("bad checksum"));
+    CHECK(errors.back().find(damaged) == std::string::npos);
+    o = options;
+    o.nats_creds_file = (keys / "user.creds").string();
+    errors.push_back(invalid_argument(o));
+    CHECK_THAT(errors.back(), Catch::Contains("nats_creds_file and nats_nkey_seed_file are both set; give one"));
+    o = options;
+    o.nats = "nats://dmm:" + std::string(kNatsPassword) + "@127.0.0.1:" + std::to_string(nats.port);
+    errors.push_back(invalid_argument(o));
+    CHECK_THAT(errors.back(), Catch::Contains("dmm:****@") && Catch::Contains("drop the user info from the URL"));
+  }
+  const auto text = log.text();
+  for (const auto& e : errors) {
+    INFO(e);
+    CHECK(e.find(kNatsPassword) == std::string::npos);
+    for (const auto& s : secrets) CHECK(e.find(s) == std::string::npos);
+  }
+  for (const auto& s : secrets) CHECK(text.find(s) == std::string::npos);
+  CHECK(stored_snapshot(name) == before);
+  std::filesystem::remove_all(keys);
+  std::filesystem::remove_all(other);
+}
+
+TEST_CASE("NATS with a .creds file (operator JWTs) works, a stranger's is refused, and no secret is shown",
+          "[security]") {
+  nats_binary_check();
+  const auto keys = make_keys("creds");
+  const auto creds = keys / "user.creds", stranger = keys / "other.creds";
+  PrivateNats nats({"-c", (keys / "resolver.conf").string()});
+  const auto url = "nats://127.0.0.1:" + std::to_string(nats.port);
+  CapturedLog log;
+  const auto name = unique_name("natscreds");
+  dmm::BucketOptions options{
+      .name = name, .postgres = servers().postgres, .nats = url, .nats_creds_file = creds.string(), .logger = log.logger};
+  converge_one(options);
+  const auto before = stored_snapshot(name);
+  REQUIRE_FALSE(before.empty());
+  auto stats = dmm::kind_stats(servers().postgres, name);
+  REQUIRE_FALSE(stats.empty());
+  dmm::stream_stats(stats, url, name, {.creds_file = creds.string()});
+  CHECK(stats.front().tokens_pending.has_value());
+
+  std::vector<std::string> errors;
+  for (const auto& refused : {std::string(), stranger.string()}) {
+    auto o = options;
+    o.nats_creds_file = refused;
+    try {
+      dmm::Bucket::open(o);
+      FAIL("open succeeded with the creds file '" << refused << "'");
+    } catch (const dmm::ConnectionError& e) {
+      errors.push_back(e.what());
+      CHECK_THAT(e.what(), Catch::Contains("nats_creds_file"));
+    }
+  }
+  auto o = options;
+  o.nats_creds_file = (keys / "missing.creds").string();
+  errors.push_back(invalid_argument(o));
+  CHECK_THAT(errors.back(), Catch::Contains("nats_creds_file '" + o.nats_creds_file + "' cannot be read"));
+  // A bare seed is not a .creds file.
+  write_file(keys / "seed-only.creds", creds_secrets(creds)[1] + "\n");
+  o.nats_creds_file = (keys / "seed-only.creds").string();
+  errors.push_back(invalid_argument(o));
+  CHECK_THAT(errors.back(), Catch::Contains("holds no user JWT"));
+
+  auto secrets = creds_secrets(creds);
+  for (const auto& s : creds_secrets(stranger)) secrets.push_back(s);
+  const auto text = log.text();
+  for (const auto& s : secrets) {
+    CHECK(text.find(s) == std::string::npos);
+    for (const auto& e : errors) CHECK(e.find(s) == std::string::npos);
+  }
+  CHECK(stored_snapshot(name) == before);
+  std::filesystem::remove_all(keys);
+}
