@@ -208,6 +208,7 @@ struct WorkerArgs {
   int lease_ms = 3000;
   int sleep_ms = 0;
   int stop_grace_ms = 3000;
+  std::string type = "probe";  // the materializer: probe, or steps (StepsProbe, kind "steps")
 };
 std::unique_ptr<Process> start_worker(const WorkerArgs& args);
 

@@ -3,6 +3,7 @@
 //   dmm_test_worker --postgres URL --nats URL --bucket NAME [--kind probe]
 //                   [--concurrency N] [--lease-ms N] [--sleep-ms N]
 //                   [--stop-grace-ms N] [--token-grace-ms N] [--worker-id X]
+//                   [--type probe|steps]
 //   dmm_test_worker --mode notify --identity ID --seq N (plus the above)
 //
 // work mode (default) registers the Probe materializer, prints "ready" once the
@@ -24,6 +25,7 @@
 
 #include "dmm/dmm.hpp"
 #include "probe.hpp"
+#include "steps_probe.hpp"
 
 namespace {
 
@@ -32,7 +34,8 @@ using Flags = std::map<std::string, std::string>;
 Flags parse(int argc, char** argv) {
   Flags flags = {{"mode", "work"},         {"kind", "probe"},     {"concurrency", "4"},
                  {"lease-ms", "3000"},     {"sleep-ms", "0"},     {"stop-grace-ms", "3000"},
-                 {"token-grace-ms", "500"}, {"worker-id", ""},    {"seq", "1"}};
+                 {"token-grace-ms", "500"}, {"worker-id", ""},    {"seq", "1"},
+                 {"type", "probe"}};
   for (int i = 1; i < argc; ++i) {
     std::string arg = argv[i];
     if (arg.rfind("--", 0) != 0 || i + 1 >= argc) throw std::invalid_argument("bad argument: " + arg);
@@ -72,7 +75,18 @@ int run(const Flags& flags) {
                                  .max = std::chrono::milliseconds(1000),
                                  .multiplier = 2.0,
                                  .jitter = 0.2};
-  bucket.register_kind<dmm_test::Probe>(flags.at("kind"), options);
+  if (flags.at("type") == "steps") {
+    bucket.register_kind<dmm_test::StepsProbe>(flags.at("kind"), options);
+    auto steps = std::make_shared<dmm_test::StepsEnv>();
+    steps->postgres = flags.at("postgres");
+    steps->bucket = flags.at("bucket");
+    steps->work = std::chrono::milliseconds(number(flags, "sleep-ms"));
+    pqxx::connection conn(steps->postgres);
+    dmm_test::ensure_step_runs_table(conn);
+    bucket.provide(steps);
+  } else {
+    bucket.register_kind<dmm_test::Probe>(flags.at("kind"), options);
+  }
 
   auto env = std::make_shared<dmm_test::ProbeEnv>();
   env->postgres = flags.at("postgres");

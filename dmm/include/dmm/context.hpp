@@ -14,6 +14,9 @@
 //   a client for the real thing being materialized.
 // - ready(dep), require_ready(deps): whether the matters this one depends on
 //   are materialized (see dmm/dependency.hpp).
+// - generation(), checkpoint(obj): the generation being materialized, and a
+//   way to store the matter's state before the attempt ends (dmm::Steps
+//   records each step with it; see dmm/steps.hpp).
 #pragma once
 
 #include <optional>
@@ -37,6 +40,10 @@ class Context {
     std::string identity;
     int attempt;
     std::stop_token stop;
+    // The lease and generation this attempt works under (checkpoint).
+    std::int64_t id = 0;
+    std::int64_t epoch = 0;
+    std::int64_t generation = 0;
   };
   explicit Context(Init init) : init_(std::move(init)) {}
 
@@ -76,6 +83,26 @@ class Context {
       if (!ready(dep))
         throw NotReady("waiting for " + dep.kind + " '" + dep.identity.substr(0, 200) + "' to be ready");
   }
+
+  // The generation of the state this attempt materializes: it changes with
+  // every notify of a different state, never with a write-back.
+  std::int64_t generation() const { return init_.generation; }
+
+  // Stores `obj` as the matter's state now, without waiting for the attempt
+  // to return, so that what it records survives a crash. Returns false, and
+  // stores nothing, if a newer state was notified meanwhile (that one wins:
+  // the attempt should return, and the matter runs again with it). Throws
+  // LeaseLost if this attempt no longer holds the lease, and InvalidArgument
+  // for a state over BucketOptions::max_state_bytes. One round trip to
+  // PostgreSQL; the generation is not bumped (no new attempt follows).
+  template <class T>
+  bool checkpoint(const T& obj) {
+    return detail::checkpoint(*init_.core, init_.kind, init_.identity, init_.id, init_.epoch, init_.generation,
+                              nlohmann::json(obj)) == detail::Checkpoint::saved;
+  }
+
+  // Counts a step's outcome for /metrics (used by dmm::Steps).
+  void count_step(std::string_view outcome) { detail::count_step(*init_.core, init_.kind, outcome); }
 
   // The service of type S given to Bucket::provide; InvalidArgument if none.
   template <class S>

@@ -75,4 +75,12 @@ class RetryAfter : public Error {
   std::chrono::milliseconds delay_;
 };
 
+// Thrown by Context::checkpoint when this attempt no longer holds the
+// matter's lease (it expired, or the process is cut off): whatever the
+// attempt does next is dropped, so it should return at once.
+class LeaseLost : public Error {
+ public:
+  using Error::Error;
+};
+
 }  // namespace dmm

@@ -278,6 +278,22 @@ bool retry(BucketCore& core, const std::string& kind, std::string_view identity)
   return true;
 }
 
+Checkpoint checkpoint(BucketCore& core, const std::string& kind, const std::string& identity, std::int64_t id,
+                      std::int64_t epoch, std::int64_t generation, const nlohmann::json& state) {
+  check_state_size(state, core.options().max_state_bytes, StateSource::notify, kind, identity);
+  const auto found = in_postgres(core.pool(), core.options().name, about("checkpoint", kind, identity),
+                                 [&](pqxx::connection& conn) { return detail::checkpoint(conn, id, epoch, generation, state); });
+  if (found == CheckpointResult::lease_lost)
+    throw LeaseLost(fmt::format("{}: this attempt no longer holds the lease (it ran out: a stall, or no heartbeat "
+                                "reached PostgreSQL); nothing was stored, and the attempt should return",
+                                about("checkpoint", kind, identity)));
+  return found == CheckpointResult::saved ? Checkpoint::saved : Checkpoint::superseded;
+}
+
+void count_step(BucketCore& core, const std::string& kind, std::string_view outcome) {
+  core.metrics().kind(kind).count_step(outcome);
+}
+
 bool ready(BucketCore& core, const Dependency& dep) {
   validate_name("kind", dep.kind);
   validate_identity(dep.kind, dep.identity);

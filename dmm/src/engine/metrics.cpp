@@ -22,6 +22,11 @@ std::string label(const std::string& v) {
 
 }  // namespace
 
+void KindMetrics::count_step(std::string_view outcome) {
+  for (std::size_t i = 0; i < kStepOutcomes.size(); ++i)
+    if (kStepOutcomes[i] == outcome) steps[i].fetch_add(1, std::memory_order_relaxed);
+}
+
 void KindMetrics::observe(std::size_t outcome, std::int64_t duration_us, int attempt) {
   if (outcome < outcomes.size()) outcomes[outcome].fetch_add(1, std::memory_order_relaxed);
   if (attempt > 1) retries.fetch_add(1, std::memory_order_relaxed);
@@ -93,6 +98,14 @@ std::string Metrics::render(const std::string& bucket, const std::map<std::strin
   counter("dmm_notifies_grouped_total",
           "Single notifies written in one statement and commit with concurrent notifies of the kind.",
           [](KindMetrics& m) { return m.notifies_grouped.load(); });
+
+  header("dmm_steps_total", "counter",
+         "Steps of dmm::Steps actions by outcome: done, retried (a failed attempt of a step), failed (for good), "
+         "rolled_back, rollback_failed.");
+  for (auto& [k, m] : kinds)
+    for (std::size_t i = 0; i < kStepOutcomes.size(); ++i)
+      out += fmt::format("dmm_steps_total{{bucket=\"{}\",kind=\"{}\",outcome=\"{}\"}} {}\n", b, label(k),
+                         kStepOutcomes[i], m->steps[i].load());
 
   header("dmm_due", "gauge", "Matters whose work is owed now (due_at <= now()), from PostgreSQL.");
   for (auto& [k, g] : gauges) out += fmt::format("dmm_due{{bucket=\"{}\",kind=\"{}\"}} {}\n", b, label(k), g.due);

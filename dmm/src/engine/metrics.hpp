@@ -12,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 
 #include "protocol/vocabulary.hpp"
 
@@ -20,6 +21,10 @@ namespace dmm::detail {
 // Upper bounds (seconds) of the duration histogram's buckets; +Inf is implied.
 inline constexpr std::array<double, 14> kDurationBuckets = {0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                                             0.5,   1,     2.5,  5,     10,   30,  60};
+
+// What a step of dmm::Steps came to (/metrics dmm_steps_total{outcome}).
+inline constexpr std::array<std::string_view, 5> kStepOutcomes = {"done", "retried", "failed", "rolled_back",
+                                                                  "rollback_failed"};
 
 struct KindMetrics {
   std::array<std::atomic<std::uint64_t>, kOutcomes.size()> outcomes{};
@@ -31,6 +36,11 @@ struct KindMetrics {
   std::atomic<std::uint64_t> publish_errors{0};   // token publishes NATS refused or never confirmed
   std::atomic<std::uint64_t> ack_errors{0};
   std::atomic<std::uint64_t> notifies_grouped{0};  // single notifies written with others (notify_group.hpp)
+
+  // Step outcomes of dmm::Steps, by kStepOutcomes.
+  std::array<std::atomic<std::uint64_t>, 5> steps{};
+  // Counts one step outcome; an unknown name is not counted.
+  void count_step(std::string_view outcome);
 
   // One finished attempt: its outcome (index_of(OutcomeKind)) and duration.
   void observe(std::size_t outcome, std::int64_t duration_us, int attempt);

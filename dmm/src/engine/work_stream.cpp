@@ -462,7 +462,8 @@ void WorkStreamEngine::run_executor() {
 }
 
 Outcome WorkStreamEngine::attempt(Item& item) {
-  Context ctx({deps_.api, deps_.logger, kind_.name, item.row.identity, item.row.attempts + 1, item.stop.get_token()});
+  Context ctx({deps_.api, deps_.logger, kind_.name, item.row.identity, item.row.attempts + 1, item.stop.get_token(),
+               item.row.id, item.row.epoch, item.row.generation});
   return run_attempt(kind_.hooks, item.row, ctx, {deps_.options.max_state_bytes, kind_.options.backoff, kind_.options.max_attempts,
                       kind_.options.resync_every},
                      unit_random());

@@ -4,6 +4,7 @@
 #include <nlohmann/json.hpp>
 
 #include "dmm/inspect.hpp"
+#include "dmm/steps.hpp"
 #include "protocol/vocabulary.hpp"
 
 namespace dmm {
@@ -100,6 +101,41 @@ std::string explain(const MatterStatus& m, const std::vector<AttemptRecord>& his
                      m.generation, due_since(m), m.kind, resend);
 }
 
+namespace {
+
+// The steps of every dmm::Steps progress in the state (a top-level field
+// marked "format": "dmm.steps/1"), as a table; empty if there is none.
+std::string format_steps(const std::string& state_text) {
+  nlohmann::json state;
+  try {
+    state = nlohmann::json::parse(state_text);
+  } catch (const nlohmann::json::exception&) {
+    return "";
+  }
+  if (!state.is_object()) return "";
+  std::string out;
+  for (const auto& [field, value] : state.items()) {
+    if (!value.is_object() || value.value("format", "") != StepProgress{}.format) continue;
+    StepProgress p;
+    try {
+      p = value.get<StepProgress>();
+    } catch (const nlohmann::json::exception&) {
+      out += fmt::format("steps ({}):   (does not decode)\n", field);
+      continue;
+    }
+    out += fmt::format("steps ({}): {} for generation {}{}\n", field, p.phase, p.generation,
+                       p.error.empty() ? "" : " (" + p.error + ")");
+    out += fmt::format("  {:<20} {:<16} {:>8} {:>9}  {:<20} {}\n", "STEP", "STATUS", "ATTEMPTS", "ROLLBACKS",
+                       "AT", "LAST ERROR");
+    for (const auto& r : p.steps)
+      out += fmt::format("  {:<20} {:<16} {:>8} {:>9}  {:<20} {}\n", r.name, r.status, r.attempts,
+                         r.rollback_attempts, r.at.empty() ? "-" : r.at, r.last_error.empty() ? "-" : r.last_error);
+  }
+  return out;
+}
+
+}  // namespace
+
 std::string format_detail(const MatterDetail& d) {
   const auto& m = d.status;
   auto or_dash = [](const std::string& s) { return s.empty() ? std::string("-") : s; };
@@ -119,6 +155,7 @@ std::string format_detail(const MatterDetail& d) {
   out += fmt::format("created:       {} ({} ago), updated {}\n", m.created_at, human_duration(m.age_ms), m.updated_at);
   out += fmt::format("why:           {}\n", d.why);
   out += fmt::format("state:         {}\n", m.state);
+  out += format_steps(m.state);
   if (d.history.empty()) {
     out += "history:       (no attempts recorded)\n";
     return out;

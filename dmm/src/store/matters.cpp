@@ -444,6 +444,22 @@ UNION ALL
 SELECT id, kind, priority FROM woken WHERE owed_now
 )sql";
 
+// A checkpoint of an attempt that runs: the state is stored if the lease
+// ($2 epoch) is still ours and live and the generation ($3) unchanged. The
+// row is found by primary key and its lease read under the row lock; what it
+// returns tells the three cases apart.
+constexpr const char* kCheckpoint = R"sql(
+WITH mine AS (
+  SELECT id, generation FROM dmm.matter
+   WHERE id = $1 AND lease_epoch = $2 AND lease_until >= now() FOR UPDATE
+), saved AS (
+  UPDATE dmm.matter m SET state = $4::jsonb, updated_at = now()
+   WHERE m.id = (SELECT id FROM mine WHERE generation = $3)
+  RETURNING m.id
+)
+SELECT (SELECT count(*) FROM mine), (SELECT count(*) FROM saved)
+)sql";
+
 // Renews the leases of $1 (ids, sorted) still held under the epochs $2 (in
 // the same order); returns the ids that were not renewed (lost). Each row
 // finds its epoch by a binary search in $1 (width_bucket), not by a join.
@@ -533,6 +549,7 @@ void prepare_matter_statements(pqxx::connection& conn) {
   conn.prepare("dmm_claim_fair", claim_budgeted_sql(true));
   conn.prepare("dmm_release_slots", kReleaseSlots);
   conn.prepare("dmm_write_back", write_back_sql());
+  conn.prepare("dmm_checkpoint", kCheckpoint);
   conn.prepare("dmm_heartbeat", heartbeat_sql(false));
   conn.prepare("dmm_heartbeat_with_slots", heartbeat_sql(true));
 }
@@ -650,6 +667,15 @@ std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outc
   });
   if (scheduled) wake_sweepers(tx, wake_payload);
   return owed;
+}
+
+CheckpointResult checkpoint(pqxx::connection& conn, std::int64_t id, std::int64_t epoch, std::int64_t generation,
+                            const nlohmann::json& state) {
+  pqxx::nontransaction tx(conn);
+  const auto row = tx.exec_prepared1("dmm_checkpoint", id, epoch, generation,
+                                     state.dump(-1, ' ', false, nlohmann::json::error_handler_t::strict));
+  if (row[0].as<int>() == 0) return CheckpointResult::lease_lost;
+  return row[1].as<int>() == 1 ? CheckpointResult::saved : CheckpointResult::superseded;
 }
 
 std::vector<std::int64_t> heartbeat(pqxx::connection& conn, const std::vector<std::int64_t>& ids,

@@ -121,6 +121,16 @@ std::vector<TokenOwed> write_back(pqxx::connection& conn, const std::vector<Outc
 void release_slots(pqxx::connection& conn, const std::string& bucket, const std::string& kind,
                    const std::vector<Outcome>& outcomes);
 
+// What a checkpoint found (see checkpoint()).
+enum class CheckpointResult { saved, superseded, lease_lost };
+
+// Stores `state` as the matter's state now, while its attempt runs: only
+// under the lease `epoch` (still live) and at `generation` (a newer notify
+// wins: superseded, nothing written). The generation is not bumped, as in a
+// write-back (docs/DESIGN.md, "Steps").
+CheckpointResult checkpoint(pqxx::connection& conn, std::int64_t id, std::int64_t epoch, std::int64_t generation,
+                            const nlohmann::json& state);
+
 // Extends leases we still hold; returns the ids whose lease was lost.
 // `with_slots` (a kind with a global limit): each lease with its slot, and a
 // lease whose slot was taken over is lost.

@@ -79,6 +79,15 @@ bool update(BucketCore&, const std::string& kind, std::string_view identity,
 bool remove(BucketCore&, const std::string& kind, std::string_view identity);
 bool retry(BucketCore&, const std::string& kind, std::string_view identity);
 bool ready(BucketCore&, const Dependency&);
+// What Context::checkpoint found.
+enum class Checkpoint { saved, superseded };
+// Stores `state` of the matter `id` leased under `epoch` at `generation`
+// while its attempt runs; superseded if a newer state was notified; throws
+// LeaseLost if the lease is no longer this attempt's.
+Checkpoint checkpoint(BucketCore&, const std::string& kind, const std::string& identity, std::int64_t id,
+                      std::int64_t epoch, std::int64_t generation, const nlohmann::json& state);
+// Counts the outcome of a step of dmm::Steps (/metrics dmm_steps_total).
+void count_step(BucketCore&, const std::string& kind, std::string_view outcome);
 void provide(BucketCore&, std::type_index type, std::shared_ptr<void> service);
 void* service(BucketCore&, std::type_index type, std::string (*type_name)());
 
