@@ -89,7 +89,8 @@ int main(int argc, char** argv) {
       dmm::StopSignals signals;
       auto bucket = open_bucket(s);
       bucket.register_kind<MusicPlayer>(kKind, {.concurrency = concurrency});
-      if (!http.empty()) bucket.serve_http(http);
+      // DMM_HTTP_TOKEN turns on the web view's retry and remove (docs/OPERATIONS.md).
+      if (!http.empty()) bucket.serve_http(http, dmm::HttpOptions::from_env());
       auto fleet = std::make_shared<example::Fleet>(failure_rate, drift_rate);
       bucket.provide(fleet);
       std::jthread observer([&](std::stop_token st) {

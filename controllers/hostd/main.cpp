@@ -125,7 +125,10 @@ int run(Settings& s, const std::string& dir, const fs::path& state_dir, const st
   std::jthread desired;
   if (!dir.empty())
     desired = std::jthread([&](std::stop_token st) { watch_desired_dir(bucket, s.postgres, dir, st); });
-  if (!http.empty()) spdlog::info("serving /metrics, /healthz, /readyz and the web view on port {}", bucket.serve_http(http));
+  // DMM_HTTP_TOKEN turns on the web view's retry and remove (docs/OPERATIONS.md).
+  if (!http.empty())
+    spdlog::info("serving /metrics, /healthz, /readyz and the web view on port {}",
+                 bucket.serve_http(http, dmm::HttpOptions::from_env()));
   spdlog::info("hostd running: bucket '{}', state dir {}{}", s.bucket, state_dir.string(),
                dir.empty() ? "" : ", desired state from " + dir);
   signals.run(bucket, [](int sig) {
