@@ -130,14 +130,23 @@ bool WorkStreamEngine::may_fetch(Priority priority) const {
     if (!fetched_[index_of(p)].empty()) return false;
     if (p == priority) break;
   }
-  // The highest class fetches even without room: its tokens are then the
-  // first to be claimed when room opens.
+  // The highest class fetches even without room: it claims its own tokens
+  // (claims_own), or they are the first to be claimed when room opens.
   return priority == Priority::high ||
          static_cast<int>(held_.size() + fetched_ids_) < fetch_capacity();
 }
 
+bool WorkStreamEngine::claims_own(Priority priority) const {
+  // Not under global limits: the dispatcher alone decides when a limited
+  // kind may claim (claim_room, may_claim_under_limits).
+  return priority == Priority::high && !limits().any() &&
+         static_cast<int>(held_.size()) < capacity_ + kind_.options.batch;
+}
+
 void WorkStreamEngine::run_fetcher(Priority priority, std::stop_token stop) {
   RateLimitedLog errors(*deps_.logger);
+  std::unique_ptr<pqxx::connection> conn;  // for claims_own
+  Clock::time_point next_connect{};
   std::shared_ptr<TokenSource> source;
   auto delay = std::chrono::milliseconds(100);
   auto& queue = fetched_[index_of(priority)];
@@ -150,6 +159,17 @@ void WorkStreamEngine::run_fetcher(Priority priority, std::stop_token stop) {
       } else if (failed) {
         deps_.nats->ensure_consumer(kind_.name, priority);
       }
+      // Connected before the first token (a first high notify should not
+      // wait tens of ms for it); without one, the dispatcher claims them.
+      if (!conn && priority == Priority::high && !limits().any() && Clock::now() >= next_connect) {
+        next_connect = Clock::now() + std::chrono::seconds(1);
+        try {
+          conn = connect_pg(deps_.options.postgres, "claiming high matters of kind '" + kind_.name + "'");
+        } catch (const std::exception& e) {
+          errors.warn("bucket '{}' kind '{}': {}; the dispatcher claims high matters meanwhile", deps_.options.name,
+                      kind_.name, e.what());
+        }
+      }
       failed = false;
       int want;
       {
@@ -159,9 +179,15 @@ void WorkStreamEngine::run_fetcher(Priority priority, std::stop_token stop) {
         if (stop.stop_requested()) break;
         if (!may_fetch(priority)) continue;
         // A token may name many matters: fetch about as many tokens as the
-        // matters that fit, judged by the tokens seen lately.
-        const int room = std::clamp(fetch_capacity() - static_cast<int>(held_.size() + fetched_ids_), 1,
-                                    kind_.options.batch);
+        // matters that fit, judged by the tokens seen lately. The high class
+        // of a kind without global limits takes all it has pending (up to a
+        // batch) whatever the room, and claims them itself (claims_own): one
+        // token per claim cycle fell behind 200 high notifies/s
+        // (bench/results.md, "urgent").
+        const int room = priority == Priority::high && !limits().any()
+                             ? kind_.options.batch
+                             : std::clamp(fetch_capacity() - static_cast<int>(held_.size() + fetched_ids_), 1,
+                                          kind_.options.batch);
         want = std::clamp(static_cast<int>(std::lround(room / ids_per_token_)), 1, room);
       }
       auto tokens = source->fetch(want, std::chrono::milliseconds(250));
@@ -181,6 +207,24 @@ void WorkStreamEngine::run_fetcher(Priority priority, std::stop_token stop) {
         parsed.push_back({source, std::move(token), std::move(*ids), priority, Clock::now()});
       }
       if (parsed.empty()) continue;
+      bool own = false;
+      if (conn) {
+        std::lock_guard lock(mu_);
+        own = claims_own(priority);
+      }
+      if (own) {
+        // Claimed here, on a connection of its own, rather than behind the
+        // dispatcher's claim of a whole batch of lower classes (tens of ms).
+        try {
+          claim_tokens(*conn, parsed, static_cast<int>(std::min<std::size_t>(named, kind_.options.batch)));
+        } catch (...) {
+          conn.reset();
+          for (auto& f : parsed)  // back to the stream now rather than after AckWait
+            if (!f.token.nak()) metrics_.ack_errors.fetch_add(1, std::memory_order_relaxed);
+          throw;
+        }
+        continue;
+      }
       {
         std::lock_guard lock(mu_);
         ids_per_token_ = (ids_per_token_ + static_cast<double>(named) / static_cast<double>(parsed.size())) / 2;
@@ -326,10 +370,16 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Fetched>
   // the tokens' class; the tokens only say how many.
   const auto token_class = tokens.front().priority;
   std::optional<FairTurn> turn;
-  if (fair()) turn = FairTurn{token_class, fair_after_[index_of(token_class)]};
+  if (fair()) {
+    std::lock_guard lock(mu_);
+    turn = FairTurn{token_class, fair_after_[index_of(token_class)]};
+  }
   auto [claimed, waiting] = claim(conn, deps_.options.name, kind_.name, ids, deps_.worker_id,
                                   kind_.options.lease_ttl, limits(), turn ? &*turn : nullptr);
-  if (turn) fair_after_[index_of(token_class)] = std::move(turn->after);
+  if (turn) {
+    std::lock_guard lock(mu_);
+    fair_after_[index_of(token_class)] = std::move(turn->after);
+  }
   // The part of a token that did not fit goes out as a token of its own
   // before that token is acked.
   if (!leftover.empty()) deps_.publish(kind_.name, leftover_class, leftover);

@@ -3,6 +3,7 @@
 // Threads while work() runs:
 // - fetchers (run_fetcher), one per priority class: pull the class's tokens
 //   while there is room for them, and no higher class has tokens waiting;
+//   the high class's fetcher claims its own (claims_own);
 // - dispatcher (run_dispatcher, the caller of work()): take fetched tokens,
 //   highest class first, claim their matters in one statement, ack the
 //   tokens, queue the claimed matters by class (docs/DESIGN.md, "Priority");
@@ -71,6 +72,10 @@ class WorkStreamEngine {
   };
 
   void run_fetcher(Priority priority, std::stop_token stop);
+  // Whether the fetcher of `priority` claims the matters of its tokens itself
+  // (mu_ held): the high class of a kind without global limits, while this
+  // process holds less than prefetch + batch matters.
+  bool claims_own(Priority priority) const;
   // Whether the fetcher of `priority` may pull now (mu_ held).
   bool may_fetch(Priority priority) const;
   void run_dispatcher(std::stop_token stop);
@@ -82,7 +87,8 @@ class WorkStreamEngine {
   // losing to higher ones), handed back to the stream for any worker (mu_
   // held; returns them to be nak'ed outside the lock).
   std::vector<Fetched> take_stale(std::chrono::steady_clock::time_point now);
-  // Claims the matters the tokens name, at most `room` of them. Tokens
+  // Claims the matters the tokens name, at most `room` of them (on the
+  // dispatcher's or the high fetcher's connection; mu_ not held). Tokens
   // naming matters that found no global slot or rate token go back to the
   // front of fetched_, for the next try.
   void claim_tokens(pqxx::connection& conn, std::vector<Fetched>& tokens, int room);
@@ -134,8 +140,9 @@ class WorkStreamEngine {
   // process may have, or the rate has grown).
   bool limits_eased_ = true;
   std::chrono::steady_clock::time_point limits_retry_at_{};
-  // Owned by the dispatcher thread, by index_of(Priority): a fair kind's
-  // place in its rotation across keys (docs/DESIGN.md, "Fairness").
+  // Guarded by mu_, by index_of(Priority): a fair kind's place in its
+  // rotation across keys (docs/DESIGN.md, "Fairness"); the dispatcher and
+  // the high fetcher (claims_own) claim.
   std::array<std::string, kPriorities.size()> fair_after_;
   std::vector<Outcome> done_;                                      // guarded by mu_
   std::unordered_map<std::int64_t, std::shared_ptr<Item>> held_;  // guarded by mu_: every lease we hold
