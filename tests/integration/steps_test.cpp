@@ -5,8 +5,10 @@
 // bad step lists are refused with the stored state kept.
 #include <catch2/catch.hpp>
 
+#include <httplib.h>
 #include <set>
 
+#include "dmm/inspect.hpp"
 #include "dmm/steps.hpp"
 #include "harness.hpp"
 #include "steps_probe.hpp"
@@ -74,6 +76,10 @@ struct Act {
           .step("b", run("b"),
                 {.backoff = dmm::Backoff{.initial = 20ms, .max = 100ms}});
       s.step("c", run("c"));
+    } else if (plan == "slow-retry") {
+      s.step("a", run("a"))
+          .step("b", run("b"), {.backoff = dmm::Backoff{.initial = 10min, .max = 10min}})
+          .step("c", run("c"));
     } else if (plan == "rollback") {
       s.step("a", run("a"), {.rollback = run("undo-a")});
       s.step("b", run("b"),
@@ -233,6 +239,40 @@ TEST_CASE("a failing step retries on its own, and the steps before it do not "
   CHECK(p.steps[1].status == "done");
 }
 
+TEST_CASE("why, dmmctl describe and the web view name the step an action "
+          "stands at, with its attempts and last error",
+          "[steps]") {
+  Fixture f;
+  f.calls->fail_left["b"] = -1;
+  f.bucket.notify(Act{.id = "x", .plan = "slow-retry"});
+  Runner runner(f.bucket);
+  wait_until([&] { return query_phase(f.name, "act", "x") == "retrying"; }, 20s,
+             "step b to fail once", f.describe());
+  const auto detail = dmm::describe(servers().postgres, f.name, "act", "x");
+  REQUIRE(detail);
+  INFO(detail->why);
+  CHECK(detail->why.rfind("step 'b' failed 1 time (last error: b failed on purpose); retrying at ", 0) == 0);
+  CHECK(detail->why.find("(step 'b' (2 of 3); the steps before it are done") != std::string::npos);
+
+  const auto text = dmm::format_detail(*detail);
+  INFO(text);
+  CHECK(text.find("steps (progress): running for generation 1") != std::string::npos);
+  CHECK(text.find("STEP") != std::string::npos);
+  CHECK(text.find("b failed on purpose") != std::string::npos);
+
+  const int port = f.bucket.serve_http("127.0.0.1:0");
+  httplib::Client http("127.0.0.1", port);
+  const auto page = http.Get("/matter?kind=act&identity=x");
+  REQUIRE(page);
+  REQUIRE(page->status == 200);
+  INFO(page->body);
+  CHECK(page->body.find("<h2>Steps <span class=\"muted\">(progress)</span></h2>") != std::string::npos);
+  CHECK(page->body.find("<tr><td>a</td><td>done</td><td>0</td>") != std::string::npos);
+  CHECK(page->body.find("<tr><td>b</td><td>retrying</td><td>1</td><td>0</td>") != std::string::npos);
+  CHECK(page->body.find("<tr><td>c</td><td>pending</td><td>0</td>") != std::string::npos);
+  CHECK(page->body.find("step &#39;b&#39; failed 1 time") != std::string::npos);
+}
+
 TEST_CASE("a step that fails for good rolls back the completed steps newest "
           "first, retrying a failed rollback",
           "[steps]") {
@@ -251,6 +291,9 @@ TEST_CASE("a step that fails for good rolls back the completed steps newest "
   INFO(m->last_error);
   CHECK(m->last_error.find("step 'c' failed 2 times") != std::string::npos);
   CHECK(m->last_error.find("rolled back") != std::string::npos);
+  const auto detail = dmm::describe(servers().postgres, f.name, "act", "x");
+  REQUIRE(detail);
+  CHECK(detail->why.rfind("failed and rolled back: step 'c' failed 2 times", 0) == 0);
   const auto p = f.progress("x");
   CHECK(p.phase == "rolled back");
   CHECK(status_of(p, "a") == "rolled back");

@@ -1,10 +1,12 @@
 // "Why is this matter not ready?": the sentence, the text and JSON views of
 // a matter (shared by dmmctl, example debug and the web view).
 #include <fmt/format.h>
+#include <optional>
 #include <nlohmann/json.hpp>
 
 #include "dmm/inspect.hpp"
 #include "dmm/steps.hpp"
+#include "operate/steps_view.hpp"
 #include "protocol/vocabulary.hpp"
 
 namespace dmm {
@@ -54,15 +56,50 @@ std::string last_error(const MatterStatus& m) {
   return m.last_error.empty() ? "" : fmt::format(" (last error: {})", m.last_error);
 }
 
+// The action (dmm::Steps) of the state that is under way: its progress and
+// the step it stands at; nullopt if none is.
+struct ActionAt {
+  StepProgress progress;
+  std::size_t index = 0;  // of the step it stands at
+};
+std::optional<ActionAt> action_at(const MatterStatus& m) {
+  for (auto& shown : detail::steps_in(m.state)) {
+    if (!shown.progress || shown.progress->phase == "done" || shown.progress->phase == "pending") continue;
+    const auto* step = detail::current_step(*shown.progress);
+    if (!step) continue;
+    const auto index = static_cast<std::size_t>(step - shown.progress->steps.data());
+    return ActionAt{std::move(*shown.progress), index};
+  }
+  return std::nullopt;
+}
+
+// "step 'health-check' (3 of 4)"
+std::string step_name(const ActionAt& a) {
+  return fmt::format("step '{}' ({} of {})", a.progress.steps[a.index].name, a.index + 1, a.progress.steps.size());
+}
+
 }  // namespace
 
 std::string explain(const MatterStatus& m, const std::vector<AttemptRecord>& history) {
   const std::string last_run =
       history.empty() ? "" : fmt::format(", last attempt at {} by {}", history.front().started_at, history.front().worker);
+  const auto action = action_at(m);
   if (!m.lease_owner.empty())
-    return fmt::format("{} generation {}: leased by worker {} since {} (lease until {}){}",
+    return fmt::format("{} generation {}: leased by worker {} since {} (lease until {}){}{}",
                        m.phase == "deleting" ? "finalizing" : "materializing", m.generation, m.lease_owner,
-                       m.leased_at.empty() ? "?" : m.leased_at, m.lease_until, last_error(m));
+                       m.leased_at.empty() ? "?" : m.leased_at, m.lease_until,
+                       action ? fmt::format("; at {}, {}", step_name(*action), action->progress.phase) : "",
+                       last_error(m));
+  if (action && action->progress.phase == "rolled back" && m.phase == "failed")
+    return fmt::format("failed and rolled back: {}; waiting for a new state or a retry (dmmctl retry {} {})",
+                       action->progress.error, m.kind, m.identity);
+  if (action && m.phase == "retrying" && action->progress.steps[action->index].status == "retrying") {
+    const auto& step = action->progress.steps[action->index];
+    return fmt::format("step '{}' failed {} time{} (last error: {}); retrying at {}{} ({}; the steps before it "
+                       "are done and do not run again)",
+                       step.name, step.attempts, step.attempts == 1 ? "" : "s", step.last_error, m.due_at,
+                       relative(m.due_in_ms), step_name(*action));
+  }
   if (m.phase == "ready" && m.due_at.empty())
     return fmt::format("ready: generation {} is materialized{}", m.materialized_generation, last_run);
   if (m.phase == "ready")
@@ -103,31 +140,20 @@ std::string explain(const MatterStatus& m, const std::vector<AttemptRecord>& his
 
 namespace {
 
-// The steps of every dmm::Steps progress in the state (a top-level field
-// marked "format": "dmm.steps/1"), as a table; empty if there is none.
+// The steps of every dmm::Steps progress in the state, as a table; empty if
+// there is none.
 std::string format_steps(const std::string& state_text) {
-  nlohmann::json state;
-  try {
-    state = nlohmann::json::parse(state_text);
-  } catch (const nlohmann::json::exception&) {
-    return "";
-  }
-  if (!state.is_object()) return "";
   std::string out;
-  for (const auto& [field, value] : state.items()) {
-    if (!value.is_object() || value.value("format", "") != StepProgress{}.format) continue;
-    StepProgress p;
-    try {
-      p = value.get<StepProgress>();
-    } catch (const nlohmann::json::exception&) {
+  for (const auto& [field, p] : detail::steps_in(state_text)) {
+    if (!p) {
       out += fmt::format("steps ({}):   (does not decode)\n", field);
       continue;
     }
-    out += fmt::format("steps ({}): {} for generation {}{}\n", field, p.phase, p.generation,
-                       p.error.empty() ? "" : " (" + p.error + ")");
+    out += fmt::format("steps ({}): {} for generation {}{}\n", field, p->phase, p->generation,
+                       p->error.empty() ? "" : " (" + p->error + ")");
     out += fmt::format("  {:<20} {:<16} {:>8} {:>9}  {:<20} {}\n", "STEP", "STATUS", "ATTEMPTS", "ROLLBACKS",
                        "AT", "LAST ERROR");
-    for (const auto& r : p.steps)
+    for (const auto& r : p->steps)
       out += fmt::format("  {:<20} {:<16} {:>8} {:>9}  {:<20} {}\n", r.name, r.status, r.attempts,
                          r.rollback_attempts, r.at.empty() ? "-" : r.at, r.last_error.empty() ? "-" : r.last_error);
   }

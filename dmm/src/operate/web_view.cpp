@@ -1,5 +1,6 @@
 // HTML of the web view (see web_view.hpp).
 #include "operate/web_view.hpp"
+#include "operate/steps_view.hpp"
 
 #include "protocol/vocabulary.hpp"
 
@@ -218,7 +219,24 @@ std::string render_matter_page(const std::string& bucket, const std::string& kin
                                                    html_escape(m.leased_at), html_escape(m.lease_until)));
   row("created", html_escape(m.created_at));
   row("updated", html_escape(m.updated_at));
-  body += "</table>\n<h2>Actions</h2>\n";
+  body += "</table>\n";
+  for (const auto& [field, p] : steps_in(m.state)) {
+    body += fmt::format("<h2>Steps <span class=\"muted\">({})</span></h2>\n", html_escape(field));
+    if (!p) {
+      body += "<p class=\"why\">this progress field does not decode</p>\n";
+      continue;
+    }
+    body += fmt::format("<p id=\"steps-{}\">{} for generation {}{}</p>\n", html_escape(field), html_escape(p->phase),
+                        p->generation, p->error.empty() ? "" : ": " + html_escape(p->error));
+    body += "<table class=\"steps\"><tr><th>step</th><th>status</th><th>attempts</th><th>rollback attempts</th>"
+            "<th>at</th><th>last error</th></tr>\n";
+    for (const auto& r : p->steps)
+      body += fmt::format("<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>\n",
+                          html_escape(r.name), html_escape(r.status), r.attempts, r.rollback_attempts,
+                          or_dash(r.at), or_dash(r.last_error));
+    body += "</table>\n";
+  }
+  body += "<h2>Actions</h2>\n";
   if (actions_on) {
     body += "<p>" + action_form("retry", kind, identity, "retry now") +
             action_form("remove", kind, identity, "remove (finalize, then delete)") + "</p>\n";
