@@ -3,12 +3,16 @@
 // thread-safe: each engine thread owns one, and pool leases are exclusive.
 #pragma once
 
+#include <exception>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <pqxx/pqxx>
 #include <string>
 #include <string_view>
 #include <vector>
+
+#include "dmm/errors.hpp"
 
 namespace dmm::detail {
 
@@ -54,15 +58,28 @@ class PgPool {
   // Runs fn(connection), again on a fresh connection if the pooled one had
   // gone stale (for example after a PostgreSQL restart), and again after a
   // deadlock or serialization failure (fn must be a whole transaction).
+  // When the retry after a broken connection cannot connect, the first break
+  // is what the caller gets: it may have committed, and the connect error
+  // would hide that (the caller's error must say whether the call may have
+  // taken effect).
   template <class Fn>
   auto with_connection(Fn&& fn) {
+    std::exception_ptr broke;  // the first try's broken connection
     for (int attempt = 1;; ++attempt) {
-      Lease lease = acquire();
+      std::optional<Lease> acquired;
+      try {
+        acquired.emplace(acquire());
+      } catch (const ConnectionError&) {
+        if (broke) std::rethrow_exception(broke);
+        throw;
+      }
+      Lease& lease = *acquired;
       try {
         return fn(*lease);
       } catch (const pqxx::broken_connection&) {
         lease.discard();
         if (attempt >= 2) throw;
+        broke = std::current_exception();
       } catch (const pqxx::deadlock_detected&) {
         if (attempt >= 5) throw;
       } catch (const pqxx::serialization_failure&) {
