@@ -204,6 +204,14 @@ TEST_CASE("bad flow-control options are refused naming the kind, and nothing is 
                     Catch::Contains("kind 'resynced'") && Catch::Contains("resync_every must be 0 (off) or from 1s"));
   CHECK_THROWS_WITH(f.bucket.register_kind<Throttled>("capped", bad_cap),
                     Catch::Contains("kind 'capped'") && Catch::Contains("max_attempts must be in 0..1000000"));
+  auto bad_margin = fast_kind();
+  bad_margin.lease_ttl = 3s;
+  bad_margin.lease_margin = 2s;
+  CHECK_THROWS_WITH(f.bucket.register_kind<Throttled>("margined", bad_margin),
+                    Catch::Contains("kind 'margined'") && Catch::Contains("lease_margin is 2000ms") &&
+                        Catch::Contains("up to half of lease_ttl (1500ms)"));
+  bad_margin.lease_margin = -1ms;
+  CHECK_THROWS_WITH(f.bucket.register_kind<Throttled>("margined", bad_margin), Catch::Contains("lease_margin is -1ms"));
   CHECK_THROWS_AS(f.bucket.notify(Throttled{.id = "x"}, {.delay = -5ms}), dmm::InvalidArgument);
   CHECK_THROWS_WITH(f.bucket.notify(Throttled{.id = "x"}, {.delay = -5ms}),
                     Catch::Contains("kind 'throttled'") && Catch::Contains("delay is negative"));

@@ -90,6 +90,18 @@ std::string with_database(const std::string& url, const std::string& db) {
   return url.substr(0, path) + "/" + db + tail;
 }
 
+std::string with_address(const std::string& url, const std::string& host, int port) {
+  const auto scheme = url.find("://");
+  if (scheme == std::string::npos) return url + " host=" + host + " port=" + std::to_string(port);
+  const auto start = scheme + 3;
+  const auto end = url.find_first_of("/?", start);
+  const auto authority = url.substr(start, end == std::string::npos ? std::string::npos : end - start);
+  const auto at = authority.rfind('@');
+  const auto userinfo = at == std::string::npos ? "" : authority.substr(0, at + 1);
+  return url.substr(0, start) + userinfo + host + ":" + std::to_string(port) +
+         (end == std::string::npos ? "" : url.substr(end));
+}
+
 int closed_port() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
   REQUIRE(fd >= 0);

@@ -49,6 +49,9 @@ std::string worker_binary();
 // `url` pointing at database `db` instead (URL or key=value form).
 std::string with_database(const std::string& url, const std::string& db);
 
+// `url` pointing at host:port instead (URL or key=value form), e.g. a proxy.
+std::string with_address(const std::string& url, const std::string& host, int port);
+
 // A TCP port on 127.0.0.1 that nothing listens on (bound, then released).
 int closed_port();
 

@@ -1,9 +1,10 @@
 // Context: what a materializer gets for one attempt.
 //
-// - stop_token(): requested when the process stops or the lease on this matter
-//   was lost (a heartbeat failed); long work should check it and return or
-//   throw. A throw after a stop request releases the matter without counting
-//   an attempt.
+// - stop_token(): requested when the process stops, when the lease on this
+//   matter was lost, or KindOptions::lease_margin before it may be taken over
+//   because no heartbeat could renew it (PostgreSQL unreachable). Long work
+//   should check it and return or throw within lease_margin. A throw after a
+//   stop request releases the matter without counting an attempt.
 // - attempt(): 1 for the first attempt after a change of state or a success,
 //   then 2, 3, ... while failures repeat.
 // - log(): the bucket's logger; kind() and identity() name the matter so log

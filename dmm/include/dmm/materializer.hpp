@@ -21,7 +21,14 @@
 // - Throw dmm::TerminalError when retrying cannot help: the matter is marked
 //   `failed` until its state changes or it is retried explicitly.
 // - One identity is never materialized by two workers at once, across threads
-//   and processes, while the lease holds (KindOptions::lease_ttl).
+//   and processes, provided materialize() honours its stop token: once
+//   ctx.stop_requested(), return (or throw) within KindOptions::lease_margin
+//   (default a third of lease_ttl, 5 s). A process that cannot renew its
+//   lease (PostgreSQL unreachable, a frozen link) requests the token that
+//   long before another worker may take the matter over. A materializer that
+//   ignores it and runs on past its lease can overlap with the next holder;
+//   its own write-back is then refused, but what it did outside dmm is not
+//   undone (docs/RELIABILITY.md measures it; docs/DESIGN.md, "Self-expiry").
 //
 // Optional: `void finalize(Context&)` is called after Bucket::remove and
 // before the matter is deleted, like a Kubernetes finalizer; it follows the

@@ -140,6 +140,13 @@ struct KindOptions {
   // dies (or is cut off from PostgreSQL) loses it after this long, and then
   // another worker may take the matter over. Default 15 s.
   milliseconds lease_ttl{15'000};
+  // How long before its lease could be taken over a process that cannot renew
+  // it (PostgreSQL unreachable or slow) requests the attempt's stop token: a
+  // materializer that honours the token must return within this time for
+  // exclusion to hold (docs/DESIGN.md, "Self-expiry"). Counted by the
+  // process's own clock from the sending of the last heartbeat that
+  // succeeded. Default 0: a third of lease_ttl; else at most half of it.
+  milliseconds lease_margin{0};
   // Retry schedule after an exception. Default: 200 ms doubling to 60 s, ±20%.
   // A dmm::RetryAfter sets the delay of its own retry instead.
   Backoff backoff{};

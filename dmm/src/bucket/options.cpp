@@ -73,6 +73,10 @@ void validate_kind_options(const KindOptions& o, const std::string& kind) {
   if (o.batch < 1 || o.batch > 10000) bad("batch must be in 1..10000 (default 256)");
   if (o.prefetch < 0 || o.prefetch > 100000) bad("prefetch must be in 0..100000 (default 0: 2 x max(concurrency, batch))");
   if (o.lease_ttl < std::chrono::milliseconds(300)) bad("lease_ttl must be at least 300ms (default 15s)");
+  if (o.lease_margin.count() < 0 || o.lease_margin > o.lease_ttl / 2)
+    bad(fmt::format("lease_margin is {}ms; it must be 0 (a third of lease_ttl) up to half of lease_ttl ({}ms): a "
+                    "larger margin stops attempts before the next heartbeat could renew their lease",
+                    o.lease_margin.count(), (o.lease_ttl / 2).count()));
   if (o.stop_grace.count() < 0) bad("stop_grace must not be negative (default 10s)");
   if (o.history_limit < 0 || o.history_limit > 1000) bad("history_limit must be in 0..1000 (default 10)");
   if (o.max_attempts < 0 || o.max_attempts > 1'000'000)

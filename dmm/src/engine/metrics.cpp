@@ -91,6 +91,9 @@ std::string Metrics::render(const std::string& bucket, const std::map<std::strin
   counter("dmm_lease_takeovers_total",
           "Leases this process lost while materializing (expired or taken over by another worker).",
           [](KindMetrics& m) { return m.leases_lost.load(); });
+  counter("dmm_lease_expiry_stops_total",
+          "Attempts asked to stop because their lease could not be renewed in time (PostgreSQL unreachable or slow).",
+          [](KindMetrics& m) { return m.lease_expiry_stops.load(); });
   counter("dmm_token_publish_errors_total", "Token publishes that failed (the sweeper re-sends them).",
           [](KindMetrics& m) { return m.publish_errors.load(); });
   counter("dmm_token_ack_errors_total", "Token acks that failed (the token is redelivered; harmless).",

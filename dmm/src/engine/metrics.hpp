@@ -33,6 +33,7 @@ struct KindMetrics {
   std::atomic<std::int64_t> in_flight{0};
   std::atomic<std::uint64_t> retries{0};          // attempts after a failed one (attempt > 1)
   std::atomic<std::uint64_t> leases_lost{0};      // expired or taken over by another worker
+  std::atomic<std::uint64_t> lease_expiry_stops{0};  // attempts asked to stop: their lease was not renewed in time
   std::atomic<std::uint64_t> publish_errors{0};   // token publishes NATS refused or never confirmed
   std::atomic<std::uint64_t> ack_errors{0};
   std::atomic<std::uint64_t> notifies_grouped{0};  // single notifies written with others (notify_group.hpp)

@@ -15,6 +15,7 @@
 #include "dmm/work_stream.hpp"
 #include "engine/attempt.hpp"
 #include "engine/sweeper.hpp"
+#include "engine/testing.hpp"
 #include "engine/work_stream_engine.hpp"
 #include "protocol/names.hpp"
 #include "store/pg.hpp"
@@ -82,7 +83,7 @@ void WorkStreamEngine::work() {
     std::lock_guard lock(mu_);
     if (working_) throw Error(fmt::format("kind '{}': work() is already running in this process", kind_.name));
     working_ = true;
-    executors_exit_ = committer_exit_ = false;
+    executors_exit_ = committer_exit_ = watch_exit_ = false;
   }
   auto& log = *deps_.logger;
   log.info("bucket '{}' kind '{}': working as {} (concurrency {}, lease {}ms)", deps_.options.name, kind_.name,
@@ -93,6 +94,7 @@ void WorkStreamEngine::work() {
     // One committer: a second one, writing back on another connection, was
     // slower (docs/DESIGN.md, "Engine threads").
     std::jthread committer([this] { run_committer(); });
+    std::jthread lease_watch([this] { run_lease_watch(); });
     Sweeper sweeper(deps_, kind_.name, kind_.options.resync_every);
     std::jthread sweeping([&](std::stop_token st) { sweeper.run(st); });
 
@@ -101,9 +103,10 @@ void WorkStreamEngine::work() {
     executors.clear();  // joins: waits for materializations to return
     {
       std::lock_guard lock(mu_);
-      committer_exit_ = true;
+      committer_exit_ = watch_exit_ = true;
     }
     done_cv_.notify_all();
+    watch_cv_.notify_all();
   }
   deps_.nats->flush(std::chrono::milliseconds(2000));
   log.info("bucket '{}' kind '{}': stopped", deps_.options.name, kind_.name);
@@ -374,6 +377,7 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Fetched>
     std::lock_guard lock(mu_);
     turn = FairTurn{token_class, fair_after_[index_of(token_class)]};
   }
+  const auto sent = Clock::now();  // the lease ends lease_ttl after the claim runs, so not before this
   auto [claimed, waiting] = claim(conn, deps_.options.name, kind_.name, ids, deps_.worker_id,
                                   kind_.options.lease_ttl, limits(), turn ? &*turn : nullptr);
   if (turn) {
@@ -421,6 +425,7 @@ void WorkStreamEngine::claim_tokens(pqxx::connection& conn, std::vector<Fetched>
       const auto named = class_of.find(row.id);  // a fair claim's pick may be named by no token
       item->priority = named != class_of.end() ? named->second : token_class;
       item->row = std::move(row);
+      item->lease_ends = sent + kind_.options.lease_ttl;
       held_[item->row.id] = item;
       ready_[index_of(item->priority)].push_back(std::move(item));
     }
@@ -477,6 +482,19 @@ void WorkStreamEngine::run_executor() {
       item = std::move(queue->front());
       queue->pop_front();
       if (item->abandoned) continue;
+      // Claimed, then queued while no heartbeat got through: its lease may be
+      // taken over before a materialization could return. Given back instead
+      // (the release is fenced: a no-op if the lease was taken over).
+      if (Clock::now() >= item->lease_ends - lease_margin() && !testing::self_expiry_off.load()) {
+        deps_.logger->warn("kind '{}' identity '{}': its lease could not be renewed in time (PostgreSQL unreachable "
+                           "or slow); giving it back without materializing",
+                           kind_.name, item->row.identity);
+        item->abandoned = true;
+        item->outcome_queued = true;
+        done_.push_back(released(item->row));
+        done_cv_.notify_one();
+        continue;
+      }
       item->running = true;
       ++running_;
     }
@@ -524,7 +542,6 @@ void WorkStreamEngine::run_committer() {
   std::unique_ptr<pqxx::connection> conn;
   const auto renew_every = kind_.options.lease_ttl / 3;
   auto next_renewal = Clock::now() + renew_every;
-  auto last_renewal = Clock::now();
   Clock::time_point failing_since{};  // epoch: not failing
   while (true) {
     std::vector<Outcome> batch;
@@ -538,6 +555,12 @@ void WorkStreamEngine::run_committer() {
     if (exiting && batch.empty()) return;
     try {
       if (!conn) conn = connect_pg(deps_.options.postgres, "writing back matters of kind '" + kind_.name + "'");
+      // The heartbeat first: on a slow link a write-back ahead of it would
+      // bring the leases' self-expiry closer (docs/DESIGN.md, "Self-expiry").
+      if (Clock::now() >= next_renewal) {
+        renew_leases(*conn);
+        next_renewal = Clock::now() + renew_every;
+      }
       if (!batch.empty()) {
         deps_.publish(write_back(*conn, batch, deps_.options.token_grace, deps_.options.name,
                                              {deps_.options.name, deps_.worker_id, kind_.options.history_limit}));
@@ -551,20 +574,12 @@ void WorkStreamEngine::run_committer() {
         room_cv_.notify_one();
         fetch_cv_.notify_all();
       }
-      if (Clock::now() >= next_renewal) {
-        renew_leases(*conn);
-        next_renewal = Clock::now() + renew_every;
-        last_renewal = Clock::now();
-      }
       failing_since = {};
     } catch (const std::exception& e) {
       errors.warn("bucket '{}' kind '{}': writing back {} outcome(s) failed: {}; retrying", deps_.options.name,
                   kind_.name, batch.size(), e.what());
       conn.reset();
       if (failing_since == Clock::time_point{}) failing_since = Clock::now();
-      // Leases not renewed for two thirds of their TTL may soon be taken over:
-      // ask running attempts to stop rather than overlap with a new holder.
-      if (Clock::now() - last_renewal > 2 * renew_every) abort_attempts("leases could not be renewed");
       if (exiting && Clock::now() - failing_since > kind_.options.stop_grace) {
         deps_.logger->error("bucket '{}' kind '{}': giving up on {} outcome(s) at stop; their leases expire in {}ms "
                             "and other workers take them over",
@@ -590,18 +605,24 @@ void WorkStreamEngine::renew_leases(pqxx::connection& conn) {
     }
   }
   if (ids.empty()) return;
+  const auto sent = Clock::now();  // a renewed lease ends lease_ttl after the heartbeat runs, so not before this
   auto lost = heartbeat(conn, ids, epochs, kind_.options.lease_ttl, kind_.options.global_concurrency > 0);
-  if (lost.empty()) return;
-  std::unordered_map<std::int64_t, std::int64_t> sent;  // id -> the epoch the heartbeat asked about
-  for (std::size_t i = 0; i < ids.size(); ++i) sent[ids[i]] = epochs[i];
+  const std::unordered_set<std::int64_t> lost_ids(lost.begin(), lost.end());
   std::lock_guard lock(mu_);
-  for (auto id : lost) {
-    auto it = held_.find(id);
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    auto it = held_.find(ids[i]);
+    if (it == held_.end() || it->second->row.epoch != epochs[i] || lost_ids.count(ids[i])) continue;
+    it->second->lease_ends = std::max(it->second->lease_ends, sent + kind_.options.lease_ttl);
+  }
+  if (lost.empty()) return;
+  for (std::size_t i = 0; i < ids.size(); ++i) {
+    if (!lost_ids.count(ids[i])) continue;
+    auto it = held_.find(ids[i]);
     // Its outcome is on the way (the write-back is fenced and tells), or it is
     // held under another epoch than the one asked about (written back and
     // claimed again meanwhile, possible only if write-backs ran beside the
     // heartbeat): not a lease lost under a running attempt.
-    if (it == held_.end() || it->second->outcome_queued || it->second->row.epoch != sent[id]) continue;
+    if (it == held_.end() || it->second->outcome_queued || it->second->row.epoch != epochs[i]) continue;
     auto& item = *it->second;
     MatterLogScope scope(deps_.options.name, kind_.name, item.row.identity);
     metrics_.leases_lost.fetch_add(1, std::memory_order_relaxed);
@@ -615,14 +636,41 @@ void WorkStreamEngine::renew_leases(pqxx::connection& conn) {
   fetch_cv_.notify_all();
 }
 
-void WorkStreamEngine::abort_attempts(const char* why) {
-  std::lock_guard lock(mu_);
-  for (auto& [id, item] : held_) {
-    if (!item->running || item->stop.stop_requested()) continue;
-    MatterLogScope scope(deps_.options.name, kind_.name, item->row.identity);
-    deps_.logger->warn("kind '{}' identity '{}': {}; requesting the attempt to stop", kind_.name,
-                       item->row.identity, why);
-    item->stop.request_stop();
+std::chrono::milliseconds WorkStreamEngine::lease_margin() const {
+  return kind_.options.lease_margin.count() > 0 ? kind_.options.lease_margin : kind_.options.lease_ttl / 3;
+}
+
+void WorkStreamEngine::run_lease_watch() {
+  // The heartbeat fences nothing while user code runs: a holder that cannot
+  // renew must stop before another worker may take over (docs/DESIGN.md,
+  // "Self-expiry"). This thread touches no connection, so a frozen link to
+  // PostgreSQL, which can hold the committer in a statement for as long as it
+  // lasts, cannot hold it.
+  const auto margin = lease_margin();
+  // A new lease ends at least lease_ttl - margin after it starts: looking at
+  // least that often finds every lease in time.
+  const auto scan = (kind_.options.lease_ttl - margin) / 2;
+  std::unique_lock lock(mu_);
+  while (!watch_exit_) {
+    const auto now = Clock::now();
+    auto next = now + scan;
+    for (auto& [id, item] : held_) {
+      if (!item->running || item->stop.stop_requested() || testing::self_expiry_off.load()) continue;
+      const auto stop_at = item->lease_ends - margin;
+      if (now < stop_at) {
+        next = std::min(next, stop_at);
+        continue;
+      }
+      MatterLogScope scope(deps_.options.name, kind_.name, item->row.identity);
+      deps_.logger->warn("kind '{}' identity '{}': its lease was not renewed (PostgreSQL unreachable or slow) and may "
+                         "be taken over in {}ms; requesting the attempt to stop",
+                         kind_.name, item->row.identity,
+                         std::max<std::int64_t>(0, std::chrono::duration_cast<std::chrono::milliseconds>(
+                                                        item->lease_ends - now).count()));
+      metrics_.lease_expiry_stops.fetch_add(1, std::memory_order_relaxed);
+      item->stop.request_stop();
+    }
+    watch_cv_.wait_until(lock, next, [&] { return watch_exit_; });
   }
 }
 

@@ -58,6 +58,10 @@ class WorkStreamEngine {
     bool running = false;    // guarded by mu_
     bool abandoned = false;  // guarded by mu_: lease lost or released; drop the outcome
     bool outcome_queued = false;  // guarded by mu_: the attempt's outcome waits for a write-back
+    // Guarded by mu_: by this process's clock, when the lease may end at the
+    // earliest: the sending of the statement that last set it (the claim or a
+    // heartbeat) plus lease_ttl (docs/DESIGN.md, "Self-expiry").
+    std::chrono::steady_clock::time_point lease_ends;
   };
 
   // A fetched token and the row ids it names, waiting for the dispatcher.
@@ -108,8 +112,11 @@ class WorkStreamEngine {
   Outcome attempt(Item& item);
   void run_committer();
   void renew_leases(pqxx::connection& conn);
-  // Requests the stop token of every running attempt.
-  void abort_attempts(const char* why);
+  // Requests the stop token of each running attempt lease_margin before its
+  // lease may end, unless a heartbeat renewed it meanwhile (self-expiry).
+  void run_lease_watch();
+  // lease_margin, or its default: a third of lease_ttl.
+  std::chrono::milliseconds lease_margin() const;
   void shut_down();
 
   const EngineDeps deps_;  // constant; what it points to outlives this engine
@@ -149,6 +156,8 @@ class WorkStreamEngine {
   int running_ = 0;                                                // guarded by mu_
   bool executors_exit_ = false;                                    // guarded by mu_
   bool committer_exit_ = false;                                    // guarded by mu_
+  bool watch_exit_ = false;                                        // guarded by mu_
+  std::condition_variable watch_cv_;                               // watch_exit_ was set
   bool working_ = false;                                           // guarded by mu_
 };
 
