@@ -4,6 +4,12 @@
 //                [--concurrency N] [--lease-ms N] [--work-ms N] [--fail-rate F]
 //                [--hang-rate F] [--hang-ms N] [--terminal-every N]
 //                [--global-concurrency N] [--rate-count N --rate-per-ms N --rate-burst N]
+//                [--record-postgres URL] [--ignore-stop 0|1]
+// --postgres is the bucket's (through a fault proxy in the partition
+// scenarios); the Probe records its runs through --record-postgres (default:
+// the same), a link no partition touches: the recorder observes, it is not
+// the system under test. --ignore-stop 1: materializers keep working after
+// their stop token is requested; otherwise they return within 5 ms of it.
 #include <dmm/signals.hpp>
 #include <iostream>
 #include <map>
@@ -17,7 +23,8 @@ int main(int argc, char** argv) {
                                               {"fail-rate", "0"},   {"hang-rate", "0"},   {"hang-ms", "0"},
                                               {"terminal-every", "0"}, {"replicas", "1"},
                                               {"global-concurrency", "0"}, {"rate-count", "0"},
-                                              {"rate-per-ms", "1000"}, {"rate-burst", "1"}};
+                                              {"rate-per-ms", "1000"}, {"rate-burst", "1"},
+                                              {"ignore-stop", "0"}};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string key = argv[i];
     if (key.rfind("--", 0) != 0) {
@@ -35,7 +42,8 @@ int main(int argc, char** argv) {
   spdlog::set_pattern("[%H:%M:%S.%e] [" + flags["worker-id"] + "] [%l] %v");
   try {
     auto behavior = std::make_shared<dmm_test::ProbeEnv>();
-    behavior->postgres = flags["postgres"];
+    behavior->postgres = flags.count("record-postgres") ? flags["record-postgres"] : flags["postgres"];
+    behavior->ignore_stop = flags["ignore-stop"] == "1";
     behavior->bucket = flags["bucket"];
     behavior->worker = flags["worker-id"];
     behavior->work = std::chrono::milliseconds(std::stol(flags["work-ms"]));

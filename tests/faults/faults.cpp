@@ -29,9 +29,11 @@
 #include <iostream>
 #include <map>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "probe.hpp"
+#include "proxy.hpp"
 
 namespace {
 
@@ -119,6 +121,30 @@ void stream_fault(const std::string& url, const std::string& stream, bool remove
   if (s != NATS_OK) throw std::runtime_error(std::string("stream operation failed: ") + natsStatus_GetText(s));
 }
 
+// The host and port of a single-server URL (scheme://[user@]host:port[/...]),
+// and the URL with another port: how a worker is pointed at its proxy.
+std::pair<std::size_t, std::size_t> port_span(const std::string& url) {
+  const auto start = url.find("://");
+  const auto end = std::min(url.find('/', start + 3), url.size());
+  const auto at = url.rfind('@', end);
+  const auto host = at != std::string::npos && at > start ? at + 1 : start + 3;
+  const auto colon = url.rfind(':', end);
+  if (start == std::string::npos || colon == std::string::npos || colon < host || url.find(',') != std::string::npos)
+    throw std::invalid_argument("cannot proxy '" + url + "': give one server as scheme://host:port");
+  return {colon + 1, end};
+}
+std::pair<std::string, int> host_port(const std::string& url) {
+  const auto [port, end] = port_span(url);
+  const auto start = url.find("://");
+  const auto at = url.rfind('@', port);
+  const auto host = at != std::string::npos && at > start ? at + 1 : start + 3;
+  return {url.substr(host, port - 1 - host), std::stoi(url.substr(port, end - port))};
+}
+std::string with_port(const std::string& url, int port) {
+  const auto [from, end] = port_span(url);
+  return url.substr(0, from) + std::to_string(port) + url.substr(end);
+}
+
 struct Scenario {
   std::string name{};
   std::string what{};  // one line for the report
@@ -134,6 +160,15 @@ struct Scenario {
   bool cluster = false;  // a three-node JetStream cluster of its own, R3 stream
   int global_concurrency = 0;  // given to the workers too: never more runs at once, no slot left held
   dmm::RateLimit rate{};        // likewise: never more starts in a window of rate.per than count + burst
+  // Partitions (proxy.hpp): every worker reaches PostgreSQL and NATS through
+  // proxies of its own; with notifier_proxied the driver's notifying bucket
+  // reaches PostgreSQL through one too, and a thread notifies fresh matters
+  // through it (each success must be stored, each error must say truly
+  // whether it took effect).
+  bool proxied = false;
+  bool notifier_proxied = false;
+  bool ignores_stop = false;  // materializers ignore the stop token: overlaps reported, not counted
+  bool in_short = true;       // part of the short profile (any scenario runs with --only)
 };
 
 struct Totals {
@@ -158,9 +193,76 @@ class Run {
   int faults_injected = 0, injection_failures = 0;
   long leases_left = 0;
 
+  // Partitions. A slot's links outlive the workers started in it.
+  enum class Link { postgres, nats, both };
+  struct Links {
+    std::unique_ptr<dmm_faults::Proxy> postgres, nats;
+  };
+  int random_slot() { return static_cast<int>(rng_() % workers_.size()); }
+  // Freezes (or cuts) the link(s) of the worker in `slot`.
+  void partition(int slot, Link which, bool cut) {
+    auto& l = links_.at(slot);
+    for (auto* p : {which != Link::nats ? l.postgres.get() : nullptr, which != Link::postgres ? l.nats.get() : nullptr})
+      if (p) cut ? p->cut() : p->freeze();
+    partitioned_.insert(slot);
+  }
+  // Every worker's PostgreSQL link delays each chunk by [min, max].
+  void slow_postgres(std::chrono::milliseconds min, std::chrono::milliseconds max) {
+    for (auto& [slot, l] : links_) l.postgres->slow(min, max);
+    for (auto& [slot, l] : links_) partitioned_.insert(slot);
+  }
+  // Heals every link; a fault ends here, so work resumed is measured from
+  // now: for one worker's partition, until that worker completes a run.
+  void heal_all() {
+    if (partitioned_.empty()) return;
+    {
+      pqxx::connection c(s_.postgres);
+      pqxx::nontransaction tx(c);
+      backlog_at_heal_ = std::max(backlog_at_heal_, tx.exec_params1("SELECT count(*) FROM dmm.matter WHERE bucket = $1 "
+                                                                    "AND NOT (phase = 'ready' AND generation = "
+                                                                    "materialized_generation)",
+                                                                    bucket_name_)[0].as<long>());
+    }
+    for (auto& [slot, l] : links_) {
+      l.postgres->heal();
+      l.nats->heal();
+    }
+    const auto worker = partitioned_.size() == 1 ? workers_.at(*partitioned_.begin()).first : std::string();
+    partitioned_.clear();
+    mark_fault(worker);
+  }
+  // The notifier's link: frozen while a notify is in flight, then healed or
+  // cut (which fails the calls that hang in it).
+  void freeze_notifier() {
+    notifier_proxy_->freeze();
+    if (fresh_in_flight_) ++mid_notify_freezes_;
+  }
+  void end_notifier_freeze(bool cut) {
+    if (cut) {
+      notifier_proxy_->cut();
+      std::this_thread::sleep_for(200ms);  // the calls in flight get their errors
+    }
+    notifier_proxy_->heal();
+    mark_fault();
+  }
+  std::string postgres_through(const dmm_faults::Proxy& proxy) const;
+
   void start_worker(int slot) {
     const auto id = bucket_name_ + "-w" + std::to_string(next_worker_++);
-    std::vector<std::string> argv = {s_.worker,  "--postgres", s_.postgres, "--nats",      nats_url_,
+    auto postgres = s_.postgres, nats = nats_url_;
+    if (sc_.proxied) {
+      auto& l = links_[slot];
+      if (!l.postgres) {
+        const auto [pg_host, pg_port] = host_port(s_.postgres);
+        const auto [nats_host, nats_port] = host_port(nats_url_);
+        l.postgres = std::make_unique<dmm_faults::Proxy>(pg_host, pg_port);
+        l.nats = std::make_unique<dmm_faults::Proxy>(nats_host, nats_port);
+      }
+      postgres = postgres_through(*l.postgres);
+      nats = with_port(nats_url_, l.nats->port());
+    }
+    std::vector<std::string> argv = {s_.worker,  "--postgres", postgres, "--nats",      nats,
+                                     "--record-postgres", s_.postgres,
                                      "--bucket", bucket_name_, "--worker-id", id,          "--lease-ms",
                                      "2000",     "--concurrency", "8",      "--replicas", sc_.cluster ? "3" : "1"};
     for (const auto& f : sc_.worker_flags) argv.push_back(f);
@@ -309,13 +411,14 @@ class Run {
 
   // Remembers when a fault was injected (database clock), to measure how long
   // until materializations complete again.
-  void mark_fault() {
+  // With `worker`: until that worker completes a run.
+  void mark_fault(const std::string& worker = "") {
     ++faults_injected;
     for (int attempt = 0; attempt < 50; ++attempt) {
       try {
         pqxx::connection c(s_.postgres);
         pqxx::nontransaction tx(c);
-        fault_times_.push_back(tx.exec1("SELECT clock_timestamp()::text")[0].as<std::string>());
+        fault_times_.emplace_back(tx.exec1("SELECT clock_timestamp()::text")[0].as<std::string>(), worker);
         return;
       } catch (const std::exception&) {
         std::this_thread::sleep_for(100ms);
@@ -327,10 +430,11 @@ class Run {
   // it and completed.
   std::vector<double> recovery_times(pqxx::transaction_base& tx) {
     std::vector<double> out;
-    for (const auto& t : fault_times_) {
+    for (const auto& [t, worker] : fault_times_) {
       auto r = tx.exec_params1("SELECT extract(epoch FROM min(finished) - $2::timestamptz) FROM dmm_test.runs "
-                               "WHERE bucket = $1 AND outcome = 'done' AND started >= $2::timestamptz",
-                               bucket_name_, t);
+                               "WHERE bucket = $1 AND outcome = 'done' AND started >= $2::timestamptz "
+                               "AND ($3 = '' OR worker = $3)",
+                               bucket_name_, t, worker);
       if (!r[0].is_null()) out.push_back(r[0].as<double>());
     }
     std::sort(out.begin(), out.end());
@@ -355,10 +459,15 @@ class Run {
 
  private:
   void notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running);
+  void notify_fresh_loop(dmm::Bucket& bucket, std::atomic<bool>& running);
+  // Fresh matters notified through a frozen link: checked against what each
+  // call said. Returns the calls whose error said "nothing took effect" but
+  // whose matters were stored (a misreport), and describes the rest.
+  long check_fresh(pqxx::transaction_base& tx, std::string& text);
   void start_cluster();
   void start_node(int i);
   std::string nats_url_;
-  std::vector<std::string> fault_times_;
+  std::vector<std::pair<std::string, std::string>> fault_times_;  // (database clock, worker or "")
   std::filesystem::path cluster_dir_;
   std::vector<int> client_ports_, route_ports_;
   std::vector<std::unique_ptr<Child>> nodes_;
@@ -372,9 +481,22 @@ class Run {
   std::mt19937& rng_;
   const std::string bucket_name_;
   int next_worker_ = 0;
+  std::map<int, Links> links_;  // declared before workers_: workers stop first
+  std::set<int> partitioned_;
+  long backlog_at_heal_ = 0;  // the most matters not ready when a partition was healed
+  std::unique_ptr<dmm_faults::Proxy> notifier_proxy_;
+  // The fresh notifier (notify_fresh_loop); guarded by expected_mu_ but the atomics.
+  std::atomic<bool> fresh_in_flight_{false};
+  std::atomic<int> mid_notify_freezes_{0};
+  std::vector<std::string> fresh_ok_, fresh_none_, fresh_doubt_;
+  long fresh_calls_ = 0, fresh_errors_ = 0;
+  double longest_notify_s_ = 0;
+  std::string first_error_;
   std::map<int, std::pair<std::string, std::unique_ptr<Child>>> workers_;
   std::vector<std::pair<std::string, std::string>> killed_;  // SIGKILLed worker -> when (database clock)
 };
+
+std::string Run::postgres_through(const dmm_faults::Proxy& proxy) const { return with_port(s_.postgres, proxy.port()); }
 
 int free_port() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -478,6 +600,57 @@ void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
   expected_ = seq;
 }
 
+// Fresh matters, never notified again, one call after the other so that a
+// freeze of the notifier's link catches one in flight: a notify of one
+// (group commit) and a notify_many of five, alternately.
+void Run::notify_fresh_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
+  for (long k = 0; running; ++k) {
+    std::vector<Probe> batch;
+    for (int i = 0; i < (k % 2 ? 1 : 5); ++i) batch.push_back({.id = "f" + std::to_string(k) + "-" + std::to_string(i), .seq = 1});
+    const auto t = Clock::now();
+    fresh_in_flight_ = true;
+    std::vector<std::string>* into = &fresh_ok_;
+    std::string error;
+    try {
+      if (batch.size() == 1) bucket.notify(batch[0]);
+      else bucket.notify_many(batch);
+    } catch (const dmm::Error& e) {
+      error = e.what();
+      // ConnectionError says whether the call may have taken effect (errors.hpp).
+      into = error.find("may or may not have taken effect") != std::string::npos ? &fresh_doubt_ : &fresh_none_;
+    }
+    fresh_in_flight_ = false;
+    std::lock_guard lock(expected_mu_);
+    ++fresh_calls_;
+    longest_notify_s_ = std::max(longest_notify_s_, seconds_since(t));
+    if (!error.empty() && fresh_errors_++ == 0) first_error_ = error;
+    for (const auto& p : batch) into->push_back(p.id);
+  }
+}
+
+long Run::check_fresh(pqxx::transaction_base& tx, std::string& text) {
+  auto stored = [&](const std::vector<std::string>& ids) {
+    std::set<std::string> found;
+    for (const auto& r : tx.exec_params("SELECT identity FROM dmm.matter WHERE bucket = $1 AND identity LIKE 'f%'",
+                                        bucket_name_))
+      found.insert(r[0].as<std::string>());
+    return std::count_if(ids.begin(), ids.end(), [&](const std::string& id) { return found.count(id) > 0; });
+  };
+  const long misreported = stored(fresh_none_), doubt_stored = stored(fresh_doubt_);
+  if (misreported)
+    std::cerr << "  " << misreported << " fresh matter(s) stored although their notify failed saying nothing took "
+              << "effect (first error: " << first_error_ << ")\n";
+  if (!first_error_.empty()) std::cerr << "  first notify error: " << first_error_.substr(0, 400) << "\n";
+  char buf[400];
+  std::snprintf(buf, sizeof buf,
+                "; fresh notifier: %ld calls, %d freezes caught one in flight, longest call %.1fs, %ld errors (%zu "
+                "matters said nothing took effect: %ld stored; %zu in doubt: %ld stored)",
+                fresh_calls_, mid_notify_freezes_.load(), longest_notify_s_, fresh_errors_, fresh_none_.size(),
+                misreported, fresh_doubt_.size(), doubt_stored);
+  text += buf;
+  return misreported;
+}
+
 void Run::execute(Totals& totals) {
   const auto t0 = Clock::now();
   std::cout << "scenario " << sc_.name << ": " << sc_.what << " (" << sc_.matters << " matters, " << sc_.workers
@@ -487,13 +660,19 @@ void Run::execute(Totals& totals) {
     dmm_test::ensure_runs_table(c);
   }
   if (sc_.cluster) start_cluster();
+  auto notifier_postgres = s_.postgres;
+  if (sc_.notifier_proxied) {
+    const auto [host, port] = host_port(s_.postgres);
+    notifier_proxy_ = std::make_unique<dmm_faults::Proxy>(host, port);
+    notifier_postgres = postgres_through(*notifier_proxy_);
+  }
   // A new cluster needs a moment to elect its JetStream leader.
   const auto open_deadline = Clock::now() + 60s;
   auto open = [&] {
     while (true) {
       try {
         return dmm::Bucket::open({.name = bucket_name_,
-                                  .postgres = s_.postgres,
+                                  .postgres = notifier_postgres,
                                   .nats = nats_url_,
                                   .stream_replicas = sc_.cluster ? 3 : 1});
       } catch (const dmm::Error&) {
@@ -509,6 +688,8 @@ void Run::execute(Totals& totals) {
 
   std::atomic<bool> running{true};
   std::thread notifier([&] { notify_loop(bucket, running); });
+  std::jthread fresh;
+  if (sc_.notifier_proxied) fresh = std::jthread([&] { notify_fresh_loop(bucket, running); });
   const auto end = Clock::now() + sc_.duration;
   auto next_chaos = Clock::now() + sc_.chaos_every;
   while (Clock::now() < end) {
@@ -525,10 +706,15 @@ void Run::execute(Totals& totals) {
       next_chaos = Clock::now() + sc_.chaos_every;
     }
   }
+  heal_all();  // before the notifier stops: a frozen notify may be what it waits for
+  if (notifier_proxy_) notifier_proxy_->heal();
   running = false;
   notifier.join();
+  if (fresh.joinable()) fresh.join();
   replace_crashed_workers();
   if (down_node_ >= 0) toggle_cluster_node();
+  // The fresh notifier's successes are expected like the others'.
+  for (const auto& id : fresh_ok_) expected_[id] = 1;
 
   // Converge.
   const auto quiet = Clock::now();
@@ -667,6 +853,28 @@ SELECT coalesce(max(c), 0) FROM (
     std::cerr << "  no fault was injected\n";
     ++injection_failures;
   }
+  // A partition of a link that carried nothing proves nothing.
+  std::string partition_text;
+  if (!links_.empty()) partition_text = "; at most " + std::to_string(backlog_at_heal_) + " matters not ready at a heal";
+  for (const auto& [slot, l] : links_)
+    for (const auto* p : {l.postgres.get(), l.nats.get()})
+      if (p->connections() == 0) {
+        std::cerr << "  a proxied link of worker slot " << slot << " carried no connection\n";
+        ++injection_failures;
+      }
+  if (sc_.notifier_proxied) {
+    lost += check_fresh(tx, partition_text);
+    if (mid_notify_freezes_ == 0) {
+      std::cerr << "  no freeze of the notifier's link caught a notify in flight\n";
+      ++injection_failures;
+    }
+  }
+  // Materializers that ignore the stop token: their overlaps are measured
+  // and shown, not counted (docs/RELIABILITY.md, "Partitions").
+  const long counted_overlaps = sc_.ignores_stop ? 0 : overlaps;
+  const auto overlaps_text =
+      sc_.ignores_stop ? std::to_string(overlaps) + " (reported, not counted: materializers ignore the stop token)"
+                       : std::to_string(overlaps);
   const auto runs = tx.exec_params1("SELECT count(*) FROM dmm_test.runs WHERE bucket = $1", bucket_name_)[0].as<long>();
   unconverged += leases_left;
   unconverged += injection_failures;  // a scenario whose faults were not injected did not run
@@ -683,25 +891,54 @@ SELECT coalesce(max(c), 0) FROM (
 
   std::printf("  %s: %ld runs (%ld never finished, %ld of killed workers recorded after the kill), %d kills, %d graceful stops, %d crashes, %d server faults, %d faults "
               "injected (%d failed), %ld notify retries; work resumed after each fault: %s; converged %.1fs after the "
-              "last fault; lost=%ld overlaps=%ld unconverged=%ld (leases left %ld%s) [setup %.0fs, stop and "
+              "last fault; lost=%ld overlaps=%s unconverged=%ld (leases left %ld%s%s) [setup %.0fs, stop and "
               "checks %.0fs, all %.0fs]\n",
               sc_.name.c_str(), runs, unfinished, closed_late, kills, graceful_stops, crashes, restarts, faults_injected, injection_failures,
-              notify_retries_.load(), recovery_text.c_str(), converge_s, lost, overlaps, unconverged, leases_left, limit_text.c_str(), setup_s,
+              notify_retries_.load(), recovery_text.c_str(), converge_s, lost, overlaps_text.c_str(), unconverged, leases_left, limit_text.c_str(), partition_text.c_str(), setup_s,
               seconds_since(checks_start), seconds_since(t0));
   if (!s_.report.empty()) {
     std::ofstream out(s_.report, std::ios::app);
-    out << "| " << sc_.name << " | " << sc_.what << " | " << expected_.size() << " | " << runs << " | " << kills
+    out << "| " << sc_.name << " | " << sc_.what << partition_text << " | " << expected_.size() << " | " << runs << " | " << kills
         << " | " << restarts + graceful_stops << " | " << recovery_text << " | " << std::fixed << std::setprecision(1)
         << converge_s << " s | "
-        << lost << " | " << overlaps << " | " << unconverged << " |\n";
+        << lost << " | " << overlaps_text << " | " << unconverged << " |\n";
   }
   ++totals.scenarios;
   totals.matters += static_cast<long>(expected_.size());
   totals.kills += kills;
   totals.restarts += restarts;
   totals.lost += lost;
-  totals.overlaps += overlaps;
+  totals.overlaps += counted_overlaps;
   totals.unconverged += unconverged;
+}
+
+// Chaos of the partition scenarios, called every 100 ms: after `gap`, starts
+// partition n, ends it after `hold`, and again.
+struct PartitionCycle {
+  std::chrono::milliseconds hold, gap;
+  std::function<void(Run&, int)> start, end;
+  Clock::time_point next{};
+  bool on = false;
+  int n = 0;
+  void operator()(Run& r) {
+    const auto now = Clock::now();
+    if (next == Clock::time_point{}) next = now + gap;
+    if (now < next) return;
+    if (!on) start(r, n);
+    else end(r, n++);
+    on = !on;
+    next = now + (on ? hold : gap);
+  }
+};
+
+// One random worker's link(s), frozen (even partitions) or cut (odd ones) if
+// `alternate`, else always as `cut` says.
+PartitionCycle one_worker(Run::Link link, std::chrono::milliseconds hold, std::chrono::milliseconds gap, bool cut,
+                          bool alternate) {
+  return {.hold = hold,
+          .gap = gap,
+          .start = [=](Run& r, int n) { r.partition(r.random_slot(), link, alternate ? n % 2 == 1 : cut); },
+          .end = [](Run& r, int) { r.heal_all(); }};
 }
 
 std::vector<Scenario> scenarios(bool long_profile) {
@@ -784,6 +1021,55 @@ std::vector<Scenario> scenarios(bool long_profile) {
                  .worker_flags = {"--work-ms", "50"},
                  .chaos_every = long_profile ? 3000ms : 2500ms,
                  .chaos = [](Run& r) { r.stop_random_worker_gracefully(); }});
+
+  // Partitions (docs/RELIABILITY.md, "Partitions"). Most runs take 10 ms, one
+  // in a thousand 3 s (past the 2 s lease TTL of start_worker), so that
+  // partitions catch runs that outlive the lease.
+  using Link = Run::Link;
+  const std::vector<std::string> mixed = {"--work-ms", "10", "--hang-rate", "0.001", "--hang-ms", "3000"};
+  auto partition = [&](std::string name, std::string what, PartitionCycle cycle) {
+    Scenario sc{.name = std::move(name), .what = std::move(what), .matters = matters, .duration = duration};
+    sc.worker_flags = mixed;
+    sc.chaos_every = 100ms;
+    sc.chaos = std::move(cycle);
+    sc.proxied = true;
+    sc.in_short = false;
+    return sc;
+  };
+  all.push_back(partition("pg-brief",
+                          "one worker's PostgreSQL link frozen for 1 s (half the lease TTL) every 3 s, NATS reachable",
+                          one_worker(Link::postgres, 1000ms, 2000ms, false, false)));
+  all.push_back(partition("pg-partition",
+                          "one worker's PostgreSQL link frozen or cut (alternately) for 6 s (3 lease TTLs), healed "
+                          "for 4 s; NATS reachable; materializers honour the stop token",
+                          one_worker(Link::postgres, 6000ms, long_profile ? 4000ms : 2000ms, false, true)));
+  all.back().in_short = true;
+  all.push_back(partition("pg-partition-ignore",
+                          "as pg-partition, with materializers that ignore the stop token",
+                          one_worker(Link::postgres, 6000ms, long_profile ? 4000ms : 2000ms, false, true)));
+  all.back().worker_flags.insert(all.back().worker_flags.end(), {"--ignore-stop", "1"});
+  all.back().ignores_stop = true;
+  all.push_back(partition("nats-partition",
+                          "one worker's NATS link frozen or cut (alternately) for 5 s, healed for 3 s; PostgreSQL "
+                          "reachable",
+                          one_worker(Link::nats, 5000ms, 3000ms, false, true)));
+  all.push_back(partition("flap", "both links of a random worker cut for 2 s, healed for 2 s, again",
+                          one_worker(Link::both, 2000ms, 2000ms, true, false)));
+  all.push_back(partition("pg-slow",
+                          "every worker's PostgreSQL link delays each chunk by 20-200 ms for half the run, then healed",
+                          {.hold = duration / 2,
+                           .gap = 2000ms,
+                           .start = [](Run& r, int) { r.slow_postgres(20ms, 200ms); },
+                           .end = [](Run& r, int) { r.heal_all(); }}));
+  all.push_back(partition("notify-freeze",
+                          "the notifier's PostgreSQL link frozen for 3 s while a notify is in flight, then healed or "
+                          "cut (alternately)",
+                          {.hold = 3000ms,
+                           .gap = 2000ms,
+                           .start = [](Run& r, int) { r.freeze_notifier(); },
+                           .end = [](Run& r, int n) { r.end_notifier_freeze(n % 2 == 1); }}));
+  all.back().proxied = false;
+  all.back().notifier_proxied = true;
   return all;
 }
 
@@ -813,7 +1099,7 @@ int main(int argc, char** argv) {
     else if (a == "--only") s.only = value();
     else if (a == "--report") s.report = value();
     else {
-      std::cerr << "usage: faults [--short|--long] [--only SCENARIO] [--report FILE]\n"
+      std::cerr << "usage: faults [--short|--long] [--only SCENARIO[,SCENARIO...]] [--report FILE]\n"
                    "servers from DMM_TEST_POSTGRES_URL, DMM_TEST_NATS_URL; restarts through DMM_TEST_DEV_ENV "
                    "--dir DMM_TEST_ENV_DIR (scripts/faults sets them all)\n";
       return 2;
@@ -828,7 +1114,8 @@ int main(int argc, char** argv) {
   std::mt19937 rng{std::random_device{}()};
   Totals totals;
   for (const auto& sc : scenarios(s.profile == "long")) {
-    if (!s.only.empty() && sc.name != s.only) continue;
+    const bool named = ("," + s.only + ",").find("," + sc.name + ",") != std::string::npos;  // --only a,b
+    if (!s.only.empty() ? !named : !(s.profile == "long" || sc.in_short)) continue;
     Run run(s, sc, rng);
     try {
       run.execute(totals);

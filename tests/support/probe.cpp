@@ -120,7 +120,7 @@ dmm::Result Probe::materialize(dmm::Context& ctx) {
   const auto duration = env.hang_rate > 0 && chance() < env.hang_rate ? env.hang : env.work;
   const auto until = std::chrono::steady_clock::now() + duration;
   while (std::chrono::steady_clock::now() < until) {
-    if (ctx.stop_requested()) {
+    if (!env.ignore_stop && ctx.stop_requested()) {
       finish("stopped");
       throw std::runtime_error("probe " + id + ": stopped");
     }

@@ -26,6 +26,10 @@ struct ProbeEnv {
   double hang_rate = 0;               // chance a run lasts `hang` instead of `work` (past the lease)
   std::chrono::milliseconds hang{0};
   long terminal_every = 0;  // seq % terminal_every == 0 => TerminalError
+  // Keeps working through a requested stop token, as a materializer that
+  // ignores it would (the fault suite measures the overlaps that follow).
+  // Otherwise a run returns within 5 ms of the request (plus recording its end).
+  bool ignore_stop = false;
 };
 
 struct Probe {
