@@ -490,7 +490,8 @@ class Run {
   long backlog_at_heal_ = 0;
   std::vector<std::pair<std::string, std::string>> partition_starts_;  // (database clock, worker)  // the most matters not ready when a partition was healed
   std::unique_ptr<dmm_faults::Proxy> notifier_proxy_;
-  // The fresh notifier (notify_fresh_loop); guarded by expected_mu_ but the atomics.
+  // The fresh notifier (notify_fresh_loop): the vectors and counts below the
+  // atomics are guarded by expected_mu_.
   std::atomic<bool> fresh_in_flight_{false};
   std::atomic<int> mid_notify_freezes_{0};
   std::vector<std::string> fresh_ok_, fresh_none_, fresh_doubt_;

@@ -8,8 +8,8 @@
 // socat cannot delay data, and a SIGSTOPped socat freezes every link it
 // serves at once; one proxy per link, in the driver, is switched per link
 // and reports how many connections it carried, so a partition that touched
-// no traffic fails its scenario instead of proving nothing. The kernel has no
-// netem and there is no iptables here (docs/FACTS: "Network faults").
+// no traffic fails its scenario instead of proving nothing. The machines this
+// runs on have no netem qdisc and no iptables/nft to drop packets with.
 //
 // What a freeze is and is not: the proxy stops accepting, reading and writing,
 // so no byte passes and no RST is sent; but the kernel still acknowledges
