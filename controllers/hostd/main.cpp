@@ -1,14 +1,15 @@
-// hostd: a tiny infrastructure daemon built on dmm. It embeds the file and
-// process controllers and takes its desired state from site files.
+// hostd: a tiny infrastructure daemon built on dmm. It embeds the file,
+// process and rollout controllers and takes its desired state from site files.
 //
 //   hostd run [--dir DESIRED_DIR] [--state-dir DIR] [--http :PORT]
-//                           work files and processes until SIGINT/SIGTERM; with --dir,
+//                           work files, processes and rollouts until SIGINT/SIGTERM; with --dir,
 //                           apply every *.json there whenever it changes (a removed
 //                           site file deletes its site)
 //   hostd apply FILE|DIR    notify the sites' desired state (prunes what a site no
 //                           longer declares, unless --no-prune)
 //   hostd delete FILE|DIR   remove everything the sites declared
-//   hostd status [--json]   every file and process with its phase and observed state
+//   hostd status [--json]   every file, process and rollout with its phase and observed
+//                           state (a rollout: each step's status)
 //   hostd wait [--timeout S] until every matter is ready (exit 1 on timeout)
 //
 // Managed processes run in sessions of their own and survive hostd; a new
@@ -34,6 +35,7 @@ namespace fs = std::filesystem;
 using namespace std::chrono_literals;
 using dmm::controllers::files::FileMatter;
 using dmm::controllers::processes::ProcessMatter;
+using dmm::controllers::rollouts::RolloutMatter;
 
 struct Settings {
   std::string postgres, nats, bucket, log_level = "info";
@@ -63,6 +65,7 @@ dmm::Bucket open_bucket(Settings& s) {
   const dmm::KindOptions kind{.concurrency = 8, .backoff = {.initial = 200ms, .max = 10'000ms}};
   bucket.register_kind<FileMatter>(dmm::controllers::files::kKind, kind);
   bucket.register_kind<ProcessMatter>(dmm::controllers::processes::kKind, kind);
+  bucket.register_kind<RolloutMatter>(dmm::controllers::rollouts::kKind, kind);
   return bucket;
 }
 
@@ -141,7 +144,26 @@ int run(Settings& s, const std::string& dir, const fs::path& state_dir, const st
   return 0;
 }
 
+// A rollout: the serving version, the one rolling out, and a line per step.
+std::string describe_rollout(const RolloutMatter& r) {
+  auto version = [](const dmm::controllers::rollouts::Version& v) {
+    return v.version + (v.process.pid ? " pid " + std::to_string(v.process.pid) : "");
+  };
+  std::string out = r.status.serving.version.empty() ? "serving none" : "serving " + version(r.status.serving);
+  if (!r.status.next.version.empty() && r.status.next.version != r.status.serving.version)
+    out += ", rolling out " + version(r.status.next);
+  out += "\n" + std::string(11, ' ') + "rollout to " + r.spec.version + ": " + r.progress.phase;
+  for (const auto& step : r.progress.steps) {
+    const auto pad = step.name.size() < 14 ? 14 - step.name.size() : 1;
+    out += "\n" + std::string(13, ' ') + step.name + std::string(pad, ' ') + step.status;
+    if (step.attempts) out += " (" + std::to_string(step.attempts) + " failed)";
+    if (!step.last_error.empty()) out += ": " + step.last_error;
+  }
+  return out;
+}
+
 std::string describe_state(const std::string& kind, const nlohmann::json& state) {
+  if (kind == dmm::controllers::rollouts::kKind) return describe_rollout(state.get<RolloutMatter>());
   if (kind == dmm::controllers::files::kKind) {
     const auto f = state.get<FileMatter>();
     if (!f.observed.exists) return "missing";
@@ -202,7 +224,7 @@ int wait_ready(Settings& s, int timeout_s) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  CLI::App app{"hostd: files and processes kept as declared, on dmm"};
+  CLI::App app{"hostd: files, processes and rollouts kept as declared, on dmm"};
   app.require_subcommand(1);
   Settings s;
   s.bucket = default_bucket();
@@ -211,7 +233,7 @@ int main(int argc, char** argv) {
   app.add_option("--bucket", s.bucket, "bucket name (one per host)")->capture_default_str();
   app.add_option("--log-level", s.log_level, "trace, debug, info, warn, error")->capture_default_str();
 
-  auto* run_cmd = app.add_subcommand("run", "work files and processes until SIGINT/SIGTERM");
+  auto* run_cmd = app.add_subcommand("run", "work files, processes and rollouts until SIGINT/SIGTERM");
   std::string dir, http;
   fs::path state_dir = default_state_dir();
   run_cmd->add_option("--dir", dir, "apply the site files (*.json) in this directory whenever they change");
@@ -227,7 +249,8 @@ int main(int argc, char** argv) {
   auto* delete_cmd = app.add_subcommand("delete", "remove everything the site files declared");
   delete_cmd->add_option("FILE|DIR", target, "a site file or a directory of them")->required();
 
-  auto* status_cmd = app.add_subcommand("status", "every file and process with its phase and observed state");
+  auto* status_cmd =
+      app.add_subcommand("status", "every file, process and rollout with its phase and observed state");
   bool as_json = false;
   status_cmd->add_flag("--json", as_json, "print JSON");
 

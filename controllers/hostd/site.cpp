@@ -15,6 +15,8 @@ using dmm::controllers::files::FileSpec;
 using dmm::controllers::processes::Need;
 using dmm::controllers::processes::ProcessMatter;
 using dmm::controllers::processes::ProcessSpec;
+using dmm::controllers::rollouts::RolloutMatter;
+using dmm::controllers::rollouts::RolloutSpec;
 using nlohmann::json;
 
 namespace {
@@ -74,10 +76,48 @@ void remove_waiting(dmm::Bucket& bucket, const std::string& id, std::ostream& ou
   }
 }
 
-void remove_all(dmm::Bucket& bucket, const std::set<std::string>& processes, const std::set<std::string>& files,
-                std::ostream& out) {
-  for (const auto& name : processes) remove_waiting<ProcessMatter>(bucket, name, out);
-  for (const auto& path : files) remove_waiting<FileMatter>(bucket, path, out);
+// What a site declares (or stored matters of a site hold), by kind.
+struct Names {
+  std::set<std::string> files, processes, rollouts;
+};
+
+// Processes and rollouts first: they may depend on the files.
+void remove_all(dmm::Bucket& bucket, const Names& names, std::ostream& out) {
+  for (const auto& name : names.processes) remove_waiting<ProcessMatter>(bucket, name, out);
+  for (const auto& name : names.rollouts) remove_waiting<RolloutMatter>(bucket, name, out);
+  for (const auto& path : names.files) remove_waiting<FileMatter>(bucket, path, out);
+}
+
+// The stored matters of site `name` that `keep` does not name.
+Names stored_of_site(dmm::Bucket& bucket, const std::string& postgres, const std::string& name, const Names& keep) {
+  Names gone;
+  for (const auto& p : stored<ProcessMatter>(bucket, postgres))
+    if (p.spec.site == name && !keep.processes.contains(p.spec.name)) gone.processes.insert(p.spec.name);
+  for (const auto& r : stored<RolloutMatter>(bucket, postgres))
+    if (r.spec.site == name && !keep.rollouts.contains(r.spec.name)) gone.rollouts.insert(r.spec.name);
+  for (const auto& f : stored<FileMatter>(bucket, postgres))
+    if (f.spec.site == name && !keep.files.contains(f.spec.path)) gone.files.insert(f.spec.path);
+  return gone;
+}
+
+// A rollout entry: its config and health objects are checked field by field too.
+RolloutSpec parse_rollout(const fs::path& file, const std::string& where, const json& obj, const fs::path& base) {
+  check_fields(file, where, obj, json(RolloutSpec{}));
+  if (obj.contains("config")) check_fields(file, where + ".config", obj["config"], json(RolloutSpec{}.config));
+  if (obj.contains("health")) check_fields(file, where + ".health", obj["health"], json(RolloutSpec{}.health));
+  RolloutSpec spec;
+  try {
+    spec = obj.get<RolloutSpec>();
+  } catch (const json::exception& e) {
+    invalid(file, where, e.what());
+  }
+  if (spec.name.empty()) invalid(file, where, "name is required");
+  if (spec.version.empty()) invalid(file, where, "version is required");
+  if (spec.health.url.empty() == spec.health.command.empty())
+    invalid(file, where + ".health", "set either url or command");
+  spec.cwd = absolute_from(base, obj.value("cwd", base.string()));
+  spec.config.path = absolute_from(base, spec.config.path);
+  return spec;
 }
 
 }  // namespace
@@ -91,9 +131,10 @@ Site parse_site(const fs::path& file) {
   } catch (const json::exception& e) {
     invalid(file, "JSON", e.what());
   }
-  check_fields(file, "top level", doc, json{{"site", 1}, {"files", 1}, {"processes", 1}});
+  check_fields(file, "top level", doc, json{{"site", 1}, {"files", 1}, {"processes", 1}, {"rollouts", 1}});
   const fs::path base = fs::absolute(file).parent_path();
-  Site site{.name = doc.value("site", file.stem().string()), .file = file, .files = {}, .processes = {}};
+  Site site{
+      .name = doc.value("site", file.stem().string()), .file = file, .files = {}, .processes = {}, .rollouts = {}};
   std::set<std::string> seen;
   for (std::size_t i = 0; i < doc.value("files", json::array()).size(); ++i) {
     const json& obj = doc["files"][i];
@@ -137,6 +178,13 @@ Site parse_site(const fs::path& file) {
     if (!seen.insert("process " + spec.name).second) invalid(file, where, "process " + spec.name + " is declared twice");
     site.processes.push_back(std::move(spec));
   }
+  for (std::size_t i = 0; i < doc.value("rollouts", json::array()).size(); ++i) {
+    auto spec = parse_rollout(file, "rollouts[" + std::to_string(i) + "]", doc["rollouts"][i], base);
+    spec.site = site.name;
+    if (!seen.insert("rollout " + spec.name).second)
+      invalid(file, "rollouts[" + std::to_string(i) + "]", "rollout " + spec.name + " is declared twice");
+    site.rollouts.push_back(std::move(spec));
+  }
   return site;
 }
 
@@ -158,24 +206,19 @@ void apply_site(dmm::Bucket& bucket, const std::string& postgres, const Site& si
   for (const auto& spec : site.processes)
     out << "process " << spec.name << " " << put<ProcessMatter>(bucket, spec.name, spec, &ProcessMatter::spec)
         << "\n";
+  for (const auto& spec : site.rollouts)
+    out << "rollout " << spec.name << " " << put<RolloutMatter>(bucket, spec.name, spec, &RolloutMatter::spec)
+        << "\n";
   if (!prune) return;
-  std::set<std::string> declared_files, declared_processes, gone_files, gone_processes;
-  for (const auto& f : site.files) declared_files.insert(f.path);
-  for (const auto& p : site.processes) declared_processes.insert(p.name);
-  for (const auto& p : stored<ProcessMatter>(bucket, postgres))
-    if (p.spec.site == site.name && !declared_processes.contains(p.spec.name)) gone_processes.insert(p.spec.name);
-  for (const auto& f : stored<FileMatter>(bucket, postgres))
-    if (f.spec.site == site.name && !declared_files.contains(f.spec.path)) gone_files.insert(f.spec.path);
-  remove_all(bucket, gone_processes, gone_files, out);
+  Names declared;
+  for (const auto& f : site.files) declared.files.insert(f.path);
+  for (const auto& p : site.processes) declared.processes.insert(p.name);
+  for (const auto& r : site.rollouts) declared.rollouts.insert(r.name);
+  remove_all(bucket, stored_of_site(bucket, postgres, site.name, declared), out);
 }
 
 void delete_site(dmm::Bucket& bucket, const std::string& postgres, const std::string& name, std::ostream& out) {
-  std::set<std::string> files, processes;
-  for (const auto& p : stored<ProcessMatter>(bucket, postgres))
-    if (p.spec.site == name) processes.insert(p.spec.name);
-  for (const auto& f : stored<FileMatter>(bucket, postgres))
-    if (f.spec.site == name) files.insert(f.spec.path);
-  remove_all(bucket, processes, files, out);
+  remove_all(bucket, stored_of_site(bucket, postgres, name, {}), out);
 }
 
 }  // namespace hostd

@@ -1,4 +1,4 @@
-// A host for the controller tests: a bucket with both controllers registered
+// A host for the controller tests: a bucket with the controllers registered
 // (test-sized timings), their observers and workers running, and a temp dir
 // for files, logs and process records. Everything stops, and every process
 // it started is killed, when it goes out of scope.
@@ -15,6 +15,7 @@
 
 #include <dmm/controllers/files.hpp>
 #include <dmm/controllers/processes.hpp>
+#include <dmm/controllers/rollouts.hpp>
 
 #include "harness.hpp"
 
@@ -23,6 +24,7 @@ namespace ctl_test {
 namespace fs = std::filesystem;
 using dmm::controllers::files::FileMatter;
 using dmm::controllers::processes::ProcessMatter;
+using dmm::controllers::rollouts::RolloutMatter;
 using namespace std::chrono_literals;
 
 // A fresh directory under /tmp, deleted with everything in it.
@@ -67,7 +69,7 @@ struct ProcessKiller {
   ~ProcessKiller() { kill_recorded_processes(state_dir); }
 };
 
-// A bucket with both controllers running in this process.
+// A bucket with the file, process and rollout controllers running in this process.
 class Host {
  public:
   // `bucket`: reuse a name to take over from a previous Host; `state_dir`:
@@ -77,6 +79,7 @@ class Host {
     auto kind = dmm_test::fast_kind();
     bucket_.register_kind<FileMatter>(dmm::controllers::files::kKind, kind);
     bucket_.register_kind<ProcessMatter>(dmm::controllers::processes::kKind, kind);
+    bucket_.register_kind<RolloutMatter>(dmm::controllers::rollouts::kKind, kind);
     const auto pg = dmm_test::servers().postgres;
     files_ = std::make_shared<dmm::controllers::files::FileObserver>(bucket_, dmm::controllers::files::FileObserver::Options{
                                                                               .postgres = pg, .resync = 30s});
@@ -104,6 +107,7 @@ class Host {
   dmm::controllers::processes::ProcessSupervisor& supervisor() { return *processes_; }
 
   std::optional<ProcessMatter> process(const std::string& name) { return bucket_.get<ProcessMatter>(name); }
+  std::optional<RolloutMatter> rollout(const std::string& name) { return bucket_.get<RolloutMatter>(name); }
   std::string phase(const std::string& kind, const std::string& identity) {
     return dmm_test::query_phase(name_, kind, identity);
   }

@@ -1,12 +1,11 @@
 // hostd as users run it: a child process applying a site file, killed with
 // SIGKILL or stopped cleanly and started again. The new hostd adopts the
 // managed processes (same pids, nothing started twice) and repairs what
-// changed while it was down.
-#include <httplib.h>
-
+// changed while it was down; a rollout killed mid-way is resumed, its
+// completed steps not run again.
 #include <catch2/catch.hpp>
 
-#include "host.hpp"
+#include "serving.hpp"
 
 using namespace ctl_test;
 using dmm::controllers::processes::alive;
@@ -43,16 +42,22 @@ int hostd(const std::string& bucket, std::vector<std::string> args) {
   return *status;
 }
 
-std::string get_page(int port, const std::string& path) {
-  httplib::Client client("127.0.0.1", port);
-  client.set_connection_timeout(1, 0);
-  auto res = client.Get(path.c_str());
-  return res && res->status == 200 ? res->body : "";
-}
-
 std::size_t count_lines(const std::string& path) {
   auto text = read_file(path);
   return static_cast<std::size_t>(std::count(text.begin(), text.end(), '\n'));
+}
+
+std::size_t count(const std::string& text, const std::string& part) {
+  std::size_t n = 0;
+  for (auto at = text.find(part); at != std::string::npos; at = text.find(part, at + 1)) ++n;
+  return n;
+}
+
+// A site file declaring one rollout, `spec`, as a user writes it.
+void write_rollout_site(const std::string& path, const RolloutSpec& spec) {
+  auto entry = nlohmann::json(spec);
+  entry.erase("site");
+  write_file(path, nlohmann::json{{"site", "rollouts"}, {"rollouts", {entry}}}.dump(2));
 }
 
 }  // namespace
@@ -131,4 +136,101 @@ TEST_CASE("hostd applies a site, and a restarted hostd adopts its processes inst
     CHECK(!fs::exists(dir / "www/index.html"));
     wait_until([&] { return ::kill(web, 0) != 0 && ::kill(counter, 0) != 0; }, 5000ms, "the processes to be stopped");
   }
+}
+
+TEST_CASE("hostd resumes a rollout after a SIGKILL in its middle: no completed step runs again, and the old version "
+          "serves throughout",
+          "[hostd][rollouts]") {
+  TempDir dir;
+  const fs::path state = dir.path() / "state";
+  ProcessKiller killer{state};
+  const auto bucket = dmm_test::unique_name("hostd");
+  const auto [p1, p2] = two_ports();
+  const auto log = dir / "hostd.log", site = dir / "site.json", go = dir / "go";
+  auto view = dmm_test::open_bucket(bucket);
+  view.register_kind<RolloutMatter>("rollout");
+  auto explain = [&] { return dmm_test::describe_unconverged(bucket) + "\nhostd log:\n" + read_file(log); };
+  auto serving = [&](const std::string& version) {
+    auto r = view.get<RolloutMatter>("web");
+    return r && r->status.serving.version == version && r->progress.phase == "done" && alive(r->status.serving.process);
+  };
+
+  auto daemon = start_hostd(bucket, state, log);
+  write_rollout_site(site, web_version(dir, "v1", p1));
+  REQUIRE(hostd(bucket, {"apply", site}) == 0);
+  wait_until([&] { return serving("v1"); }, 20'000ms, "version v1 to serve", explain);
+
+  // v2 is healthy once the file `go` exists: until then its rollout waits in health-check.
+  auto v2 = web_version(dir, "v2", p2);
+  v2.health = {.command = {"test", "-f", go}, .interval_ms = 100, .attempts = 0};
+  write_rollout_site(site, v2);
+  ServingWatch either([&, p1 = p1, p2 = p2] { return get_page(p1) == "v1\n" || get_page(p2) == "v2\n"; });
+  REQUIRE(hostd(bucket, {"apply", site}) == 0);
+  wait_until(
+      [&] {
+        auto r = view.get<RolloutMatter>("web");
+        return r && r->progress.steps.size() == 4 && r->progress.steps[2].attempts >= 2 &&
+               alive(r->status.next.process) && get_page(p2) == "v2\n";
+      },
+      20'000ms, "the rollout to wait in its health check, the new version serving", explain);
+  {
+    auto argv = common_args(bucket);
+    argv.push_back("status");
+    dmm_test::Process status(hostd_binary(), argv);
+    CHECK_THAT(status.expect_line_containing("health-check", 10'000ms),
+               Catch::Contains("failed): health command 'test' exited with code 1"));
+  }
+
+  daemon->kill(SIGKILL);
+  REQUIRE(daemon->wait(5000ms));
+  CHECK(get_page(p2) == "v2\n");  // the new version outlives hostd, beside the old one
+  daemon = start_hostd(bucket, state, log);
+  write_file(go, "");
+  wait_until([&] { return serving("v2"); }, 20'000ms, "version v2 to serve after the restart", explain);
+  either.stop();
+  CHECK(either.missed() == 0);
+  CHECK(either.polls() > 5);
+
+  wait_until([&] { return all_gone(pids_of(dir, "v1")); }, 5000ms, "version v1 to be stopped");
+  CHECK(pids_of(dir, "v2").size() == 1);  // started once, adopted by nobody else
+  CHECK(read_file(dir / "web.conf") == "version=v2\n");
+  const auto text = read_file(log);
+  CHECK(count(text, "version v2: wrote") == 1);
+  CHECK(count(text, "version v2: started pid") == 1);
+  CHECK(count(text, "version v2: healthy") == 1);
+
+  REQUIRE(hostd(bucket, {"delete", site}) == 0);
+  wait_until([&] { return dmm_test::count_matters(bucket) == 0; }, 20'000ms, "the site to be deleted", explain);
+  wait_until([&] { return all_gone(pids_of(dir, "v2")); }, 5000ms, "version v2 to be stopped");
+  CHECK(!fs::exists(dir / "web.conf"));
+}
+
+TEST_CASE("hostd apply rejects a rollout it cannot run, naming the field", "[hostd][rollouts]") {
+  TempDir dir;
+  const auto bucket = dmm_test::unique_name("hostd");
+  const auto site = dir / "site.json";
+  auto expect_error = [&](const nlohmann::json& rollout, const std::string& part) {
+    write_file(site, nlohmann::json{{"rollouts", {rollout}}}.dump());
+    auto argv = common_args(bucket);
+    argv.insert(argv.end(), {"apply", site});
+    dmm_test::Process apply(hostd_binary(), argv);
+    CHECK_THAT(apply.expect_line_containing("rollouts[0]", 10'000ms), Catch::Contains(part));
+    CHECK(apply.wait(10'000ms) == 1);
+  };
+  const nlohmann::json ok = {{"name", "web"}, {"version", "v1"}, {"command", "true"},
+                             {"health", {{"url", "http://127.0.0.1:1/"}}}};
+  auto without = [&](const std::string& key) {
+    auto j = ok;
+    j.erase(key);
+    return j;
+  };
+  auto with = [&](const std::string& key, const nlohmann::json& value) {
+    auto j = ok;
+    j[key] = value;
+    return j;
+  };
+  expect_error(without("version"), "version is required");
+  expect_error(with("port", 8080), "unknown field 'port'");
+  expect_error(with("health", {{"url", "http://127.0.0.1:1/"}, {"retries", 3}}), "health: unknown field 'retries'");
+  expect_error(with("health", nlohmann::json::object()), "health: set either url or command");
 }
