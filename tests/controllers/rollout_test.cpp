@@ -147,3 +147,31 @@ TEST_CASE("a new version that exits before it is healthy is rolled back at once"
   CHECK(get_page(p1) == "v1\n");
   CHECK(host.rollout("web")->status.serving.version == "v1");
 }
+
+TEST_CASE("a new version notified mid-rollout starts the list over, and the abandoned version is stopped",
+          "[rollouts]") {
+  TempDir dir;
+  ProcessKiller killer{dir.path() / "state"};
+  Host host(dmm_test::unique_name("rollouts"), dir.path() / "state");
+  const auto [p1, p2] = two_ports();
+  host.bucket().notify(RolloutMatter{.spec = web_version(dir, "v1", p1)});
+  const auto v1 = wait_serving(host, "v1");
+
+  auto stuck = web_version(dir, "v2", p2, "/healthz");  // never healthy, never gives up
+  stuck.health.attempts = 0;
+  set_spec(host, stuck);
+  wait_until([&, p2 = p2] { return get_page(p2) == "v2\n" && host.rollout("web")->progress.steps[2].attempts >= 2; },
+             20'000ms, "v2 to run, waiting in its health check");
+  ServingWatch old([&, p1 = p1] { return get_page(p1) == "v1\n"; });
+  const int p3 = dmm_test::closed_port();
+  set_spec(host, web_version(dir, "v3", p3));
+  wait_until([&] { return all_gone(pids_of(dir, "v2")); }, 20'000ms, "the abandoned v2 to be stopped",
+             [&] { return dmm_test::describe_unconverged(host.name()); });
+  CHECK(alive(v1.process));  // stopped by v3's stop-old only, after v2 is gone
+  old.stop();
+  CHECK(old.missed() == 0);
+  wait_serving(host, "v3");
+  CHECK(get_page(p3) == "v3\n");
+  CHECK(read_file(dir / "web.conf") == "version=v3\n");
+  wait_until([&] { return all_gone(pids_of(dir, "v1")); }, 5000ms, "version v1 to be stopped");
+}
