@@ -4,18 +4,21 @@
 //                [--concurrency N] [--lease-ms N] [--work-ms N] [--fail-rate F]
 //                [--hang-rate F] [--hang-ms N] [--terminal-every N]
 //                [--global-concurrency N] [--rate-count N --rate-per-ms N --rate-burst N]
-//                [--record-postgres URL] [--ignore-stop 0|1]
+//                [--record-postgres URL] [--ignore-stop 0|1] [--no-self-expiry 0|1]
 // --postgres is the bucket's (through a fault proxy in the partition
 // scenarios); the Probe records its runs through --record-postgres (default:
 // the same), a link no partition touches: the recorder observes, it is not
 // the system under test. --ignore-stop 1: materializers keep working after
 // their stop token is requested; otherwise they return within 5 ms of it.
+// --no-self-expiry 1: the mutation check (faults --mutate no-self-expiry)
+// turns self-expiry off in this worker (engine/testing.hpp).
 #include <dmm/signals.hpp>
 #include <iostream>
 #include <map>
 #include <spdlog/spdlog.h>
 #include <thread>
 
+#include "engine/testing.hpp"
 #include "probe.hpp"
 
 int main(int argc, char** argv) {
@@ -24,7 +27,7 @@ int main(int argc, char** argv) {
                                               {"terminal-every", "0"}, {"replicas", "1"},
                                               {"global-concurrency", "0"}, {"rate-count", "0"},
                                               {"rate-per-ms", "1000"}, {"rate-burst", "1"},
-                                              {"ignore-stop", "0"}};
+                                              {"ignore-stop", "0"}, {"no-self-expiry", "0"}};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string key = argv[i];
     if (key.rfind("--", 0) != 0) {
@@ -39,6 +42,7 @@ int main(int argc, char** argv) {
       return 2;
     }
   dmm::StopSignals signals;  // before any thread starts
+  dmm::detail::testing::self_expiry_off = flags["no-self-expiry"] == "1";
   spdlog::set_pattern("[%H:%M:%S.%e] [" + flags["worker-id"] + "] [%l] %v");
   try {
     auto behavior = std::make_shared<dmm_test::ProbeEnv>();

@@ -44,6 +44,7 @@ using dmm_test::Probe;
 struct Settings {
   std::string profile = "short";
   std::string postgres, nats, dev_env, env_dir, worker, only, report;
+  std::string mutation;  // --mutate: a switch of engine/testing.hpp the workers turn on
 };
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
@@ -196,7 +197,7 @@ class Run {
   // Partitions. A slot's links outlive the workers started in it.
   enum class Link { postgres, nats, both };
   struct Links {
-    std::unique_ptr<dmm_faults::Proxy> postgres, nats;
+    std::unique_ptr<dmm_test::Proxy> postgres, nats;
   };
   int random_slot() { return static_cast<int>(rng_() % workers_.size()); }
   // Freezes (or cuts) the link(s) of the worker in `slot`.
@@ -249,7 +250,7 @@ class Run {
     notifier_proxy_->heal();
     mark_fault();
   }
-  std::string postgres_through(const dmm_faults::Proxy& proxy) const;
+  std::string postgres_through(const dmm_test::Proxy& proxy) const;
 
   void start_worker(int slot) {
     const auto id = bucket_name_ + "-w" + std::to_string(next_worker_++);
@@ -259,8 +260,8 @@ class Run {
       if (!l.postgres) {
         const auto [pg_host, pg_port] = host_port(s_.postgres);
         const auto [nats_host, nats_port] = host_port(nats_url_);
-        l.postgres = std::make_unique<dmm_faults::Proxy>(pg_host, pg_port);
-        l.nats = std::make_unique<dmm_faults::Proxy>(nats_host, nats_port);
+        l.postgres = std::make_unique<dmm_test::Proxy>(pg_host, pg_port);
+        l.nats = std::make_unique<dmm_test::Proxy>(nats_host, nats_port);
       }
       postgres = postgres_through(*l.postgres);
       nats = with_port(nats_url_, l.nats->port());
@@ -270,6 +271,7 @@ class Run {
                                      "--bucket", bucket_name_, "--worker-id", id,          "--lease-ms",
                                      "2000",     "--concurrency", "8",      "--replicas", sc_.cluster ? "3" : "1"};
     for (const auto& f : sc_.worker_flags) argv.push_back(f);
+    if (s_.mutation == "no-self-expiry") argv.insert(argv.end(), {"--no-self-expiry", "1"});
     const auto cores = core_dir(id);
     std::filesystem::create_directories(cores);
     workers_[slot] = {id, std::make_unique<Child>(argv, log_path(), cores.string())};
@@ -489,7 +491,7 @@ class Run {
   std::set<int> partitioned_;
   long backlog_at_heal_ = 0;
   std::vector<std::pair<std::string, std::string>> partition_starts_;  // (database clock, worker)  // the most matters not ready when a partition was healed
-  std::unique_ptr<dmm_faults::Proxy> notifier_proxy_;
+  std::unique_ptr<dmm_test::Proxy> notifier_proxy_;
   // The fresh notifier (notify_fresh_loop): the vectors and counts below the
   // atomics are guarded by expected_mu_.
   std::atomic<bool> fresh_in_flight_{false};
@@ -502,7 +504,7 @@ class Run {
   std::vector<std::pair<std::string, std::string>> killed_;  // SIGKILLed worker -> when (database clock)
 };
 
-std::string Run::postgres_through(const dmm_faults::Proxy& proxy) const { return with_port(s_.postgres, proxy.port()); }
+std::string Run::postgres_through(const dmm_test::Proxy& proxy) const { return with_port(s_.postgres, proxy.port()); }
 
 int free_port() {
   int fd = ::socket(AF_INET, SOCK_STREAM, 0);
@@ -669,7 +671,7 @@ void Run::execute(Totals& totals) {
   auto notifier_postgres = s_.postgres;
   if (sc_.notifier_proxied) {
     const auto [host, port] = host_port(s_.postgres);
-    notifier_proxy_ = std::make_unique<dmm_faults::Proxy>(host, port);
+    notifier_proxy_ = std::make_unique<dmm_test::Proxy>(host, port);
     notifier_postgres = postgres_through(*notifier_proxy_);
   }
   // A new cluster needs a moment to elect its JetStream leader.
@@ -1116,8 +1118,10 @@ int main(int argc, char** argv) {
     else if (a == "--short") s.profile = "short";
     else if (a == "--only") s.only = value();
     else if (a == "--report") s.report = value();
+    else if (a == "--mutate") s.mutation = value();
     else {
-      std::cerr << "usage: faults [--short|--long] [--only SCENARIO[,SCENARIO...]] [--report FILE]\n"
+      std::cerr << "usage: faults [--short|--long] [--only SCENARIO[,SCENARIO...]] [--report FILE] "
+                   "[--mutate no-self-expiry]\n"
                    "servers from DMM_TEST_POSTGRES_URL, DMM_TEST_NATS_URL; restarts through DMM_TEST_DEV_ENV "
                    "--dir DMM_TEST_ENV_DIR (scripts/faults sets them all)\n";
       return 2;
@@ -1128,6 +1132,13 @@ int main(int argc, char** argv) {
                  "DMM_TEST_NATS_URL, DMM_TEST_DEV_ENV and DMM_TEST_ENV_DIR\n";
     return 2;
   }
+  if (!s.mutation.empty() && s.mutation != "no-self-expiry") {
+    std::cerr << "faults: unknown mutation '" << s.mutation << "'; the one there is: no-self-expiry\n";
+    return 2;
+  }
+  if (!s.mutation.empty())
+    std::cout << "mutation " << s.mutation << ": the workers run without self-expiry; the partition scenarios "
+                 "should now find overlaps (docs/RELIABILITY.md, \"Partitions\")" << std::endl;
   spdlog::set_level(spdlog::level::err);
   std::mt19937 rng{std::random_device{}()};
   Totals totals;
