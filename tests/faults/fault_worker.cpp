@@ -1,6 +1,7 @@
 // fault_worker: one worker process of the fault suite. Works kind "probe"
-// of one bucket until SIGTERM/SIGINT (clean stop) or SIGKILL.
-//   fault_worker --postgres URL --nats URL --bucket B --worker-id W
+// (or with --type steps, the steps scenario's kind "steps") of one bucket
+// until SIGTERM/SIGINT (clean stop) or SIGKILL.
+//   fault_worker --postgres URL --nats URL --bucket B --worker-id W [--type probe|steps]
 //                [--concurrency N] [--lease-ms N] [--work-ms N] [--fail-rate F]
 //                [--hang-rate F] [--hang-ms N] [--terminal-every N]
 //                [--global-concurrency N] [--rate-count N --rate-per-ms N --rate-burst N]
@@ -20,6 +21,7 @@
 
 #include "engine/testing.hpp"
 #include "probe.hpp"
+#include "steps_scenario.hpp"
 
 int main(int argc, char** argv) {
   std::map<std::string, std::string> flags = {{"concurrency", "8"}, {"lease-ms", "3000"}, {"work-ms", "2"},
@@ -27,7 +29,8 @@ int main(int argc, char** argv) {
                                               {"terminal-every", "0"}, {"replicas", "1"},
                                               {"global-concurrency", "0"}, {"rate-count", "0"},
                                               {"rate-per-ms", "1000"}, {"rate-burst", "1"},
-                                              {"ignore-stop", "0"}, {"no-self-expiry", "0"}};
+                                              {"ignore-stop", "0"}, {"no-self-expiry", "0"},
+                                              {"type", "probe"}};
   for (int i = 1; i + 1 < argc; i += 2) {
     std::string key = argv[i];
     if (key.rfind("--", 0) != 0) {
@@ -61,16 +64,24 @@ int main(int argc, char** argv) {
                                      .worker_id = flags["worker-id"],
                                      .stream_replicas = std::stoi(flags["replicas"]),
                                      .token_grace = std::chrono::milliseconds(1000)});
-    bucket.register_kind<dmm_test::Probe>(
-        "probe", {.concurrency = std::stoi(flags["concurrency"]),
-                            .lease_ttl = std::chrono::milliseconds(std::stol(flags["lease-ms"])),
-                            .backoff = {.initial = std::chrono::milliseconds(50), .max = std::chrono::milliseconds(1000)},
-                            .stop_grace = std::chrono::milliseconds(5000),
-                            .global_concurrency = std::stoi(flags["global-concurrency"]),
-                            .rate_limit = {.count = std::stoi(flags["rate-count"]),
-                                           .per = std::chrono::milliseconds(std::stol(flags["rate-per-ms"])),
-                                           .burst = std::stoi(flags["rate-burst"])}});
-    bucket.provide(behavior);
+    const dmm::KindOptions options{
+        .concurrency = std::stoi(flags["concurrency"]),
+        .lease_ttl = std::chrono::milliseconds(std::stol(flags["lease-ms"])),
+        .backoff = {.initial = std::chrono::milliseconds(50), .max = std::chrono::milliseconds(1000)},
+        .stop_grace = std::chrono::milliseconds(5000),
+        .global_concurrency = std::stoi(flags["global-concurrency"]),
+        .rate_limit = {.count = std::stoi(flags["rate-count"]),
+                       .per = std::chrono::milliseconds(std::stol(flags["rate-per-ms"])),
+                       .burst = std::stoi(flags["rate-burst"])}};
+    if (flags["type"] == "steps") {
+      bucket.register_kind<fault_steps::Action>(fault_steps::kKind, options);
+      bucket.provide(std::make_shared<fault_steps::Env>(
+          fault_steps::Env{.postgres = behavior->postgres, .bucket = behavior->bucket, .worker = behavior->worker,
+                           .work = behavior->work}));
+    } else {
+      bucket.register_kind<dmm_test::Probe>("probe", options);
+      bucket.provide(behavior);
+    }
     std::cout << "ready" << std::endl;
     signals.run(bucket);
     return 0;

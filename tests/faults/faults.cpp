@@ -34,6 +34,7 @@
 
 #include "probe.hpp"
 #include "proxy.hpp"
+#include "steps_scenario.hpp"
 
 namespace {
 
@@ -170,6 +171,8 @@ struct Scenario {
   bool notifier_proxied = false;
   bool ignores_stop = false;  // materializers ignore the stop token: overlaps reported, not counted
   bool in_short = true;       // part of the short profile (any scenario runs with --only)
+  bool steps = false;  // matters are 5-step actions, checked step by step (steps_scenario.hpp)
+  int batch = 50;      // identities the notifier changes every 20 ms
 };
 
 struct Totals {
@@ -562,7 +565,9 @@ void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
       }
     }
   };
-  auto notify = [&](const std::vector<Probe>& batch) { retrying([&] { bucket.notify_many(batch); }); };
+  auto notify = [&](const std::vector<Probe>& batch) {
+    retrying([&] { sc_.steps ? fault_steps::notify_many(bucket, batch) : bucket.notify_many(batch); });
+  };
   auto next = [&](const std::string& id) { return Probe{.id = id, .seq = ++seq[id]}; };
   auto name = [](int i) { return "m" + std::to_string(i); };
   // Besides the batches: single notifies from a few threads at once, which
@@ -577,7 +582,7 @@ void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
       auto& seqs = single_seq[static_cast<std::size_t>(t)];
       auto one = [&](const std::string& id) {
         const Probe state{.id = id, .seq = ++seqs[id]};
-        retrying([&] { bucket.notify(state); });
+        retrying([&] { sc_.steps ? fault_steps::notify(bucket, state) : bucket.notify(state); });
       };
       for (long k = 0; running; ++k) {
         one("s" + std::to_string(t) + "-" + std::to_string(k * 7 % kSingleIds));
@@ -592,7 +597,7 @@ void Run::notify_loop(dmm::Bucket& bucket, std::atomic<bool>& running) {
   notify(all);
   while (running) {
     std::vector<Probe> batch;
-    for (int i = 0; i < 50; ++i) batch.push_back(next(name(static_cast<int>(rng() % sc_.matters))));
+    for (int i = 0; i < sc_.batch; ++i) batch.push_back(next(name(static_cast<int>(rng() % sc_.matters))));
     for (int i = 0; i < sc_.hot * 10; ++i) batch.push_back(next(name(i % sc_.hot)));
     notify(batch);
     std::this_thread::sleep_for(sc_.hot ? 2ms : 20ms);
@@ -666,6 +671,7 @@ void Run::execute(Totals& totals) {
   {
     pqxx::connection c(s_.postgres);
     dmm_test::ensure_runs_table(c);
+    if (sc_.steps) fault_steps::ensure_tables(c);
   }
   if (sc_.cluster) start_cluster();
   auto notifier_postgres = s_.postgres;
@@ -690,7 +696,10 @@ void Run::execute(Totals& totals) {
     }
   };
   auto bucket = open();
-  bucket.register_kind<Probe>("probe");
+  if (sc_.steps)
+    fault_steps::register_kind(bucket);
+  else
+    bucket.register_kind<Probe>("probe");
   for (int i = 0; i < sc_.workers; ++i) start_worker(i);
   const double setup_s = seconds_since(t0);
 
@@ -731,10 +740,10 @@ void Run::execute(Totals& totals) {
   const auto deadline = Clock::now() + 120s;
   while (true) {
     pqxx::nontransaction tx(c);
-    unconverged = tx.exec_params1(
-        "SELECT count(*) FROM dmm.matter WHERE bucket = $1 AND NOT (phase = 'ready' AND generation = "
-        "materialized_generation)",
-        bucket_name_)[0].as<long>();
+    const std::string settled =
+        sc_.steps ? fault_steps::kSettled : "phase = 'ready' AND generation = materialized_generation";
+    unconverged = tx.exec_params1("SELECT count(*) FROM dmm.matter WHERE bucket = $1 AND NOT (" + settled + ")",
+                                  bucket_name_)[0].as<long>();
     if (unconverged == 0 || Clock::now() > deadline) break;
     std::this_thread::sleep_for(100ms);
   }
@@ -761,7 +770,7 @@ void Run::execute(Totals& totals) {
                                       bucket_name_))
     seen[r[0].as<std::string>()].first = r[1].as<long>();
   for (const auto& r : tx.exec_params("SELECT identity, max(seq) FROM dmm_test.runs WHERE bucket = $1 AND "
-                                      "outcome = 'done' GROUP BY identity",
+                                      "outcome IN ('done', 'rolled back') GROUP BY identity",
                                       bucket_name_))
     seen[r[0].as<std::string>()].second = r[1].as<long>();
   long lost = 0;
@@ -900,6 +909,7 @@ SELECT coalesce(max(c), 0) FROM (
   unconverged += injection_failures;  // a scenario whose faults were not injected did not run
   unconverged += crashes;             // nor does one whose workers crashed
   unconverged += over_limit;          // nor one that broke or never reached its global limit
+  if (sc_.steps) unconverged += fault_steps::check(tx, bucket_name_, expected_);  // nor one that broke Steps' contract
   const auto recovery = recovery_times(tx);
   std::string recovery_text = "-";
   if (!recovery.empty()) {
@@ -1028,6 +1038,22 @@ std::vector<Scenario> scenarios(bool long_profile) {
                  .chaos_every = long_profile ? 2500ms : 2000ms,
                  .chaos = [](Run& r) { r.kill_random_worker(); },
                  .rate = {.count = 200, .per = 1000ms, .burst = 20}});
+  all.push_back({.name = "steps",
+                 .what = "actions of 5 steps (dmm::Steps) whose steps fail and are retried, or fail for good and roll "
+                         "back, some rollbacks failing once; workers SIGKILLed at random moments, PostgreSQL restarted",
+                 .matters = matters,
+                 .workers = 3,
+                 .duration = duration,
+                 .worker_flags = {"--type", "steps", "--work-ms", "3"},
+                 .chaos_every = long_profile ? 2500ms : 2000ms,
+                 .chaos = [n = 0](Run& r) mutable {
+                   if (n++ % 4 == 3)
+                     r.dev_env("restart-pg immediate");
+                   else
+                     r.kill_random_worker();
+                 },
+                 .steps = true,
+                 .batch = 1});
   all.push_back({.name = "storm",
                  .what = "notify storm on 5 hot identities while they are materialized",
                  .matters = matters,
