@@ -27,20 +27,32 @@ std::string self_path() {
 
 }  // namespace
 
-Workers::Workers(const std::string& check, const std::string& bucket, int count) {
-  const std::string exe = self_path();
-  const std::string parent = std::to_string(getpid());
-  std::vector<std::string> args{exe, "worker", check, bucket, parent};
+Workers::Workers(const std::string& check, const std::string& bucket, int count)
+    : args_{self_path(), "worker", check, bucket, std::to_string(getpid())} {
+  for (int i = 0; i < count; ++i) children_.push_back(spawn(i));
+}
+
+Workers::Child Workers::spawn(int index) {
+  auto args = args_;
   std::vector<char*> argv;
   for (auto& a : args) argv.push_back(a.data());
   argv.push_back(nullptr);
-  for (int i = 0; i < count; ++i) {
-    Child c;
-    if (const int rc = posix_spawn(&c.pid, exe.c_str(), nullptr, nullptr, argv.data(), environ); rc != 0)
-      throw std::runtime_error("cannot start worker " + std::to_string(i + 1) + " of " + check + ": " +
-                               std::strerror(rc));
-    children_.push_back(c);
+  Child c;
+  if (const int rc = posix_spawn(&c.pid, args[0].c_str(), nullptr, nullptr, argv.data(), environ); rc != 0)
+    throw std::runtime_error("cannot start worker " + std::to_string(index + 1) + " of " + args_[2] + ": " +
+                             std::strerror(rc));
+  return c;
+}
+
+pid_t Workers::kill_and_replace(int index) {
+  auto& c = children_.at(static_cast<std::size_t>(index));
+  const pid_t killed = c.pid;
+  if (!c.reaped) {
+    kill(c.pid, SIGKILL);
+    waitpid(c.pid, &c.status, 0);
   }
+  c = spawn(index);
+  return killed;
 }
 
 Workers::~Workers() {

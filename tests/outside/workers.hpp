@@ -28,6 +28,12 @@ class Workers {
   // exited with status 0; else what went wrong, per worker.
   std::string stop(std::chrono::milliseconds grace);
 
+  int count() const { return static_cast<int>(children_.size()); }
+  pid_t pid(int index) const { return children_.at(static_cast<std::size_t>(index)).pid; }
+  // SIGKILLs worker `index`, reaps it and starts a new one in its place;
+  // returns the killed process's pid.
+  pid_t kill_and_replace(int index);
+
  private:
   struct Child {
     pid_t pid = -1;
@@ -37,7 +43,9 @@ class Workers {
   // Reaps `c` if it has exited; true if it is reaped.
   static bool reap(Child& c);
   static std::string describe(const Child& c, int index);
+  Child spawn(int index);
 
+  std::vector<std::string> args_;  // constant after construction: argv of every worker
   std::vector<Child> children_;
 };
 
