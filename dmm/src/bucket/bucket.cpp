@@ -35,7 +35,9 @@ BucketCore::BucketCore(BucketOptions o)
                                          "migrations (open once with migrate=true)",
                                          options_.name, m.name, shown_postgres(options_.postgres)));
   }
-  pool_.acquire();  // fail now, not at the first notify, if the URL is unusable
+  // Fail now, not at the first notify, if the URL is unusable or leads to a
+  // transaction pooler.
+  refuse_transaction_pooling(pool_, options_.name);
   nats_ = std::make_unique<Nats>(
       NatsEndpoint{options_.nats, options_.nats_ca_file, options_.nats_cert_file, options_.nats_key_file,
                    options_.nats_creds_file, options_.nats_nkey_seed_file},

@@ -62,6 +62,50 @@ bool is_connection_error(const std::exception& e) {
          dynamic_cast<const ConnectionError*>(&e) != nullptr;
 }
 
+namespace {
+
+std::int64_t backend_pid(pqxx::transaction_base& tx) {
+  return tx.exec("SELECT pg_backend_pid()")[0][0].as<std::int64_t>();
+}
+
+[[noreturn]] void refuse(const PgPool& pool, const std::string& bucket, const std::string& seen) {
+  throw ConnectionError(fmt::format(
+      "bucket '{}': PostgreSQL at {} is reached through a connection pooler in transaction mode ({}); "
+      "dmm keeps session state on its connections (prepared statements, session settings, LISTEN for "
+      "sweeper wakeups): set pool_mode = session for this database in the pooler (PgBouncer: in [databases] or "
+      "[pgbouncer]), or connect to PostgreSQL directly (docs/OPERATIONS.md, \"Connection poolers\")",
+      bucket, shown_postgres(pool.url()), seen));
+}
+
+}  // namespace
+
+void refuse_transaction_pooling(PgPool& pool, const std::string& bucket) {
+  // Client A runs a statement, client B opens a transaction and holds it,
+  // then A runs another. A client of PostgreSQL or of a session pooler owns
+  // its server session: A sees one backend pid throughout, B another. A
+  // transaction pooler lends a server per transaction: B gets the one A just
+  // gave back (PgBouncer reuses the last returned), or else A gets another
+  // while B holds its own. Three rounds, in case other clients of the pool
+  // took servers in between. B is checked before A asks again: with a pool
+  // of one server, A would wait for B.
+  auto a = pool.acquire();
+  auto b = pool.acquire();
+  std::int64_t a_pid = 0;
+  {
+    pqxx::nontransaction tx(*a);
+    a_pid = backend_pid(tx);
+  }
+  for (int round = 0; round < 3; ++round) {
+    pqxx::work held(*b);
+    if (const auto b_pid = backend_pid(held); b_pid == a_pid)
+      refuse(pool, bucket, fmt::format("two connections were served by the same server session, pid {}", b_pid));
+    pqxx::nontransaction tx(*a);
+    if (const auto again = backend_pid(tx); again != a_pid)
+      refuse(pool, bucket,
+             fmt::format("one connection was served by server session pid {}, then by pid {}", a_pid, again));
+  }
+}
+
 PgPool::Lease::~Lease() {
   if (!conn_ || !conn_->is_open()) return;
   std::lock_guard lock(pool_.mu_);

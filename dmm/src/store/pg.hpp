@@ -94,4 +94,11 @@ class PgPool {
   std::vector<std::unique_ptr<pqxx::connection>> idle_;  // protected by mu_
 };
 
+// Throws ConnectionError, naming `bucket` and the fix, when the pool's URL
+// reaches PostgreSQL through a pooler that lends server sessions per
+// transaction (PgBouncer pool_mode = transaction): dmm keeps
+// session state on its connections. docs/OPERATIONS.md, "Connection
+// poolers", says how it is detected and what it can miss.
+void refuse_transaction_pooling(PgPool& pool, const std::string& bucket);
+
 }  // namespace dmm::detail
