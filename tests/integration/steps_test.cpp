@@ -5,6 +5,7 @@
 // bad step lists are refused with the stored state kept.
 #include <catch2/catch.hpp>
 
+#include <condition_variable>
 #include <httplib.h>
 #include <set>
 
@@ -300,12 +301,13 @@ TEST_CASE("a step that fails for good rolls back the completed steps newest "
   CHECK(status_of(p, "b") == "rolled back");
   CHECK(status_of(p, "c") == "failed");
 
-  // A retry starts the action over.
+  // A retry starts the action over, as generation 2 of the same state.
   f.calls->fail_left["c"] = 0;
   CHECK(f.bucket.retry<Act>("x"));
   wait_until([&] { return count_converged(f.name, "act") == 1; }, 20s,
              "the retried action to finish", f.describe());
-  CHECK(f.calls->count("x:a@1") == 2);
+  CHECK(f.calls->count("x:a@1") == 1);
+  CHECK(f.calls->count("x:a@2") == 1);
   CHECK(f.progress("x").phase == "done");
 }
 
@@ -406,4 +408,107 @@ TEST_CASE("bad step lists and stored progress are refused naming the matter "
   }
   failed_with("garbled", "does not decode");
   CHECK(query_matter(f.name, "act", "garbled")->state == bad);
+}
+
+namespace {
+
+// An action whose step b fails for good; in attempt 1 its TerminalError is
+// turned into a crash stand-in (a plain error: the failure is not written
+// back), as a SIGKILL or a lost lease between the rollback's checkpoint and
+// the write-back would leave it.
+struct Crashy {
+  std::string id;
+  dmm::StepProgress progress{};
+  std::string identity() const { return id; }
+  dmm::Result materialize(dmm::Context &ctx) {
+    auto &calls = ctx.service<Calls>();
+    dmm::Steps s(ctx, *this, progress);
+    s.step("a", [&] { calls.add("a"); }, {.rollback = [&] { calls.add("undo-a"); }});
+    s.step("b", [&] {
+      calls.add("b");
+      throw dmm::TerminalError("b is broken");
+    });
+    try {
+      return s.run();
+    } catch (const dmm::TerminalError &) {
+      if (ctx.attempt() == 1) throw std::runtime_error("the process died here");
+      throw;
+    }
+  }
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Crashy, id, progress)
+
+// A step b that runs until its stop token is requested, then throws as a
+// step honouring it does; it may fail only once (max_attempts 1).
+struct Stoppable {
+  std::string id;
+  dmm::StepProgress progress{};
+  std::string identity() const { return id; }
+  dmm::Result materialize(dmm::Context &ctx) {
+    auto &calls = ctx.service<Calls>();
+    return dmm::Steps(ctx, *this, progress)
+        .step("a", [&] { calls.add("a"); }, {.rollback = [&] { calls.add("undo-a"); }})
+        .step("b",
+              [&] {
+                calls.add("b");
+                std::mutex m;
+                std::condition_variable_any cv;
+                std::unique_lock lock(m);
+                cv.wait(lock, ctx.stop_token(), [] { return false; });
+                throw std::runtime_error("b was asked to stop");
+              },
+              {.max_attempts = 1})
+        .run();
+  }
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Stoppable, id, progress)
+
+} // namespace
+
+TEST_CASE("an action that rolled back but whose failure was not written back "
+          "fails again without running a step; a retry starts it over",
+          "[steps]") {
+  const auto name = unique_name("steps");
+  auto bucket = open_bucket(name);
+  auto calls = std::make_shared<Calls>();
+  bucket.provide(calls);
+  bucket.register_kind<Crashy>("crashy", fast_kind());
+  bucket.notify(Crashy{.id = "x"});
+  Runner runner(bucket);
+  wait_until([&] { return query_phase(name, "crashy", "x") == "failed"; }, 20s,
+             "the action to fail");
+  CHECK(calls->snapshot() == std::vector<std::string>{"a", "b", "undo-a"});
+  const auto generation = query_matter(name, "crashy", "x")->generation;
+
+  REQUIRE(bucket.retry<Crashy>("x"));
+  CHECK(query_matter(name, "crashy", "x")->generation == generation + 1);
+  wait_until([&] { return calls->count("undo-a") == 2 &&
+                          query_phase(name, "crashy", "x") == "failed"; },
+             20s, "the retried action to run and roll back again");
+  CHECK(calls->snapshot() ==
+        std::vector<std::string>{"a", "b", "undo-a", "a", "b", "undo-a"});
+}
+
+TEST_CASE("a step stopped by its stop token does not count a failed attempt",
+          "[steps]") {
+  const auto name = unique_name("steps");
+  auto bucket = open_bucket(name);
+  auto calls = std::make_shared<Calls>();
+  bucket.provide(calls);
+  bucket.register_kind<Stoppable>("stoppable", fast_kind());
+  bucket.notify(Stoppable{.id = "x"});
+  {
+    Runner runner(bucket);
+    wait_until([&] { return calls->count("b") == 1; }, 20s, "step b to start");
+  } // a graceful stop, as on SIGTERM
+  const auto m = query_matter(name, "stoppable", "x");
+  REQUIRE(m);
+  INFO("phase " << m->phase << ", state " << m->state.dump());
+  CHECK(calls->count("undo-a") == 0);
+  const auto p = m->state.at("progress").get<dmm::StepProgress>();
+  CHECK(p.phase == "running");
+  REQUIRE(p.steps.size() == 2);
+  CHECK(p.steps[0].status == "done");
+  CHECK(p.steps[1].attempts == 0);
+  CHECK(m->attempts == 0);
 }

@@ -181,7 +181,9 @@ class Bucket {
   }
 
   // Runs a `failed` (or backing-off `retrying`) matter again now, with its
-  // attempts reset. Returns false if there is no such matter in those phases.
+  // attempts reset, as a new generation of the same state (so a dmm::Steps
+  // action that rolled back starts over). Returns false if there is no such
+  // matter in those phases.
   template <Materializer T>
   bool retry(std::string_view identity) {
     return detail::retry(*core_, kind<T>(), identity);

@@ -37,7 +37,13 @@
 //   reverse order. Each is retried until it succeeds (backoff as its step's)
 //   or throws a TerminalError (then it is "rollback failed" and the others
 //   still run). Then the matter is `failed` with the step's error and the
-//   progress says "rolled back". Bucket::retry or a new state starts over.
+//   progress says "rolled back". Bucket::retry (which gives the matter a new
+//   generation) or a new state starts over; an attempt that finds its own
+//   generation rolled back (the failure was not written back: a crash) fails
+//   again and runs nothing.
+// - A stop. A step that throws after its stop token was requested (the
+//   process stops, or cannot renew its lease) is not a failed attempt of the
+//   step: it runs again in the next attempt.
 // - Hooks. before() runs before the first step and after() after the last,
 //   once per action, recorded as steps named "before" and "after".
 // - Removal. finalize() sees the stored progress; Steps::undo() runs the
@@ -128,6 +134,10 @@ class Steps {
     start(list);
     if (progress_.phase == "done") return Result::done();
     if (progress_.phase == "rolling back") return roll_back(list, progress_.error, true);
+    // Rolled back, and the failure was not written back (a crash, a lost
+    // lease): fail again, running nothing (Bucket::retry gives the matter a
+    // new generation, which starts over).
+    if (progress_.phase == "rolled back") throw TerminalError(progress_.error + "; rolled back");
     if (progress_.phase != "running") {
       progress_.phase = "running";
       if (!save()) return Result::done();
@@ -146,6 +156,10 @@ class Steps {
         ctx_.count_step("failed");
         return roll_back(list, about(list[i]) + " failed: " + e.what(), false);
       } catch (const std::exception& e) {
+        // Asked to stop (the process stops, or the lease could not be
+        // renewed): not a failure of the step; the engine releases the
+        // matter without counting an attempt, and the step runs again.
+        if (ctx_.stop_requested()) throw;
         ++record.attempts;
         const auto& o = list[i].options;
         const auto what = fmt_failures(list[i], record, e.what());
@@ -221,8 +235,7 @@ class Steps {
   // Makes progress_ describe this generation's action, in the list's order.
   void start(const std::vector<Entry>& list) {
     const bool new_goal = progress_.generation != ctx_.generation();
-    const bool again = !new_goal && progress_.phase == "rolled back";  // Bucket::retry
-    if (!new_goal && !again) {
+    if (!new_goal) {
       for (const auto& r : progress_.steps) {
         const bool known = std::any_of(list.begin(), list.end(), [&](const Entry& e) { return e.name == r.name; });
         if (!known)

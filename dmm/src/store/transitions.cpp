@@ -31,9 +31,12 @@ std::vector<MadeDue> made_due(pqxx::transaction_base& txn, const pqxx::result& r
 
 }  // namespace
 
+// A retry is a new generation of the same state: an attempt can tell it from
+// one repeated after a crash (dmm::Steps starts over only for the former).
 std::vector<MadeDue> retry_matters(pqxx::transaction_base& txn, const Selection& sel, Kick kick) {
   static const std::string sql = fmt::format(R"sql(
-UPDATE dmm.matter m SET phase = {}, attempts = 0, due_at = now(), updated_at = now()
+UPDATE dmm.matter m SET phase = {}, attempts = 0, due_at = now(), updated_at = now(),
+       generation = m.generation + 1
 WHERE {} AND m.phase IN ('{}', '{}')
 RETURNING m.id, m.lease_until IS NULL OR m.lease_until < now(), {})sql",
                                              kPhaseKeepingRemoval, kMatch, to_string(Phase::failed),
