@@ -19,8 +19,6 @@ void Report::check(bool ok, const std::string& line) {
   if (!ok) ++failures_;
 }
 
-namespace {
-
 std::string unique_bucket(const std::string& prefix) {
   static const char alphabet[] = "abcdefghijklmnopqrstuvwxyz0123456789";
   std::random_device rd;
@@ -35,13 +33,11 @@ dmm::Bucket open_bucket(const Servers& s, const std::string& name, const std::st
   return bucket;
 }
 
-// Polls `done` every 20 ms until it holds, `limit` passes or a worker ends.
-// Empty on success, else why not.
-std::string wait_for(Workers& workers, std::chrono::seconds limit, const std::function<bool()>& done) {
+std::string wait_for(Workers& workers, milliseconds limit, const std::function<bool()>& done) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
   while (!done()) {
     if (auto ended = workers.ended(); !ended.empty()) return ended;
-    if (std::chrono::steady_clock::now() >= deadline) return "timed out after " + std::to_string(limit.count()) + " s";
+    if (std::chrono::steady_clock::now() >= deadline) return "timed out after " + std::to_string(limit.count()) + " ms";
     std::this_thread::sleep_for(20ms);
   }
   return "";
@@ -51,6 +47,8 @@ std::int64_t scalar(pqxx::connection& pg, const std::string& sql, const std::str
   pqxx::nontransaction tx(pg);
   return tx.exec_params1(sql, bucket)[0].as<std::int64_t>(0);
 }
+
+namespace {
 
 // Runs per worker process, most first ("55/54/41"), and how many processes ran.
 std::string runs_per_worker(pqxx::connection& pg, const std::string& bucket, int* workers) {

@@ -1,5 +1,5 @@
 // flow_check: dmm's flow-control contract (docs/DESIGN.md, contract lines 11,
-// 15, 16, 17, 18) checked from the outside, by a program built against the
+// 15, 16, 17, 18) and self-expiry (22) checked from the outside, by a program built against the
 // installed package and using only the public API. It runs worker processes
 // of itself on buckets of its own and checks what they did:
 //   global_concurrency  never more than N runs at once across 3 processes, and N reached
@@ -11,6 +11,8 @@
 //   fairness            a small tenant's matters, notified behind a large tenant's backlog,
 //                       start within processes x prefetch + batch starts (2 processes); with
 //                       more keys than a batch, every key starts within 2 x keys starts (1)
+//   partition           a worker whose PostgreSQL link freezes for three lease TTLs stops
+//                       its runs before another worker takes them over: no overlap
 // Each check prints "ok: ..." or "FAILED: ..." lines with its figures; the
 // exit status is 1 if any failed, 2 if the servers cannot be reached.
 //
@@ -39,7 +41,10 @@ std::string first_env(const char* a, const char* b) {
 int worker_main(const Servers& s, const std::string& check, const std::string& bucket_name, pid_t parent) {
   dmm::StopSignals signals;  // first: before any thread starts
   if (!parent_is(parent)) return 3;
-  auto bucket = dmm::Bucket::open({.name = bucket_name, .postgres = s.postgres, .nats = s.nats});
+  // The partition check puts a proxy between a worker and PostgreSQL; the
+  // run log goes on around it.
+  const char* through = std::getenv("FLOW_CHECK_WORKER_POSTGRES");
+  auto bucket = dmm::Bucket::open({.name = bucket_name, .postgres = through ? through : s.postgres, .nats = s.nats});
   bucket.provide(std::make_shared<RunLog>(s.postgres, bucket_name, bucket.worker_id()));
   register_kind(bucket, check);
   signals.run(bucket);
@@ -52,7 +57,8 @@ int checker_main(const Servers& s, const std::string& only) {
       {"rate_limit", check_rate_limit},
       {"priority", check_priority},
       {"retry_cap", check_retry_cap},
-      {"fairness", check_fairness}};
+      {"fairness", check_fairness},
+      {"partition", check_partition}};
   std::cout << "flow_check: PostgreSQL " << dmm::mask_url(s.postgres) << ", NATS " << dmm::mask_url(s.nats)
             << std::endl;
   {

@@ -34,6 +34,10 @@ void register_kind(dmm::Bucket& bucket, const std::string& check) {
     o.prefetch = kTaskPrefetch;
     o.fairness_key = [](const nlohmann::json& state) { return state.at("owner").get<std::string>(); };
     bucket.register_kind<Task>("task", o);
+  } else if (check == "partition") {
+    o.concurrency = kHeld;
+    o.lease_ttl = kHeldLease;
+    bucket.register_kind<Held>("held", o);
   } else {
     throw std::invalid_argument("unknown check '" + check + "'");
   }

@@ -4,6 +4,9 @@
 #pragma once
 
 #include <chrono>
+#include <condition_variable>
+#include <cstdlib>
+#include <mutex>
 #include <dmm/dmm.hpp>
 #include <string>
 #include <thread>
@@ -107,6 +110,29 @@ struct Task {
 };
 NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Task, id, owner, work_us)
 
+// A call that must not run twice at once: records its start and end. In the
+// worker started with FLOW_CHECK_ROLE=holder it runs until its stop token is
+// requested (it honours it), elsewhere it returns at once.
+struct Held {
+  std::string id;
+
+  std::string identity() const { return id; }
+  dmm::Result materialize(dmm::Context& ctx) {
+    static const bool holder = std::getenv("FLOW_CHECK_ROLE") && std::string(std::getenv("FLOW_CHECK_ROLE")) == "holder";
+    auto& runs = ctx.service<RunLog>();
+    const auto run = runs.start(id);
+    if (holder) {
+      std::mutex m;
+      std::condition_variable_any cv;
+      std::unique_lock lock(m);
+      cv.wait_for(lock, ctx.stop_token(), 60s, [] { return false; });
+    }
+    runs.end(run);
+    return dmm::Result::done();
+  }
+};
+NLOHMANN_DEFINE_TYPE_NON_INTRUSIVE(Held, id)
+
 // The settings of each check.
 constexpr int kSlots = 5;  // global_concurrency
 constexpr int kSlotWorkers = 3;
@@ -139,6 +165,10 @@ constexpr int kTaskBatch = 8;
 constexpr int kTaskPrefetch = 16;
 constexpr int kOwners = 60;
 constexpr int kTasksEach = 10;
+
+// partition: the holder runs kHeld matters at once when its link freezes.
+constexpr int kHeld = 8;
+constexpr milliseconds kHeldLease = 2000ms;
 
 // Registers the kind of `check` (global_concurrency, rate_limit, priority,
 // retry_cap; fairness registers two) with its options; std::invalid_argument
