@@ -46,6 +46,7 @@ struct Settings {
   std::string profile = "short";
   std::string postgres, nats, dev_env, env_dir, worker, only, report;
   std::string mutation;  // --mutate: a switch of engine/testing.hpp the workers turn on
+  std::string pooler;    // PgBouncer in session mode in front of `postgres` (DMM_TEST_POOLER_URL)
 };
 
 double seconds_since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
@@ -171,6 +172,7 @@ struct Scenario {
   bool notifier_proxied = false;
   bool ignores_stop = false;  // materializers ignore the stop token: overlaps reported, not counted
   bool in_short = true;       // part of the short profile (any scenario runs with --only)
+  bool pooled = false;  // the workers reach PostgreSQL through PgBouncer in session mode (DMM_TEST_POOLER_URL)
   bool steps = false;  // matters are 5-step actions, checked step by step (steps_scenario.hpp)
   int batch = 50;      // identities the notifier changes every 20 ms
 };
@@ -258,6 +260,12 @@ class Run {
   void start_worker(int slot) {
     const auto id = bucket_name_ + "-w" + std::to_string(next_worker_++);
     auto postgres = s_.postgres, nats = nats_url_;
+    if (sc_.pooled) {
+      if (s_.pooler.empty())
+        throw std::runtime_error("scenario " + sc_.name + " needs PgBouncer: DMM_TEST_POOLER_URL is not set (scripts/faults "
+                                 "and scripts/test start one with dev-env up --pooler)");
+      postgres = s_.pooler;
+    }
     if (sc_.proxied) {
       auto& l = links_[slot];
       if (!l.postgres) {
@@ -982,6 +990,20 @@ std::vector<Scenario> scenarios(bool long_profile) {
                  .duration = duration,
                  .chaos_every = long_profile ? 2500ms : 2000ms,
                  .chaos = [](Run& r) { r.kill_random_worker(); }});
+  all.push_back({.name = "pooler",
+                 .what = "workers reach PostgreSQL through PgBouncer (session mode); workers SIGKILLed and "
+                         "replaced, PostgreSQL restarted behind the pooler",
+                 .matters = matters,
+                 .workers = 3,
+                 .duration = duration,
+                 .chaos_every = duration / 4,
+                 .chaos = [n = 0](Run& r) mutable {
+                   if (n++ % 3 == 1)
+                     r.dev_env("restart-pg fast");
+                   else
+                     r.kill_random_worker();
+                 },
+                 .pooled = true});
   all.push_back({.name = "nats",
                  .what = "nats-server stopped (SIGTERM) or killed (SIGKILL) and restarted on its file storage, "
                          "stream purged, stream deleted",
@@ -1132,6 +1154,7 @@ int main(int argc, char** argv) {
   s.nats = env_or("DMM_TEST_NATS_URL", env_or("DMM_NATS_URL", ""));
   s.dev_env = env_or("DMM_TEST_DEV_ENV", "");
   s.env_dir = env_or("DMM_TEST_ENV_DIR", "");
+  s.pooler = env_or("DMM_TEST_POOLER_URL", "");
   // Absolute: workers run in a directory of their own (core dumps).
   s.worker = std::filesystem::absolute(std::filesystem::path(argv[0]).parent_path() / "fault_worker").string();
   for (int i = 1; i < argc; ++i) {
