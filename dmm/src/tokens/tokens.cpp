@@ -352,24 +352,35 @@ std::string_view Token::payload() const {
   return data ? std::string_view(data, static_cast<std::size_t>(natsMsg_GetDataLength(msg_))) : std::string_view();
 }
 
-bool Token::ack() { return natsMsg_Ack(msg_, nullptr) == NATS_OK; }
+// What natsMsg_Ack/natsMsg_Nak send, without their check that the message
+// came through a JetStream subscription (ours come through a plain one).
+bool Token::answer(std::string_view what) {
+  if (answered_) return true;
+  const char* reply = natsMsg_GetReply(msg_);
+  if (!reply) return false;
+  if (natsConnection_Publish(conn_, reply, what.data(), static_cast<int>(what.size())) != NATS_OK) return false;
+  answered_ = true;
+  return true;
+}
 
-bool Token::nak() { return natsMsg_Nak(msg_, nullptr) == NATS_OK; }
+bool Token::ack() { return answer("+ACK"); }
+
+bool Token::nak() { return answer("-NAK"); }
 
 TokenSource::TokenSource(Nats& nats, const std::string& kind, Priority priority) : conn_(nats.connection()) {
   nats.ensure_consumer(kind, priority);
-  const auto stream = stream_name(nats.bucket());
   const auto name = class_name(kind, priority);
-  const auto filter = kind_subjects(nats.bucket(), kind, priority);
-  jsSubOptions so;
-  jsSubOptions_Init(&so);
-  so.Stream = stream.c_str();
-  so.Consumer = name.c_str();
-  jsErrCode jerr = static_cast<jsErrCode>(0);
-  natsStatus s = js_PullSubscribe(&sub_, nats.js(), filter.c_str(), name.c_str(), nullptr, &so, &jerr);
+  next_ = fmt::format("$JS.API.CONSUMER.MSG.NEXT.{}.{}", stream_name(nats.bucket()), name);
+  natsInbox* inbox = nullptr;
+  natsStatus s = natsInbox_Create(&inbox);
+  if (s == NATS_OK) {
+    inbox_ = inbox;
+    natsInbox_Destroy(inbox);
+    s = natsConnection_SubscribeSync(&sub_, conn_, (inbox_ + ".*").c_str());
+  }
   if (s != NATS_OK)
     throw ConnectionError(fmt::format("bucket '{}': cannot subscribe to consumer {}: {}", nats.bucket(), name,
-                                      nats_error(s, jerr)));
+                                      nats_error(s)));
 }
 
 TokenSource::~TokenSource() {
@@ -397,24 +408,61 @@ TokenSource::~TokenSource() {
 
 // One pull request for up to `max` tokens, appended to `out`. With `no_wait`
 // the server answers at once with what is pending (possibly nothing).
+//
+// Why not natsSubscription_FetchRequest (docs/RELIABILITY.md, "Partitions"):
+// nats.c 3.4.1's fetch allocates room for `Batch` messages, first takes the
+// messages already waiting in the subscription (k of them), then asks the
+// server for Batch - k, stores that into req->Batch and loops until
+// `count == req->Batch`. With k > Batch - k that never holds: it stores every
+// message that arrives until its deadline past the end of its array,
+// corrupting the heap. Messages do wait in the subscription after a frozen or
+// cut link heals: the pull requests sent meanwhile reach the server late and
+// are answered when no fetch is waiting (ASan: a read past a block that
+// _fetch calloc'ed; glibc: "double free or corruption" later, elsewhere).
+// So this pulls as nats.c does (same request, same statuses), into a vector.
 void TokenSource::pull(int max, bool no_wait, std::chrono::milliseconds timeout, std::vector<Token>& out) {
-  jsFetchRequest req;
-  jsFetchRequest_Init(&req);
-  req.Batch = max;
-  req.NoWait = no_wait;
-  req.Expires = std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
-  natsMsgList list{};
-  natsStatus s = natsSubscription_FetchRequest(&list, sub_, &req);
-  if (s == NATS_OK) {
-    out.reserve(out.size() + static_cast<std::size_t>(list.Count));
-    for (int i = 0; i < list.Count; ++i) {
-      out.emplace_back(list.Msgs[i]);
-      list.Msgs[i] = nullptr;  // owned by the Token now
+  const auto reply = fmt::format("{}.{}", inbox_, ++requests_);
+  // As nats.c: the server expires the request a little before we stop waiting.
+  auto expires = std::chrono::duration_cast<std::chrono::nanoseconds>(timeout).count();
+  if (expires >= 20'000'000) expires -= 10'000'000;
+  const auto request =
+      fmt::format(R"({{"batch":{},"expires":{}{}}})", max, expires, no_wait ? R"(,"no_wait":true)" : "");
+  natsStatus s = natsConnection_PublishRequest(conn_, next_.c_str(), reply.c_str(), request.data(),
+                                               static_cast<int>(request.size()));
+  const auto deadline = std::chrono::steady_clock::now() + timeout;
+  for (int got = 0; s == NATS_OK && got < max;) {
+    const auto left =
+        std::chrono::ceil<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now()).count();
+    if (left <= 0) return;
+    natsMsg* msg = nullptr;
+    s = natsSubscription_NextMsg(&msg, sub_, left);
+    if (s == NATS_TIMEOUT) return;
+    if (s == NATS_SLOW_CONSUMER) {  // tokens were dropped; they come back after AckWait
+      s = NATS_OK;
+      continue;
     }
+    if (s != NATS_OK) break;
+    const char* status = nullptr;
+    if (natsMsg_GetDataLength(msg) > 0 || natsMsgHeader_Get(msg, "Status", &status) != NATS_OK) {
+      out.emplace_back(msg, conn_);  // a token; one answering an earlier request is as good
+      ++got;
+      continue;
+    }
+    // A status. An earlier request's end or an idle heartbeat: go on. This
+    // request's end: 404 nothing pending, 408 expired. Else (409 "Exceeded
+    // MaxWaiting", "Consumer Deleted", 503 no responders) an error, unless
+    // tokens came.
+    const std::string code = status;
+    const char* description = nullptr;
+    natsMsgHeader_Get(msg, "Description", &description);
+    const std::string what = description ? code + " " + description : code;
+    const bool ours = reply == natsMsg_GetSubject(msg);
+    natsMsg_Destroy(msg);
+    if (!ours || code == "100") continue;
+    if (code == "404" || code == "408" || got > 0) return;
+    throw Error(fmt::format("fetching tokens failed: {}", what));
   }
-  natsMsgList_Destroy(&list);
-  // Nothing pending (no_wait) or nothing before the request expired.
-  if (s == NATS_OK || s == NATS_TIMEOUT || s == NATS_NOT_FOUND) return;
+  if (s == NATS_OK) return;
   broken_ = s == NATS_INVALID_SUBSCRIPTION || s == NATS_CONNECTION_CLOSED;
   throw Error(fmt::format("fetching tokens failed: {}", nats_error(s)));
 }

@@ -96,11 +96,12 @@ class Nats {
   RateLimitedLog errors_;
 };
 
-// A fetched token. Acking is asynchronous and idempotent.
+// A fetched token. Acking is asynchronous and idempotent: an ack or nak is a
+// publish to the token's reply subject on `conn`, which outlives the token.
 class Token {
  public:
-  explicit Token(natsMsg* msg) : msg_(msg) {}
-  Token(Token&& o) noexcept : msg_(o.msg_) { o.msg_ = nullptr; }
+  Token(natsMsg* msg, natsConnection* conn) : msg_(msg), conn_(conn) {}
+  Token(Token&& o) noexcept : msg_(o.msg_), conn_(o.conn_), answered_(o.answered_) { o.msg_ = nullptr; }
   Token& operator=(Token&&) = delete;
   ~Token();
   std::string_view subject() const;
@@ -111,10 +112,17 @@ class Token {
   bool nak();
 
  private:
+  bool answer(std::string_view what);
+
   natsMsg* msg_;
+  natsConnection* conn_;
+  bool answered_ = false;  // acked or nak'ed: later answers are no-ops
 };
 
-// The pull subscription of the durable consumer of one kind's class.
+// Pulls the tokens of one kind's class from its durable consumer: pull
+// requests of our own to the consumer, answered on an inbox of this source.
+// Not nats.c's natsSubscription_Fetch: in 3.4.1 it overruns its own array
+// after a partition (docs/RELIABILITY.md, "Partitions"; tokens.cpp, pull()).
 class TokenSource {
  public:
   TokenSource(Nats& nats, const std::string& kind, Priority priority);
@@ -135,7 +143,10 @@ class TokenSource {
   void pull(int max, bool no_wait, std::chrono::milliseconds timeout, std::vector<Token>& out);
 
   natsConnection* conn_ = nullptr;  // the bucket's; outlives this source
-  natsSubscription* sub_ = nullptr;
+  natsSubscription* sub_ = nullptr;  // on inbox_.*
+  std::string next_;                 // the consumer's "next messages" API subject
+  std::string inbox_;
+  std::uint64_t requests_ = 0;       // pull requests sent; the last is answered on inbox_.<requests_>
   bool broken_ = false;
 };
 
