@@ -66,8 +66,9 @@ class WorkStreamEngine {
 
   // A fetched token and the row ids it names, waiting for the dispatcher.
   struct Fetched {
-    // Acking or nak'ing a token uses its subscription: it lives as long as
-    // the tokens it fetched (declared first, so destroyed after the token).
+    // The source that fetched the token, kept while its tokens live
+    // (declared first, so destroyed after the token); an ack is a publish
+    // on the bucket's connection.
     std::shared_ptr<TokenSource> source;
     Token token;
     std::vector<std::int64_t> ids;
